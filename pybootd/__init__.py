@@ -1,0 +1,3 @@
+"""pybootd: an all-in-one BOOTP/DHCP/PXE and TFTP network-boot daemon."""
+
+__version__ = "2.0.0"

@@ -1,0 +1,5 @@
+"""``python -m pybootd``."""
+
+from pybootd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,482 @@
+"""The configuration: read the INI file once into typed, validated objects.
+
+Every error reads ``FILE:LINE: section.key: what is wrong (expected ...)``.
+Nothing outside this module sees the raw INI text.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any, Literal
+
+from pybootd import configvalues as v
+from pybootd.dhcp.arch import BOOTFILE_NAMES, IPXE_BOOTFILE_KEY
+from pybootd.errors import ConfigError
+from pybootd.ini import Entry, Section, parse_ini
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+@dataclass(frozen=True)
+class LoggerConfig:
+    type: str = "stderr"
+    level: str = "info"
+    file: Path | None = None
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    user: str = "nobody"
+    group: str | None = None
+    state_dir: Path = Path("/var/lib/pybootd")
+    stats_interval: float = 60.0
+    shutdown_grace: float = 5.0
+    workers: int = 16
+
+
+@dataclass(frozen=True)
+class TftpConfig:
+    address: str = ""  # "" = every local address (or the DHCP server's when both run)
+    address_set: bool = False
+    port: int = 69
+    root_path: Path | None = None  # a local folder ...
+    root_url: str | None = None  # ... or an http(s) URL prefix
+    blocksize: int = 1468
+    windowsize: int = 64
+    timeout: float = 1.0
+    retries: int = 5
+    max_sessions: int = 1000
+    allow_write: bool = False
+    upload_dir: Path | None = None
+    overwrite: bool = False
+    max_upload_size: int = 1024**3
+    cache_dir: Path | None = None
+    cache_size: int = 1024**3
+    http_timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class FilterRule:
+    """``pattern = target`` of ``[filters]``; ``indirect`` for ``[path]`` targets."""
+
+    pattern: str
+    target: str
+    indirect: bool
+    line: int
+
+
+Gateway = IPv4Address | Literal["auto", "none"]
+
+
+@dataclass(frozen=True)
+class BootpConfig:
+    mode: str = "server"  # "server" | "proxy"
+    address: str = "0.0.0.0"
+    port: int = 67
+    pxe_port: int = 4011  # proxyDHCP boot service (PXE 2.1); 0 = off
+    interface: str | None = None
+    pool_start: IPv4Address | None = None
+    pool_count: int = 50
+    netmask: IPv4Address | None = None
+    gateway: Gateway = "auto"
+    dns: tuple[IPv4Address, ...] = ()
+    domain: str | None = None
+    lease_time: int = 86400
+    servername: str | None = None
+    boot_file: str | None = "pxelinux.0"
+    next_server: IPv4Address | None = None
+    allow_simple_dhcp: bool = False
+    access: str = "none"  # none | mac | uuid | http
+    notify: tuple[tuple[str, int], ...] = ()
+    timeout: float = 1.5
+    lease_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class HttpAclConfig:
+    location: str = ""
+    pxe: str = ""
+    dhcp: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    tftp: TftpConfig = field(default_factory=TftpConfig)
+    filters: tuple[FilterRule, ...] = ()
+    bootp: BootpConfig | None = None
+    mac: Mapping[str, bool] = field(default_factory=dict)  # "aa:bb:..." -> allowed
+    uuid: Mapping[str, bool] = field(default_factory=dict)  # canonical UUID -> allowed
+    http: HttpAclConfig | None = None
+    static_dhcp: Mapping[str, IPv4Address] = field(default_factory=dict)
+    bootfiles: Mapping[int, str] = field(default_factory=dict)  # option 93 value -> file
+    ipxe_bootfile: str | None = None
+    lines: Mapping[tuple[str, str], int] = field(default_factory=dict)
+
+    def error(self, section: str, key: str | None, message: str) -> ConfigError:
+        """A ConfigError pointing at ``section.key`` in this file."""
+        line = self.lines.get((section, key or ""))
+        return ConfigError(message, path=str(self.path), line=line, section=section, key=key)
+
+    @property
+    def lease_file(self) -> Path:
+        assert self.bootp is not None
+        return self.bootp.lease_file or self.daemon.state_dir / "leases.sqlite"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.tftp.cache_dir or self.daemon.state_dir / "cache"
+
+
+Parser = Callable[[str], Any]
+
+_SCHEMA: dict[str, dict[str, Parser]] = {
+    "logger": {
+        "type": v.choice("stderr", "file", "syslog", "none"),
+        "level": v.choice(*LOG_LEVELS),
+        "file": v.text,
+    },
+    "daemon": {
+        "user": v.text,
+        "group": v.text,
+        "state_dir": v.text,
+        "stats_interval": v.real(0.1, 86400),
+        "shutdown_grace": v.real(0, 600),
+        "workers": v.integer(1, 256),
+    },
+    "tftp": {
+        "address": v.listen_address,
+        "port": v.integer(1, 65535),
+        "root": v.text,
+        "blocksize": v.integer(8, 65464),  # RFC 2348 range
+        "windowsize": v.integer(1, 65535),  # RFC 7440 range
+        "timeout": v.real(0.01, 255),  # RFC 2349 allows 1..255 from clients
+        "retries": v.integer(0, 100),
+        "max_sessions": v.integer(1, 100000),
+        "allow_write": v.boolean,
+        "upload_dir": v.text,
+        "overwrite": v.boolean,
+        "max_upload_size": v.size,
+        "cache_dir": v.text,
+        "cache_size": v.size,
+        "http_timeout": v.real(0.1, 600),
+    },
+    "bootp": {
+        "mode": v.choice("server", "proxy"),
+        "address": v.ipv4,
+        "port": v.integer(1, 65535),
+        "pxe_port": v.integer(0, 65535),
+        "interface": v.text,
+        "pool_start": v.ipv4,
+        "pool_count": v.integer(1, 65536),
+        "netmask": v.netmask,
+        "gateway": lambda s: s.strip().lower() if s.strip().lower() in ("none", "auto")
+        else v.ipv4(s),
+        "dns": v.ipv4_list,
+        "domain": v.hostname,
+        "lease_time": v.integer(60, 2**31 - 1),
+        "servername": v.hostname,
+        "boot_file": v.text,
+        "next_server": v.ipv4,
+        "allow_simple_dhcp": v.boolean,
+        "access": v.choice("none", "mac", "uuid", "http"),
+        "notify": v.host_port_list,
+        "timeout": v.real(0.05, 60),
+        "lease_file": v.text,
+    },
+    "http": {"location": v.http_url, "pxe": v.url_path, "dhcp": v.url_path},
+}
+
+# Sections whose keys are data (patterns, MACs, UUIDs, architectures).
+_DATA_SECTIONS = ("filters", "mac", "uuid", "static_dhcp", "bootfile")
+_ALL_SECTIONS = tuple(_SCHEMA) + _DATA_SECTIONS
+
+
+class _Reader:
+    """Turns parsed sections into typed values, with file:line errors."""
+
+    def __init__(self, path: Path, sections: dict[str, Section]) -> None:
+        self.path = path
+        self.sections = sections
+        self.lines: dict[tuple[str, str], int] = {}
+
+    def fail(self, message: str, line: int | None, section: str, key: str | None) -> ConfigError:
+        return ConfigError(message, path=str(self.path), line=line, section=section, key=key)
+
+    def typed(self, name: str) -> dict[str, Any]:
+        """Parse every key of a schema section; unknown keys are errors."""
+        section = self.sections.get(name)
+        if section is None:
+            return {}
+        schema = _SCHEMA[name]
+        values: dict[str, Any] = {}
+        for entry in section.entries:
+            key = entry.key.lower()
+            if key not in schema:
+                raise self.fail(
+                    f"unknown key{_hint(key, schema)} (expected one of {', '.join(schema)})",
+                    entry.line,
+                    name,
+                    entry.key,
+                )
+            values[key] = self.parse(schema[key], entry, name)
+            self.lines[(name, key)] = entry.line
+        return values
+
+    def parse(self, parser: Parser, entry: Entry, section: str) -> Any:
+        try:
+            return parser(entry.value)
+        except ValueError as exc:
+            raise self.fail(str(exc), entry.line, section, entry.key) from None
+
+    def entries(self, name: str) -> list[Entry]:
+        section = self.sections.get(name)
+        if section is not None:
+            self.lines[(name, "")] = section.line
+        return section.entries if section else []
+
+    def path_value(self, text: str) -> Path:
+        """A path; relative ones are relative to the config file's folder."""
+        candidate = Path(text).expanduser()
+        return candidate if candidate.is_absolute() else (self.path.parent / candidate).resolve()
+
+
+def _hint(word: str, choices: Any) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate *path*. Raises :class:`ConfigError`."""
+    config_path = Path(path)
+    try:
+        text = config_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("configuration file not found", path=str(config_path)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read configuration: {exc}", path=str(config_path)) from None
+    return parse_config(text, config_path)
+
+
+def parse_config(text: str, path: Path) -> Config:
+    """Validate INI *text* as if read from *path*."""
+    sections = parse_ini(text, str(path))
+    reader = _Reader(path.absolute(), sections)
+    for name, section in sections.items():
+        if name not in _ALL_SECTIONS:
+            raise ConfigError(
+                f"unknown section [{name}]{_hint(name, _ALL_SECTIONS)} "
+                f"(expected one of {', '.join(_ALL_SECTIONS)})",
+                path=str(path),
+                line=section.line,
+            )
+    logger = _logger(reader)
+    daemon = _daemon(reader)
+    tftp = _tftp(reader)
+    bootp = _bootp(reader, daemon)
+    bootfiles, ipxe = _bootfiles(reader)
+    config = Config(
+        path=reader.path,
+        logger=logger,
+        daemon=daemon,
+        tftp=tftp,
+        filters=_filters(reader),
+        bootp=bootp,
+        mac=_acl(reader, "mac", v.mac),
+        uuid=_acl(reader, "uuid", v.uuid),
+        http=_http(reader),
+        static_dhcp=_static(reader),
+        bootfiles=bootfiles,
+        ipxe_bootfile=ipxe,
+        lines=reader.lines,
+    )
+    _cross_check(config, reader)
+    return config
+
+
+def _logger(reader: _Reader) -> LoggerConfig:
+    values = reader.typed("logger")
+    if "file" in values:
+        values["file"] = reader.path_value(values["file"])
+    logger = LoggerConfig(**values)
+    if logger.type == "file" and logger.file is None:
+        raise reader.fail(
+            "type = file needs a file (expected file = /var/log/pybootd.log)",
+            reader.lines.get(("logger", "type")),
+            "logger",
+            "file",
+        )
+    return logger
+
+
+def _daemon(reader: _Reader) -> DaemonConfig:
+    values = reader.typed("daemon")
+    if "state_dir" in values:
+        values["state_dir"] = reader.path_value(values["state_dir"])
+    return DaemonConfig(**values)
+
+
+def _tftp(reader: _Reader) -> TftpConfig:
+    values = reader.typed("tftp")
+    root = values.pop("root", ".")
+    if root.lower().startswith(("http://", "https://")):
+        values["root_url"] = v.http_url(root).rstrip("/") + "/"
+    else:
+        values["root_path"] = reader.path_value(root)
+    for key in ("upload_dir", "cache_dir"):
+        if key in values:
+            values[key] = reader.path_value(values[key])
+    values["address_set"] = "address" in values
+    return TftpConfig(**values)
+
+
+def _filters(reader: _Reader) -> tuple[FilterRule, ...]:
+    rules = []
+    for entry in reader.entries("filters"):
+        target = entry.value.strip()
+        if not target:
+            raise reader.fail(
+                "empty target (expected a path, {filename} or [file])",
+                entry.line,
+                "filters",
+                entry.key,
+            )
+        indirect = target.startswith("[") and target.endswith("]")
+        if indirect:
+            target = target[1:-1].strip()
+            if not target:
+                raise reader.fail(
+                    "empty [file] (expected [path/to/file])", entry.line, "filters", entry.key
+                )
+        rules.append(FilterRule(entry.key, target, indirect, entry.line))
+    return tuple(rules)
+
+
+def _bootp(reader: _Reader, daemon: DaemonConfig) -> BootpConfig | None:
+    if "bootp" not in reader.sections:
+        return None
+    values = reader.typed("bootp")
+    if "lease_file" in values:
+        values["lease_file"] = reader.path_value(values["lease_file"])
+    bootp = BootpConfig(**values)
+    if bootp.mode == "server" and bootp.pool_start is None:
+        raise reader.fail(
+            "missing (expected pool_start = the first address to hand out, "
+            "or mode = proxy next to another DHCP server)",
+            reader.sections["bootp"].line,
+            "bootp",
+            "pool_start",
+        )
+    if bootp.pool_start is not None and int(bootp.pool_start) + bootp.pool_count > 2**32:
+        raise reader.fail(
+            "the pool runs past 255.255.255.255 (expected a smaller pool_count)",
+            reader.lines.get(("bootp", "pool_count")),
+            "bootp",
+            "pool_count",
+        )
+    return bootp
+
+
+def _acl(reader: _Reader, name: str, key_parser: Parser) -> dict[str, bool]:
+    acl: dict[str, bool] = {}
+    for entry in reader.entries(name):
+        try:
+            key = key_parser(entry.key)
+        except ValueError as exc:
+            raise reader.fail(str(exc), entry.line, name, entry.key) from None
+        acl[key] = reader.parse(v.boolean, entry, name)
+    return acl
+
+
+def _http(reader: _Reader) -> HttpAclConfig | None:
+    if "http" not in reader.sections:
+        return None
+    return HttpAclConfig(**reader.typed("http"))
+
+
+def _static(reader: _Reader) -> dict[str, IPv4Address]:
+    static: dict[str, IPv4Address] = {}
+    owners: dict[IPv4Address, str] = {}
+    for entry in reader.entries("static_dhcp"):
+        try:
+            mac = v.mac(entry.key)
+        except ValueError as exc:
+            raise reader.fail(str(exc), entry.line, "static_dhcp", entry.key) from None
+        address = reader.parse(v.ipv4, entry, "static_dhcp")
+        if address in owners:
+            raise reader.fail(
+                f"{address} is already reserved for {owners[address]} "
+                "(expected one address per MAC)",
+                entry.line,
+                "static_dhcp",
+                entry.key,
+            )
+        static[mac] = address
+        owners[address] = mac
+    return static
+
+
+def _bootfiles(reader: _Reader) -> tuple[dict[int, str], str | None]:
+    files: dict[int, str] = {}
+    ipxe = None
+    for entry in reader.entries("bootfile"):
+        key = entry.key.strip().lower()
+        value = reader.parse(v.text, entry, "bootfile")
+        reader.lines[("bootfile", key)] = entry.line
+        if key == IPXE_BOOTFILE_KEY:
+            ipxe = value
+        elif key in BOOTFILE_NAMES:
+            for arch in BOOTFILE_NAMES[key]:
+                files.setdefault(int(arch), value)
+        elif key.isdigit() and int(key) < 65536:
+            files[int(key)] = value
+        else:
+            names = [*BOOTFILE_NAMES, IPXE_BOOTFILE_KEY]
+            raise reader.fail(
+                f"unknown architecture{_hint(key, names)} "
+                f"(expected an option 93 number or one of {', '.join(names)})",
+                entry.line,
+                "bootfile",
+                entry.key,
+            )
+    return files, ipxe
+
+
+def _cross_check(config: Config, reader: _Reader) -> None:
+    """Rules that span keys or sections."""
+    tftp = config.tftp
+    if tftp.allow_write and tftp.upload_dir is None:
+        raise config.error(
+            "tftp", "allow_write", "on, but no upload_dir (expected upload_dir = /srv/uploads)"
+        )
+    bootp = config.bootp
+    if bootp is None:
+        return
+    needs = {"mac": config.mac, "uuid": config.uuid}
+    if bootp.access in needs and f"{bootp.access}" not in reader.sections:
+        raise config.error(
+            "bootp",
+            "access",
+            f"access = {bootp.access} needs a [{bootp.access}] section "
+            f"(expected entries such as {'AA-BB-CC-DD-EE-FF' if bootp.access == 'mac' else 'UUID'}"
+            " = enable)",
+        )
+    if bootp.access == "http" and (config.http is None or not config.http.location):
+        raise config.error(
+            "bootp", "access", "access = http needs [http] location (expected an http:// URL)"
+        )
+    if bootp.pool_start is not None and bootp.netmask is not None:
+        network = IPv4Network(f"{bootp.pool_start}/{bootp.netmask}", strict=False)
+        last = bootp.pool_start + (bootp.pool_count - 1)
+        if last not in network:
+            raise config.error(
+                "bootp",
+                "pool_count",
+                f"the pool ends at {last}, outside {network} (expected a pool inside the network)",
+            )

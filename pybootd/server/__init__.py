@@ -1,0 +1,1 @@
+"""The I/O edge: sockets, the event loop, disks and HTTP."""

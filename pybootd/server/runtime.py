@@ -1,0 +1,54 @@
+"""What every service gets from the daemon: the loop, the pool and the config."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from pybootd.config import Config
+from pybootd.errors import SourceError
+
+T = TypeVar("T")
+
+
+@dataclass
+class Runtime:
+    """Shared by the services of one daemon process."""
+
+    config: Config
+    loop: asyncio.AbstractEventLoop
+    executor: ThreadPoolExecutor
+
+    async def blocking(self, timeout: float, func: Callable[..., T], *args: object) -> T:
+        """Run blocking *func* (disk, HTTP) in the bounded pool, never on the loop.
+
+        Raises :class:`SourceError` when it takes longer than *timeout*; the
+        thread itself cannot be cancelled, so *func* must have its own bound.
+        """
+        future = self.loop.run_in_executor(self.executor, functools.partial(func, *args))
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise SourceError(f"timed out after {timeout:g}s") from None
+
+
+class Service(Protocol):
+    """A network service run by the daemon (TFTP, DHCP)."""
+
+    name: str
+
+    async def start(self) -> None:
+        """Bind sockets and begin serving. Called while still root."""
+
+    def stop_accepting(self) -> None:
+        """Take no new requests; running transfers go on."""
+
+    async def drain(self, timeout: float) -> None:
+        """Wait up to *timeout* seconds for running work to end."""
+
+    def close(self) -> None:
+        """Release every socket and resource at once."""
