@@ -1,0 +1,243 @@
+"""The address pool: who holds which address until when (RFC 2131 section 4.3).
+
+Sans-IO, with an injected clock: every method takes ``now`` (seconds since the
+epoch, so that expiry times survive a restart). Nothing here touches a disk;
+the changes that must be stored before a reply is sent are collected and
+handed out by :meth:`LeasePool.take_dirty`.
+
+Rules:
+
+* one address per MAC and one MAC per address, always;
+* an OFFER holds its address for ``offer_hold`` seconds, so two clients are
+  never offered the same one (RFC 2131 section 4.3.1);
+* a released or expired address keeps its MAC affinity: the same MAC gets it
+  back, and it goes to another MAC only when no never-used address is left,
+  oldest first (RFC 2131 section 4.3.1, "previous address");
+* a declined address is quarantined for ``quarantine`` seconds
+  (RFC 2131 section 4.3.3);
+* static reservations bind one MAC to one address, outside the dynamic pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from ipaddress import IPv4Address, IPv4Network
+
+OFFER_HOLD = 30.0
+QUARANTINE = 600.0
+
+
+class LeaseState(StrEnum):
+    OFFERED = "offered"  # held for an OFFER, not stored
+    BOUND = "bound"  # acknowledged: stored before the ACK leaves
+    FREE = "free"  # released or expired; the MAC keeps its affinity
+    DECLINED = "declined"  # in quarantine after a DECLINE; no MAC
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    ip: IPv4Address
+    mac: str | None
+    state: LeaseState
+    expires: float
+    pxe: bool = False  # the MAC was seen booting by PXE
+
+    def active(self, now: float) -> bool:
+        """Held (offered, bound or quarantined) at *now*."""
+        return self.state != LeaseState.FREE and self.expires > now
+
+
+class LeasePool:
+    """Leases of one network: a dynamic range plus static reservations."""
+
+    def __init__(
+        self,
+        network: IPv4Network,
+        start: IPv4Address,
+        count: int,
+        lease_time: int,
+        *,
+        static: Mapping[str, IPv4Address] | None = None,
+        excluded: Iterable[IPv4Address] = (),
+        offer_hold: float = OFFER_HOLD,
+        quarantine: float = QUARANTINE,
+    ) -> None:
+        self.network = network
+        self.start = start
+        self.count = count
+        self.lease_time = lease_time
+        self.offer_hold = offer_hold
+        self.quarantine = quarantine
+        self.static: dict[str, IPv4Address] = dict(static or {})
+        self._static_owner = {ip: mac for mac, ip in self.static.items()}
+        self._excluded = {
+            *excluded, network.network_address, network.broadcast_address, *self._static_owner
+        }
+        self._by_ip: dict[IPv4Address, Lease] = {}
+        self._by_mac: dict[str, IPv4Address] = {}
+        self._pxe: set[str] = set()
+        self._cursor = 0  # next never-used offset in the range
+        self._dirty: dict[IPv4Address, Lease] = {}
+
+    # --- queries ------------------------------------------------------------
+    def in_range(self, ip: IPv4Address) -> bool:
+        offset = int(ip) - int(self.start)
+        return 0 <= offset < self.count and ip in self.network and ip not in self._excluded
+
+    def lease_of(self, mac: str) -> Lease | None:
+        ip = self._by_mac.get(mac)
+        return None if ip is None else self._by_ip.get(ip)
+
+    def lease_at(self, ip: IPv4Address) -> Lease | None:
+        return self._by_ip.get(ip)
+
+    def knows(self, mac: str) -> bool:
+        """Has *mac* a record here (lease, affinity or reservation)?"""
+        return mac in self._by_mac or mac in self.static
+
+    def seen_pxe(self, mac: str) -> bool:
+        return mac in self._pxe
+
+    def leases(self) -> list[Lease]:
+        return list(self._by_ip.values())
+
+    def take_dirty(self) -> tuple[Lease, ...]:
+        """The leases changed since the last call, to store before replying."""
+        dirty = tuple(self._dirty.values())
+        self._dirty.clear()
+        return dirty
+
+    # --- transitions --------------------------------------------------------
+    def mark_pxe(self, mac: str) -> None:
+        self._pxe.add(mac)
+
+    def offer(self, mac: str, requested: IPv4Address | None, now: float) -> Lease | None:
+        """An address to OFFER *mac*, held for ``offer_hold``; None when exhausted."""
+        current = self.lease_of(mac)
+        ip = self._choose(mac, requested, current, now)
+        if ip is None:
+            return None
+        if current is not None and current.ip == ip and current.state == LeaseState.BOUND \
+                and current.expires > now:
+            return current  # a bound client asking again keeps its lease
+        return self._set(Lease(ip, mac, LeaseState.OFFERED, now + self.offer_hold,
+                               mac in self._pxe), persist=False)
+
+    def request(self, mac: str, ip: IPv4Address, now: float) -> Lease | None:
+        """Bind *ip* to *mac* for ``lease_time``; None means NAK (RFC 2131 4.3.2)."""
+        if not self._may_bind(mac, ip, now):
+            return None
+        current = self.lease_of(mac)
+        if current is not None and current.ip != ip:
+            if current.active(now):
+                return None  # it holds another address: "requested address incorrect"
+            self._orphan(current)
+        return self._set(Lease(ip, mac, LeaseState.BOUND, now + self.lease_time,
+                               mac in self._pxe), persist=True)
+
+    def forget_offer(self, mac: str, now: float) -> None:
+        """The client chose another server (RFC 2131 section 4.3.2, SELECTING)."""
+        current = self.lease_of(mac)
+        if current is not None and current.state == LeaseState.OFFERED:
+            self._set(replace(current, state=LeaseState.FREE, expires=now), persist=False)
+
+    def release(self, mac: str, ip: IPv4Address, now: float) -> Lease | None:
+        """DHCPRELEASE (RFC 2131 section 4.3.4): free it, keep the affinity."""
+        current = self.lease_of(mac)
+        if current is None or current.ip != ip or current.state != LeaseState.BOUND:
+            return None
+        return self._set(replace(current, state=LeaseState.FREE, expires=now), persist=True)
+
+    def decline(self, mac: str, ip: IPv4Address, now: float) -> Lease | None:
+        """DHCPDECLINE (RFC 2131 section 4.3.3): the address is in use by someone else."""
+        current = self.lease_of(mac)
+        if current is None or current.ip != ip:
+            return None
+        del self._by_mac[mac]
+        return self._set(Lease(ip, None, LeaseState.DECLINED, now + self.quarantine),
+                         persist=True)
+
+    def restore(self, leases: Iterable[Lease]) -> None:
+        """Load stored leases (at start); the latest row wins for a MAC."""
+        for lease in sorted(leases, key=lambda item: item.expires):
+            if lease.state == LeaseState.OFFERED:
+                continue
+            old = self._by_mac.get(lease.mac) if lease.mac else None
+            if old is not None and old != lease.ip:
+                self._by_ip[old] = replace(self._by_ip[old], mac=None)
+            previous = self._by_ip.get(lease.ip)
+            if previous is not None and previous.mac and previous.mac != lease.mac:
+                self._by_mac.pop(previous.mac, None)
+            self._by_ip[lease.ip] = lease
+            if lease.mac:
+                self._by_mac[lease.mac] = lease.ip
+                if lease.pxe:
+                    self._pxe.add(lease.mac)
+
+    # --- internals ----------------------------------------------------------
+    def _choose(self, mac: str, requested: IPv4Address | None, current: Lease | None,
+                now: float) -> IPv4Address | None:
+        static = self.static.get(mac)
+        if static is not None:
+            return static
+        if current is not None and current.state != LeaseState.DECLINED \
+                and self.in_range(current.ip):
+            return current.ip
+        if requested is not None and self.in_range(requested) \
+                and self._free_for(mac, requested, now):
+            return requested
+        return self._never_used() or self._reclaim(now)
+
+    def _free_for(self, mac: str, ip: IPv4Address, now: float) -> bool:
+        """May *mac* take *ip* without taking it from anyone?"""
+        lease = self._by_ip.get(ip)
+        if lease is None:
+            return True
+        if lease.mac == mac:
+            return lease.state != LeaseState.DECLINED
+        if lease.mac is None:  # quarantined, or orphaned
+            return not lease.active(now)
+        return False  # another MAC's lease or affinity
+
+    def _may_bind(self, mac: str, ip: IPv4Address, now: float) -> bool:
+        static = self.static.get(mac)
+        if static is not None:
+            return ip == static
+        return self.in_range(ip) and self._free_for(mac, ip, now)
+
+    def _never_used(self) -> IPv4Address | None:
+        while self._cursor < self.count:
+            ip = self.start + self._cursor
+            self._cursor += 1
+            if ip not in self._by_ip and ip not in self._excluded and ip in self.network:
+                return ip
+        return None
+
+    def _reclaim(self, now: float) -> IPv4Address | None:
+        """The free or expired address unused the longest, taken from its old MAC."""
+        best: Lease | None = None
+        for lease in self._by_ip.values():
+            if lease.active(now) or not self.in_range(lease.ip):
+                continue
+            if best is None or lease.expires < best.expires:
+                best = lease
+        if best is None:
+            return None
+        if best.mac is not None:
+            self._by_mac.pop(best.mac, None)
+        self._by_ip[best.ip] = replace(best, mac=None, state=LeaseState.FREE)
+        return best.ip
+
+    def _orphan(self, lease: Lease) -> None:
+        """*lease*'s MAC moved to another address: its old one has no owner now."""
+        self._set(replace(lease, mac=None, state=LeaseState.FREE), persist=True)
+
+    def _set(self, lease: Lease, *, persist: bool) -> Lease:
+        self._by_ip[lease.ip] = lease
+        if lease.mac is not None:
+            self._by_mac[lease.mac] = lease.ip
+        if persist:
+            self._dirty[lease.ip] = lease
+        return lease

@@ -1,0 +1,356 @@
+"""From a request to a decision: which reply, which options, where to send it.
+
+Sans-IO: :func:`respond` takes a parsed request, what is known about the
+client, the pool and the clock, and returns a :class:`Decision` (the reply
+bytes, if any, its destination, and the leases to store first). Access
+control is done by the caller before; sockets and disks are the caller's.
+
+References: RFC 2131 sections 4.1 (destinations), 4.3 (server behaviour) and
+table 3 (reply fields); RFC 2132; RFC 4578; RFC 3046 (option 82 echoed);
+RFC 6842 (option 61 echoed); PXE 2.1 (proxyDHCP, port 4011).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+
+from pybootd.dhcp.options import DhcpOption, MessageType, param_request_list
+from pybootd.dhcp.packet import (
+    BOOTREPLY,
+    BOOTREQUEST,
+    FLAG_BROADCAST,
+    ZERO,
+    DhcpPacket,
+    encode_packet,
+)
+from pybootd.dhcp.pool import Lease, LeasePool
+from pybootd.dhcp.pxe import HTTP_CLIENT, PXE_CLIENT, ClientInfo, pxe_vendor_options
+
+CLIENT_PORT = 68
+SERVER_PORT = 67
+BROADCAST = IPv4Address("255.255.255.255")
+_U32 = struct.Struct("!I")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What the responder needs from the configuration and the detected network."""
+
+    server_id: IPv4Address  # option 54: our address on the served network
+    network: IPv4Network  # the pool's network (relays must sit in it)
+    next_server: IPv4Address  # siaddr and option 66: the TFTP server
+    mode: str = "server"  # "server" or "proxy" (PXE 2.1 proxyDHCP)
+    gateway: IPv4Address | None = None
+    dns: tuple[IPv4Address, ...] = ()
+    domain: str | None = None
+    lease_time: int = 86400
+    servername: str | None = None
+    boot_file: str | None = None
+    bootfiles: Mapping[int, str] = field(default_factory=dict)
+    ipxe_bootfile: str | None = None
+    allow_simple_dhcp: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What to do about one request. ``reply`` None means stay silent."""
+
+    event: str  # offer, ack, nak, release, decline, inform, ignore
+    reply: bytes | None = None
+    destination: tuple[str, int] | None = None
+    broadcast: bool = False  # destination is 255.255.255.255
+    ip: IPv4Address | None = None
+    bootfile: str | None = None
+    persist: tuple[Lease, ...] = ()  # store these before sending the reply
+    note: str = ""  # why, for the log line
+    warning: bool = False  # worth a warning (pool exhausted, bad static)
+
+
+def ignore(note: str, *, warning: bool = False, persist: tuple[Lease, ...] = ()) -> Decision:
+    return Decision("ignore", note=note, warning=warning, persist=persist)
+
+
+def respond(packet: DhcpPacket, client: ClientInfo, pool: LeasePool | None,
+            settings: Settings, now: float, *,
+            boot_service: bool = False, source: tuple[str, int] = ("0.0.0.0", 68)) -> Decision:
+    """Decide the answer to *packet* (already access-checked) at time *now*.
+
+    *boot_service* is True for requests that came to the PXE port (4011),
+    which are answered to their *source*.
+    """
+    if packet.op != BOOTREQUEST:
+        return ignore("not a BOOTREQUEST")
+    if not packet.chaddr:
+        return ignore("no hardware address")
+    if packet.giaddr != ZERO and packet.giaddr not in settings.network:
+        return ignore(f"relay {packet.giaddr} is outside {settings.network}")
+    kind = packet.message_type
+    if boot_service:
+        return _boot_service(packet, client, settings, kind, source)
+    if settings.mode == "proxy" or pool is None:
+        return _proxy(packet, client, settings, kind)
+    if not (client.netboot or settings.allow_simple_dhcp or pool.seen_pxe(client.mac)) \
+            and kind not in (MessageType.RELEASE, MessageType.DECLINE):
+        return ignore("not a PXE client and allow_simple_dhcp is off")
+    if client.netboot:
+        pool.mark_pxe(client.mac)
+    if kind is None:
+        return _bootp(packet, client, pool, settings, now)
+    handler = _HANDLERS.get(kind)
+    if handler is None:
+        return ignore(f"{kind.name} is not for a server")
+    return handler(packet, client, pool, settings, now)
+
+
+# --- message handlers (RFC 2131 section 4.3) --------------------------------
+def _discover(packet: DhcpPacket, client: ClientInfo, pool: LeasePool, settings: Settings,
+              now: float) -> Decision:
+    """RFC 2131 4.3.1: choose an address, hold it, OFFER it."""
+    lease = pool.offer(client.mac, packet.address_option(DhcpOption.REQUESTED_IP), now)
+    if lease is None:
+        return ignore(f"pool exhausted ({pool.count} addresses), no offer", warning=True)
+    if lease.ip not in settings.network:
+        return ignore(f"reserved {lease.ip} is outside {settings.network}", warning=True)
+    return _answer(packet, client, settings, MessageType.OFFER, lease.ip)
+
+
+def _request(packet: DhcpPacket, client: ClientInfo, pool: LeasePool, settings: Settings,
+             now: float) -> Decision:
+    """RFC 2131 4.3.2: SELECTING, INIT-REBOOT, RENEWING or REBINDING."""
+    server = packet.address_option(DhcpOption.SERVER_ID)
+    requested = packet.address_option(DhcpOption.REQUESTED_IP)
+    if server is not None:  # SELECTING
+        if server != settings.server_id:
+            pool.forget_offer(client.mac, now)
+            return ignore(f"client chose server {server}")
+        ip = requested or packet.ciaddr
+        if ip == ZERO:
+            return ignore("REQUEST names no address")
+    elif requested is not None:  # INIT-REBOOT
+        ip = requested
+        if ip in settings.network and not pool.knows(client.mac):
+            return ignore(f"INIT-REBOOT for {ip}, but no record of this client (RFC 2131 4.3.2)")
+    elif packet.ciaddr != ZERO:  # RENEWING or REBINDING
+        ip = packet.ciaddr
+    else:
+        return ignore("REQUEST names no address")
+    if ip not in settings.network:
+        return _nak(packet, settings, f"{ip} is not on {settings.network}")
+    lease = pool.request(client.mac, ip, now)
+    if lease is None:
+        return _nak(packet, settings, f"{ip} is not available to this client")
+    decision = _answer(packet, client, settings, MessageType.ACK, lease.ip)
+    return _with_persist(decision, pool.take_dirty())
+
+
+def _decline(packet: DhcpPacket, client: ClientInfo, pool: LeasePool, settings: Settings,
+             now: float) -> Decision:
+    """RFC 2131 4.3.3: the client found the address in use; quarantine it."""
+    if packet.address_option(DhcpOption.SERVER_ID) not in (None, settings.server_id):
+        return ignore("DECLINE for another server")
+    ip = packet.address_option(DhcpOption.REQUESTED_IP)
+    if ip is None or pool.decline(client.mac, ip, now) is None:
+        return ignore(f"DECLINE of {ip}, which this client does not hold")
+    return Decision("decline", ip=ip, persist=pool.take_dirty(),
+                    note=f"{ip} quarantined for {pool.quarantine:g}s")
+
+
+def _release(packet: DhcpPacket, client: ClientInfo, pool: LeasePool, settings: Settings,
+             now: float) -> Decision:
+    """RFC 2131 4.3.4: the lease ends; the MAC keeps its affinity while free."""
+    if packet.address_option(DhcpOption.SERVER_ID) not in (None, settings.server_id):
+        return ignore("RELEASE for another server")
+    if pool.release(client.mac, packet.ciaddr, now) is None:
+        return ignore(f"RELEASE of {packet.ciaddr}, which this client does not hold")
+    return Decision("release", ip=packet.ciaddr, persist=pool.take_dirty())
+
+
+def _inform(packet: DhcpPacket, client: ClientInfo, pool: LeasePool, settings: Settings,
+            now: float) -> Decision:
+    """RFC 2131 4.3.5: parameters only; no yiaddr, no lease time."""
+    if packet.ciaddr == ZERO and packet.giaddr == ZERO:
+        return ignore("INFORM without ciaddr")
+    return _answer(packet, client, settings, MessageType.ACK, ZERO, inform=True)
+
+
+def _bootp(packet: DhcpPacket, client: ClientInfo, pool: LeasePool, settings: Settings,
+           now: float) -> Decision:
+    """RFC 951 / RFC 1534: a BOOTP request gets an address at once."""
+    offered = pool.offer(client.mac, None, now)
+    if offered is None:
+        return ignore(f"pool exhausted ({pool.count} addresses), no BOOTP reply", warning=True)
+    lease = pool.request(client.mac, offered.ip, now)
+    if lease is None or lease.ip not in settings.network:
+        return ignore(f"cannot bind {offered.ip} for BOOTP", warning=True)
+    decision = _answer(packet, client, settings, None, lease.ip)
+    return _with_persist(decision, pool.take_dirty())
+
+
+_HANDLERS = {
+    MessageType.DISCOVER: _discover,
+    MessageType.REQUEST: _request,
+    MessageType.DECLINE: _decline,
+    MessageType.RELEASE: _release,
+    MessageType.INFORM: _inform,
+}
+
+
+# --- proxyDHCP and the boot service (PXE 2.1 sections 2.2.3 and 2.2.4) -------
+def _proxy(packet: DhcpPacket, client: ClientInfo, settings: Settings,
+           kind: MessageType | None) -> Decision:
+    """Next to another DHCP server: a boot-only OFFER for PXE clients, no address."""
+    if not client.netboot:
+        return ignore("proxy mode serves PXE clients only")
+    if kind != MessageType.DISCOVER:
+        return ignore("proxy mode answers DISCOVER only on this port")
+    return _answer(packet, client, settings, MessageType.OFFER, ZERO, inform=True)
+
+
+def _boot_service(packet: DhcpPacket, client: ClientInfo, settings: Settings,
+                  kind: MessageType | None, source: tuple[str, int]) -> Decision:
+    """A REQUEST to port 4011: ACK with the boot file, to the sender."""
+    if not client.netboot:
+        return ignore("boot service serves PXE clients only")
+    if kind not in (MessageType.REQUEST, MessageType.INFORM):
+        return ignore("boot service answers REQUEST only")
+    decision = _answer(packet, client, settings, MessageType.ACK, ZERO, inform=True)
+    host = str(packet.ciaddr) if packet.ciaddr != ZERO else source[0]
+    return _replace_destination(decision, (host, source[1]), broadcast=False)
+
+
+# --- replies ----------------------------------------------------------------
+def bootfile_for(client: ClientInfo, settings: Settings) -> str | None:
+    """iPXE's own file first, then the file of the preferred architecture."""
+    name: str | None = None
+    if client.ipxe and settings.ipxe_bootfile:
+        name = settings.ipxe_bootfile
+    else:
+        for arch in client.arches:
+            if arch in settings.bootfiles:
+                name = settings.bootfiles[arch]
+                break
+        else:
+            name = settings.boot_file
+    if name and client.http and "://" not in name:
+        name = f"http://{settings.next_server}/{name.lstrip('/')}"
+    return name
+
+
+def _answer(packet: DhcpPacket, client: ClientInfo, settings: Settings,
+            kind: MessageType | None, yiaddr: IPv4Address, *, inform: bool = False) -> Decision:
+    """An OFFER, ACK or BOOTREPLY (RFC 2131 table 3)."""
+    wanted = param_request_list(packet.options)
+    give_file = kind is None or client.netboot or DhcpOption.BOOTFILE in wanted
+    bootfile = bootfile_for(client, settings) if give_file else None
+    options = _options(packet, client, settings, kind, bootfile, wanted, inform)
+    file = (bootfile or "").encode()[:127]
+    sname = (settings.servername or "").encode()[:63]
+    reply = DhcpPacket(
+        op=BOOTREPLY, xid=packet.xid, chaddr=packet.chaddr, htype=packet.htype,
+        flags=packet.flags, ciaddr=packet.ciaddr if kind != MessageType.OFFER else ZERO,
+        yiaddr=yiaddr, siaddr=settings.next_server, giaddr=packet.giaddr, sname=sname,
+        file=file, dhcp=packet.dhcp or kind is not None,
+    )
+    data = encode_packet(reply, tuple(options))
+    event = "offer" if kind == MessageType.OFFER else ("inform" if inform else "ack")
+    destination, broadcast = _destination(packet, nak=False)
+    return Decision(event, data, destination, broadcast, yiaddr if yiaddr != ZERO else None,
+                    bootfile)
+
+
+def _options(packet: DhcpPacket, client: ClientInfo, settings: Settings,
+             kind: MessageType | None, bootfile: str | None, wanted: frozenset[int],
+             inform: bool) -> list[tuple[int, bytes]]:
+    opts: list[tuple[int, bytes]] = []
+    if kind is not None:
+        opts.append((DhcpOption.MESSAGE_TYPE, bytes((kind,))))
+        opts.append((DhcpOption.SERVER_ID, settings.server_id.packed))
+    if not inform and kind is not None:
+        lease = settings.lease_time
+        opts.append((DhcpOption.LEASE_TIME, _U32.pack(lease)))
+        opts.append((DhcpOption.RENEWAL_TIME, _U32.pack(lease // 2)))  # RFC 2131 4.4.5
+        opts.append((DhcpOption.REBINDING_TIME, _U32.pack(lease * 7 // 8)))
+    if settings.mode == "server":
+        opts.append((DhcpOption.SUBNET_MASK, settings.network.netmask.packed))
+        if settings.gateway is not None:
+            opts.append((DhcpOption.ROUTER, settings.gateway.packed))
+        if settings.dns:
+            opts.append((DhcpOption.DNS, b"".join(a.packed for a in settings.dns)))
+        if settings.domain:
+            opts.append((DhcpOption.DOMAIN_NAME, settings.domain.encode()))
+        opts.append((DhcpOption.BROADCAST, settings.network.broadcast_address.packed))
+    if bootfile:
+        if client.netboot or DhcpOption.TFTP_SERVER in wanted:
+            opts.append((DhcpOption.TFTP_SERVER, str(settings.next_server).encode()))
+        opts.append((DhcpOption.BOOTFILE, bootfile.encode()))
+    opts.extend(_netboot_options(client))
+    client_id = packet.options.get(DhcpOption.CLIENT_ID)
+    if client_id is not None and kind is not None:
+        opts.append((DhcpOption.CLIENT_ID, client_id))  # RFC 6842
+    relay = packet.options.get(DhcpOption.RELAY_AGENT)
+    if relay is not None:
+        opts.append((DhcpOption.RELAY_AGENT, relay))  # RFC 3046 2.2: echo, last
+    return opts
+
+
+def _netboot_options(client: ClientInfo) -> list[tuple[int, bytes]]:
+    """PXE 2.1 / UEFI HTTP boot: echo the class and UUID, no boot server discovery."""
+    if client.http:
+        opts = [(int(DhcpOption.VENDOR_CLASS), HTTP_CLIENT)]
+    elif client.pxe:
+        opts = [(int(DhcpOption.VENDOR_CLASS), PXE_CLIENT),
+                (int(DhcpOption.VENDOR_SPECIFIC), pxe_vendor_options())]
+    else:
+        return []
+    if client.uuid_option is not None:
+        opts.append((DhcpOption.CLIENT_UUID, client.uuid_option))
+    return opts
+
+
+def _nak(packet: DhcpPacket, settings: Settings, why: str) -> Decision:
+    """RFC 2131 4.3.2 and table 3: NAK with 53, 54, 56; broadcast (or via the relay)."""
+    flags = packet.flags | FLAG_BROADCAST if packet.giaddr != ZERO else packet.flags
+    reply = DhcpPacket(op=BOOTREPLY, xid=packet.xid, chaddr=packet.chaddr, htype=packet.htype,
+                       flags=flags, giaddr=packet.giaddr)
+    options = [
+        (int(DhcpOption.MESSAGE_TYPE), bytes((MessageType.NAK,))),
+        (int(DhcpOption.SERVER_ID), settings.server_id.packed),
+        (int(DhcpOption.MESSAGE), why.encode()[:255]),
+    ]
+    client_id = packet.options.get(DhcpOption.CLIENT_ID)
+    if client_id is not None:
+        options.append((DhcpOption.CLIENT_ID, client_id))
+    relay = packet.options.get(DhcpOption.RELAY_AGENT)
+    if relay is not None:
+        options.append((DhcpOption.RELAY_AGENT, relay))
+    destination, broadcast = _destination(packet, nak=True)
+    requested = packet.address_option(DhcpOption.REQUESTED_IP) or packet.ciaddr
+    return Decision("nak", encode_packet(reply, tuple(options)), destination, broadcast,
+                    requested if requested != ZERO else None, note=why)
+
+
+def _destination(packet: DhcpPacket, *, nak: bool) -> tuple[tuple[str, int], bool]:
+    """RFC 2131 section 4.1: relay, else broadcast for NAK / no ciaddr / flag, else ciaddr.
+
+    Unicast to yiaddr before the client has its address would need an ARP
+    entry we cannot add from a UDP socket, so those replies are broadcast.
+    """
+    if packet.giaddr != ZERO:
+        return (str(packet.giaddr), SERVER_PORT), False
+    if nak or packet.ciaddr == ZERO or packet.broadcast:
+        return (str(BROADCAST), CLIENT_PORT), True
+    return (str(packet.ciaddr), CLIENT_PORT), False
+
+
+def _with_persist(decision: Decision, persist: tuple[Lease, ...]) -> Decision:
+    return Decision(decision.event, decision.reply, decision.destination, decision.broadcast,
+                    decision.ip, decision.bootfile, persist, decision.note, decision.warning)
+
+
+def _replace_destination(decision: Decision, destination: tuple[str, int], *,
+                         broadcast: bool) -> Decision:
+    return Decision(decision.event, decision.reply, destination, broadcast, decision.ip,
+                    decision.bootfile, decision.persist, decision.note, decision.warning)

@@ -1,0 +1,434 @@
+"""The DHCP/BOOTP/PXE service: sockets, the lease file, access control, events.
+
+Everything protocol-related is decided by the sans-IO :mod:`pybootd.dhcp`
+package; this module only moves bytes:
+
+* one UDP socket on ``[bootp] port`` (67) and one on ``pxe_port`` (4011), read
+  with ``recvmsg`` and ``IP_PKTINFO`` to learn the interface a request came in
+  on; broadcasts are sent with ``sendmsg`` and ``IP_PKTINFO`` naming that
+  interface, so they leave by it even on a host with no default route;
+* acknowledged leases are committed to SQLite before their ACKs are sent, in
+  groups (see :mod:`pybootd.server.leasestore`), in the thread pool;
+* HTTP access queries run in the thread pool; a request waiting for one
+  holds up no other request;
+* a malformed or hostile packet is logged and dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import struct
+import time
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+from pybootd.config import BootpConfig, Config
+from pybootd.dhcp.options import DhcpOption, MessageType
+from pybootd.dhcp.packet import ZERO, DhcpPacket, parse_packet_untrusted
+from pybootd.dhcp.pool import Lease, LeasePool
+from pybootd.dhcp.pxe import ClientInfo, client_info
+from pybootd.dhcp.responder import Decision, Settings, respond
+from pybootd.errors import BadPacket, NetworkConfigError
+from pybootd.netif import LocalNetwork, find_network, local_networks
+from pybootd.server.dhcpacl import AccessControl, Verdict
+from pybootd.server.leasestore import LeaseStore
+from pybootd.server.notify import Notifier
+from pybootd.server.runtime import Runtime
+
+log = logging.getLogger("pybootd.dhcp")
+
+# <linux/in.h>: IP_PKTINFO = 8; struct in_pktinfo { int ipi_ifindex;
+# struct in_addr ipi_spec_dst; struct in_addr ipi_addr; }
+IP_PKTINFO: int = getattr(socket, "IP_PKTINFO", 8)
+_PKTINFO = struct.Struct("=i4s4s")
+_CMSG_SPACE = socket.CMSG_SPACE(_PKTINFO.size)
+_RECV_SIZE = 4096  # larger than any sane request (RFC 2131: at least 576 accepted)
+_BATCH = 64  # datagrams read per wake-up before yielding to the loop
+_MAX_WAITING = 1024  # requests waiting for an access answer; more are dropped
+_STORE_TIMEOUT = 30.0
+_INCOMING_EVENTS = {
+    MessageType.DISCOVER: "discover",
+    MessageType.REQUEST: "request",
+    MessageType.RELEASE: "release",
+    MessageType.DECLINE: "decline",
+    MessageType.INFORM: "inform",
+}
+
+
+@dataclass
+class _Pending:
+    """A reply that waits for its leases to be committed."""
+
+    decision: Decision
+    sock: socket.socket
+    ifindex: int
+    peer: str
+    client: ClientInfo
+
+
+class DhcpService:
+    """BOOTP/DHCP/PXE server or proxyDHCP, per ``[bootp]``."""
+
+    name = "dhcp"
+
+    def __init__(self, runtime: Runtime) -> None:
+        if runtime.config.bootp is None:
+            raise runtime.config.error("bootp", None, "missing (expected a [bootp] section)")
+        self.runtime = runtime
+        self.config: Config = runtime.config
+        self.bootp: BootpConfig = runtime.config.bootp
+        self.server_address = IPv4Address(0)
+        self.network: LocalNetwork | None = None
+        self.settings: Settings | None = None
+        self.pool: LeasePool | None = None
+        self.store: LeaseStore | None = None
+        self.acl = AccessControl(self.config, runtime)
+        self.notifier: Notifier | None = None
+        self.stats: dict[str, int] = {}
+        self._sockets: list[tuple[socket.socket, bool]] = []
+        self._ifindex = 0
+        self._pending: list[_Pending] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._waiting: set[asyncio.Task[None]] = set()
+        self._accepting = False
+        self._ifnames: dict[int, str] = {}
+
+    # --- Service protocol ---------------------------------------------------
+    async def start(self) -> None:
+        """Detect the network, open the lease file, bind the sockets."""
+        self.network = self._detect_network()
+        self.server_address = self.network.address
+        self._ifindex = socket.if_nametoindex(self.network.interface)
+        self.settings = self._settings(self.network)
+        if self.bootp.mode == "server":
+            self.pool = self._pool(self.network)
+            self.store = await self.runtime.blocking(_STORE_TIMEOUT, LeaseStore,
+                                                     self.config.lease_file)
+            leases = await self.runtime.blocking(_STORE_TIMEOUT, self.store.load)
+            self.pool.restore(leases)
+            log.info("%d leases loaded from %s", len(leases), self.config.lease_file)
+        self.notifier = Notifier(self.bootp.notify)
+        self._bind(self.bootp.port, boot_service=False)
+        if self.bootp.pxe_port:
+            self._bind(self.bootp.pxe_port, boot_service=True)
+        self._accepting = True
+        for sock, boot_service in self._sockets:
+            self.runtime.loop.add_reader(sock.fileno(), self._on_readable, sock, boot_service)
+        log.info("DHCP %s on %s:%d (%s %s), pool %s", self.bootp.mode, self.bootp.address,
+                 self.bootp.port, self.network.interface, self.network.network,
+                 self._pool_text())
+
+    def stop_accepting(self) -> None:
+        self._accepting = False
+        for sock, _ in self._sockets:
+            with contextlib.suppress(ValueError, OSError):
+                self.runtime.loop.remove_reader(sock.fileno())
+
+    async def drain(self, timeout: float) -> None:
+        """Wait for waiting access queries and the last lease commit."""
+        work: list[asyncio.Future[None]] = [*self._waiting]
+        if self._writer is not None:
+            work.append(self._writer)
+        if work:
+            await asyncio.wait(work, timeout=timeout)
+
+    def close(self) -> None:
+        self.stop_accepting()
+        for task in [*self._waiting, *([self._writer] if self._writer else [])]:
+            task.cancel()
+        for sock, _ in self._sockets:
+            sock.close()
+        self._sockets.clear()
+        if self.notifier is not None:
+            self.notifier.close()
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        log.info("DHCP stopped: %s", ", ".join(f"{k}={v}" for k, v in sorted(self.stats.items())))
+
+    # --- setup --------------------------------------------------------------
+    def _detect_network(self) -> LocalNetwork:
+        bootp = self.bootp
+        if bootp.pool_start is not None:
+            network = find_network(bootp.pool_start, bootp.interface, bootp.netmask)
+            last = bootp.pool_start + (bootp.pool_count - 1)
+            if last not in network.network:
+                raise self.config.error(
+                    "bootp", "pool_count",
+                    f"the pool ends at {last}, outside {network.network} on "
+                    f"{network.interface} (expected a smaller pool_count)")
+            return network
+        # proxy mode: the interface, the listen address, or the only LAN
+        if bootp.address != "0.0.0.0":
+            return find_network(IPv4Address(bootp.address), bootp.interface, bootp.netmask)
+        candidates = [n for n in local_networks() if not n.address.is_loopback
+                      and (bootp.interface is None or n.interface == bootp.interface)]
+        if not candidates:
+            raise NetworkConfigError(
+                "Unable to detect network configuration: no IPv4 address on "
+                f"{bootp.interface or 'any interface'} (expected interface = NAME in [bootp])")
+        return candidates[0]
+
+    def _settings(self, network: LocalNetwork) -> Settings:
+        bootp = self.bootp
+        gateway: IPv4Address | None
+        if bootp.gateway == "auto":
+            gateway = network.address  # the original pybootd's choice: us
+        elif bootp.gateway == "none":
+            gateway = None
+        else:
+            gateway = bootp.gateway
+        next_server = bootp.next_server or self._tftp_address() or network.address
+        return Settings(
+            server_id=network.address, network=network.network, next_server=next_server,
+            mode=bootp.mode, gateway=gateway, dns=bootp.dns, domain=bootp.domain,
+            lease_time=bootp.lease_time, servername=bootp.servername,
+            boot_file=bootp.boot_file, bootfiles=self.config.bootfiles,
+            ipxe_bootfile=self.config.ipxe_bootfile, allow_simple_dhcp=bootp.allow_simple_dhcp)
+
+    def _tftp_address(self) -> IPv4Address | None:
+        tftp = self.config.tftp
+        if not tftp.address_set or not tftp.address:
+            return None
+        try:
+            address = IPv4Address(tftp.address)
+        except ValueError:
+            return None
+        return None if address.is_unspecified else address
+
+    def _pool(self, network: LocalNetwork) -> LeasePool:
+        assert self.bootp.pool_start is not None and self.settings is not None
+        for mac, ip in self.config.static_dhcp.items():
+            if ip not in network.network:
+                log.warning("%s: static address %s is outside %s; it will not be served",
+                            mac, ip, network.network)
+        excluded = {network.address}
+        if self.settings.gateway is not None:
+            excluded.add(self.settings.gateway)
+        return LeasePool(network.network, self.bootp.pool_start, self.bootp.pool_count,
+                         self.bootp.lease_time, static=self.config.static_dhcp,
+                         excluded=excluded)
+
+    def _bind(self, port: int, *, boot_service: bool) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+            if self.bootp.interface:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE,
+                                self.bootp.interface.encode())
+            sock.bind((self.bootp.address, port))
+        except OSError as exc:
+            sock.close()
+            raise NetworkConfigError(
+                f"cannot listen on {self.bootp.address}:{port}/udp: {exc.strerror} "
+                "(expected root, and no other DHCP server on this port)") from None
+        sock.setblocking(False)
+        self._sockets.append((sock, boot_service))
+
+    def _pool_text(self) -> str:
+        if self.pool is None:
+            return "none (proxy)"
+        return f"{self.pool.start}+{self.pool.count}"
+
+    # --- receive ------------------------------------------------------------
+    def _on_readable(self, sock: socket.socket, boot_service: bool) -> None:
+        for _ in range(_BATCH):
+            try:
+                data, ancdata, _flags, source = sock.recvmsg(_RECV_SIZE, _CMSG_SPACE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("receive failed: %s", exc)
+                return
+            ifindex = 0
+            for level, kind, value in ancdata:
+                if level == socket.IPPROTO_IP and kind == IP_PKTINFO \
+                        and len(value) >= _PKTINFO.size:
+                    ifindex = _PKTINFO.unpack_from(value)[0]
+            try:
+                self._received(data, ifindex, source, sock, boot_service)
+            except Exception:  # a bug must not stop the service for other clients
+                self._count("errors")
+                log.exception("%s:%d: request dropped after an internal error", *source)
+
+    def _received(self, data: bytes, ifindex: int, source: tuple[str, int],
+                  sock: socket.socket, boot_service: bool) -> None:
+        self._count("received")
+        try:
+            packet = parse_packet_untrusted(data)
+        except BadPacket as exc:
+            self._count("malformed")
+            log.info("%s:%d: malformed packet dropped (%d bytes): %s", *source, len(data), exc)
+            return
+        if packet.op != 1:
+            return  # a BOOTREPLY from another server
+        if packet.giaddr == ZERO and ifindex and ifindex != self._ifindex and not boot_service:
+            self._count("foreign")
+            log.debug("%s: request on %s, not the served interface, ignored",
+                      packet.mac, self._ifname(ifindex))
+            return
+        client = client_info(packet)
+        verdict = self.acl.quick(client)
+        if verdict is not None:
+            self._serve(packet, client, verdict, ifindex, source, sock, boot_service)
+            return
+        if len(self._waiting) >= _MAX_WAITING:
+            self._count("overload")
+            log.warning("%s: %d requests already wait for access answers; dropped",
+                        client.mac, len(self._waiting))
+            return
+        task = self.runtime.loop.create_task(
+            self._ask_then_serve(packet, client, ifindex, source, sock, boot_service))
+        self._waiting.add(task)
+        task.add_done_callback(self._waiting.discard)
+
+    async def _ask_then_serve(self, packet: DhcpPacket, client: ClientInfo, ifindex: int,
+                              source: tuple[str, int], sock: socket.socket,
+                              boot_service: bool) -> None:
+        try:
+            verdict = await self.acl.ask(client)
+            if self._accepting:
+                self._serve(packet, client, verdict, ifindex, source, sock, boot_service)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self._count("errors")
+            log.exception("%s: request dropped after an internal error", client.mac)
+
+    def _serve(self, packet: DhcpPacket, client: ClientInfo, verdict: Verdict, ifindex: int,
+               source: tuple[str, int], sock: socket.socket, boot_service: bool) -> None:
+        assert self.settings is not None
+        kind = packet.message_type
+        peer = self._peer(packet, client)
+        incoming = _INCOMING_EVENTS.get(kind) if kind is not None else "bootp"
+        if incoming is not None:
+            self._notify(incoming, client, _requested(packet), None)
+        if verdict is not Verdict.ALLOW:
+            self._count("denied" if verdict is Verdict.DENY else "unanswered")
+            log.info("%s: %s %s by access control (%s)", peer, _kind_name(kind),
+                     "denied" if verdict is Verdict.DENY else "ignored", self.acl.mode)
+            if verdict is Verdict.DENY:
+                self._notify("denied", client, _requested(packet), None)
+            return
+        decision = respond(packet, client, self.pool, self.settings, time.time(),
+                           boot_service=boot_service, source=source)
+        self._log(peer, kind, decision)
+        if decision.persist:
+            self._queue(_Pending(decision, sock, ifindex, peer, client))
+        else:
+            self._finish(decision, sock, ifindex, peer, client)
+
+    def _finish(self, decision: Decision, sock: socket.socket, ifindex: int, peer: str,
+                client: ClientInfo | None) -> None:
+        self._count(decision.event)
+        if decision.reply is not None and decision.destination is not None:
+            self._send(decision, sock, ifindex, peer)
+        if decision.event != "ignore" and client is not None:
+            self._notify(decision.event, client, decision.ip, decision.bootfile)
+
+    # --- group commit -------------------------------------------------------
+    def _queue(self, pending: _Pending) -> None:
+        self._pending.append(pending)
+        if self._writer is None:
+            self._writer = self.runtime.loop.create_task(self._commit())
+
+    async def _commit(self) -> None:
+        """Store queued leases, then send their replies; repeat while some wait."""
+        try:
+            while self._pending and self.store is not None:
+                batch, self._pending = self._pending, []
+                leases: list[Lease] = [lease for item in batch for lease in item.decision.persist]
+                try:
+                    await self.runtime.blocking(_STORE_TIMEOUT, self.store.write, leases,
+                                                time.time())
+                except Exception as exc:  # disk full, locked, read-only: keep serving
+                    self._count("store_errors")
+                    log.error("lease file %s not written (%s): %d replies withheld",
+                              self.config.lease_file, exc, len(batch))
+                    continue
+                self._count("commits")
+                for item in batch:
+                    self._finish(item.decision, item.sock, item.ifindex, item.peer,
+                                 item.client)
+        finally:
+            self._writer = None
+
+    # --- send ---------------------------------------------------------------
+    def _send(self, decision: Decision, sock: socket.socket, ifindex: int, peer: str) -> None:
+        assert decision.reply is not None and decision.destination is not None
+        ancillary = []
+        if decision.broadcast:
+            # Leave by the interface the request came in on (no route needed).
+            out = ifindex or self._ifindex
+            ancillary = [(socket.IPPROTO_IP, IP_PKTINFO,
+                          _PKTINFO.pack(out, self.server_address.packed, bytes(4)))]
+        try:
+            sock.sendmsg([decision.reply], ancillary, 0, decision.destination)
+            self._count("sent")
+        except OSError as exc:
+            self._count("send_errors")
+            log.warning("%s: %s to %s:%d not sent: %s", peer, decision.event.upper(),
+                        *decision.destination, exc)
+
+    # --- helpers ------------------------------------------------------------
+    def _notify(self, event: str, client: ClientInfo, ip: IPv4Address | None,
+                bootfile: str | None) -> None:
+        if self.notifier is not None and self.notifier.targets:
+            self.notifier.send(event, client.mac, ip, self.acl.uuid_of(client),
+                               client.arch_label if client.arch is not None else None, bootfile)
+
+    def _log(self, peer: str, kind: MessageType | None, decision: Decision) -> None:
+        if decision.event == "ignore":
+            level = logging.WARNING if decision.warning else logging.DEBUG
+            if log.isEnabledFor(level):
+                log.log(level, "%s: %s ignored: %s", peer, _kind_name(kind), decision.note)
+            return
+        if log.isEnabledFor(logging.INFO):
+            what = decision.event.upper()
+            ip = f" {decision.ip}" if decision.ip is not None else ""
+            boot = f" file={decision.bootfile}" if decision.bootfile else ""
+            note = f" ({decision.note})" if decision.note else ""
+            log.info("%s: %s -> %s%s%s%s", peer, _kind_name(kind), what, ip, boot, note)
+
+    def _peer(self, packet: DhcpPacket, client: ClientInfo) -> str:
+        parts = [client.mac]
+        if packet.ciaddr != ZERO:
+            parts.append(str(packet.ciaddr))
+        if packet.giaddr != ZERO:
+            parts.append(f"via {packet.giaddr}")
+        if client.netboot:
+            kind = "http" if client.http else ("ipxe" if client.ipxe else "pxe")
+            parts.append(f"{kind}/{client.arch_label}")
+        return " ".join(parts)
+
+    def _ifname(self, ifindex: int) -> str:
+        name = self._ifnames.get(ifindex)
+        if name is None:
+            try:
+                name = socket.if_indextoname(ifindex)
+            except OSError:
+                name = f"if{ifindex}"
+            self._ifnames[ifindex] = name
+        return name
+
+    def _count(self, what: str) -> None:
+        self.stats[what] = self.stats.get(what, 0) + 1
+
+
+def _requested(packet: DhcpPacket) -> IPv4Address | None:
+    ip = packet.address_option(DhcpOption.REQUESTED_IP)
+    if ip is None and packet.ciaddr != ZERO:
+        ip = packet.ciaddr
+    return ip
+
+
+def _kind_name(kind: MessageType | None) -> str:
+    return kind.name if kind is not None else "BOOTP"
+
