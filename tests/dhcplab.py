@@ -1,0 +1,171 @@
+"""A server namespace running pybootd's DHCP service and client namespaces.
+
+Used by the DHCP interop tests and by ``scripts/capture_dhcp_vectors.py``.
+Addresses: 198.51.100.0/24 (RFC 5737) inside namespaces only.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from netlab import REPO, NetLab, wait_for
+
+SERVER_CIDR = "198.51.100.1/24"
+POOL_START = "198.51.100.100"
+
+CLIENT_SCRIPT = """#!/bin/sh
+# Records every client event as "EVENT IP" and configures the address the
+# way the stock scripts would (udhcpc: $1/$ip, dhclient: $reason/$new_ip_address).
+log={log}
+event="${{reason:-$1}}"
+addr="${{new_ip_address:-$ip}}"
+echo "$event $addr" >> "$log"
+case "$event" in
+  bound|renew|BOUND|RENEW|REBIND|REBOOT)
+    ip addr flush dev "$interface"; ip addr add "$addr/24" dev "$interface" ;;
+  deconfig|RELEASE|EXPIRE|STOP|PREINIT)
+    ip addr flush dev "$interface" ;;
+esac
+exit 0
+"""
+
+
+@dataclass
+class DhcpLab:
+    """pybootd in namespace ``srv`` on a bridge; clients in their own namespaces."""
+
+    lab: NetLab
+    workdir: Path
+    config: dict[str, dict[str, str]] = field(default_factory=dict)
+    server_ns: str = ""
+    bridge: str = ""
+    server: subprocess.Popen[Any] | None = None
+    clients: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (ns, ifname)
+
+    def setup(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.workdir, 0o755)
+        self.server_ns = self.lab.ns("srv")
+        self.bridge = self.lab.bridge(self.server_ns, f"br{self.lab.tag}"[:15], SERVER_CIDR)
+
+    @property
+    def lease_file(self) -> Path:
+        return self.workdir / "leases.sqlite"
+
+    def client(self, name: str) -> tuple[str, str]:
+        """A client namespace with one interface on the server's bridge."""
+        ns = self.lab.ns(name[:6])
+        inside = f"c{name[:5]}{self.lab.tag}"[:15]
+        outside = f"p{name[:5]}{self.lab.tag}"[:15]
+        self.lab.veth(ns, None, self.server_ns, None, names=(inside, outside))
+        self.lab.run(self.server_ns, ["ip", "link", "set", outside, "master", self.bridge])
+        self.clients[name] = (ns, inside)
+        return ns, inside
+
+    def write_config(self, **sections: dict[str, str]) -> Path:
+        config: dict[str, dict[str, str]] = {
+            "logger": {"level": "debug"},
+            "bootp": {
+                "pool_start": POOL_START,
+                "pool_count": "50",
+                "allow_simple_dhcp": "on",
+                "lease_time": "300",
+                "lease_file": str(self.lease_file),
+            },
+        }
+        for name, values in sections.items():
+            config.setdefault(name, {}).update(values)
+        text = "".join(
+            f"[{name}]\n" + "".join(f"{k} = {v}\n" for k, v in values.items()) + "\n"
+            for name, values in config.items()
+        )
+        path = self.workdir / "pybootd.ini"
+        path.write_text(text)
+        self.config = config
+        return path
+
+    def start_server(self, timeout: float = 20) -> None:
+        """Start pybootd's DHCP service; wait until it serves."""
+        path = self.workdir / "pybootd.ini"
+        log = open(self.workdir / "server.log", "ab")  # noqa: SIM115 - closed in stop_server
+        self.server = self.lab.popen(
+            self.server_ns,
+            [sys.executable, str(REPO / "tests" / "dhcp_runner.py"), str(path)],
+            stdout=subprocess.PIPE, stderr=log,
+        )
+        log.close()
+        assert self.server.stdout is not None
+        deadline = time.monotonic() + timeout
+        os.set_blocking(self.server.stdout.fileno(), False)
+        buffer = b""
+        while b"READY" not in buffer:
+            if self.server.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"pybootd did not start:\n{self.server_log()}")
+            chunk = self.server.stdout.read() or b""
+            buffer += chunk
+            time.sleep(0.02)
+
+    def stop_server(self, sig: int = signal.SIGTERM) -> int:
+        assert self.server is not None
+        code = self.lab.stop(self.server, sig)
+        self.server = None
+        return code
+
+    def server_log(self) -> str:
+        path = self.workdir / "server.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stored_leases(self) -> dict[str, tuple[str, str]]:
+        """``{mac: (ip, state)}`` read straight from the SQLite file."""
+        from ipaddress import IPv4Address
+
+        with sqlite3.connect(str(self.lease_file), timeout=5) as db:
+            rows = db.execute("SELECT ip, mac, state FROM leases WHERE mac IS NOT NULL")
+            return {mac: (str(IPv4Address(ip)), state) for ip, mac, state in rows}
+
+    def mac_of(self, name: str) -> str:
+        ns, ifname = self.clients[name]
+        return self.lab.run(ns, ["cat", f"/sys/class/net/{ifname}/address"]).stdout.strip()
+
+    def address_of(self, name: str) -> str | None:
+        ns, ifname = self.clients[name]
+        out = self.lab.run(ns, ["ip", "-4", "-o", "addr", "show", "dev", ifname]).stdout
+        for word in out.split():
+            if "/" in word and word[0].isdigit():
+                return word.split("/")[0]
+        return None
+
+    def script(self, name: str) -> tuple[Path, Path]:
+        """A client hook script and the event log it appends to."""
+        log = self.workdir / f"{name}.events"
+        log.write_text("")
+        script = self.workdir / f"{name}.sh"
+        script.write_text(textwrap.dedent(CLIENT_SCRIPT.format(log=log)))
+        script.chmod(0o755)
+        return script, log
+
+
+def events(log: Path) -> list[str]:
+    return [line for line in log.read_text().splitlines() if line.strip()]
+
+
+def wait_event(log: Path, word: str, timeout: float = 30, after: int = 0) -> str:
+    """Wait for a line whose first word is *word* (past the first *after* lines)."""
+
+    def found() -> str | None:
+        for line in events(log)[after:]:
+            if line.split()[0] == word:
+                return line
+        return None
+
+    result: str = wait_for(found, timeout, what=f"client event {word} in {log.name}")
+    return result
