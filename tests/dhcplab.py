@@ -19,6 +19,8 @@ from typing import Any
 
 from netlab import REPO, NetLab, wait_for
 
+__all__ = ["REPO", "DhcpLab", "events", "parse_perfdhcp", "perfdhcp_drop_ratio", "wait_event"]
+
 SERVER_CIDR = "198.51.100.1/24"
 POOL_START = "198.51.100.100"
 
@@ -169,3 +171,30 @@ def wait_event(log: Path, word: str, timeout: float = 30, after: int = 0) -> str
 
     result: str = wait_for(found, timeout, what=f"client event {word} in {log.name}")
     return result
+
+
+def parse_perfdhcp(text: str) -> dict[str, dict[str, float]]:
+    """perfdhcp's report -> ``{"DISCOVER-OFFER": {"sent packets": ..., ...}, "rate": ...}``."""
+    stats: dict[str, dict[str, float]] = {}
+    section: dict[str, float] | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("***Statistics for:"):
+            section = stats.setdefault(line.split(":", 1)[1].strip(" *"), {})
+        elif line.startswith("Rate:"):
+            stats["rate"] = {"exchanges": float(line.split()[1])}
+        elif section is not None and ":" in line:
+            key, _, value = line.partition(":")
+            words = value.split()
+            try:
+                section[key.strip()] = float(words[0]) if words else 0.0
+            except ValueError:
+                continue
+    return stats
+
+
+def perfdhcp_drop_ratio(stats: dict[str, dict[str, float]]) -> float:
+    """Full 4-way exchanges lost: 1 - ACKs received / DISCOVERs sent."""
+    sent = stats.get("DISCOVER-OFFER", {}).get("sent packets", 0.0)
+    acked = stats.get("REQUEST-ACK", {}).get("received packets", 0.0)
+    return 1.0 - acked / sent if sent else 1.0
