@@ -216,12 +216,14 @@ class LeasePool:
         return None
 
     def _reclaim(self, now: float) -> IPv4Address | None:
-        """The free or expired address unused the longest, taken from its old MAC."""
+        """A free or expired address: ownerless ones first, else the one unused longest."""
         best: Lease | None = None
         for lease in self._by_ip.values():
             if lease.active(now) or not self.in_range(lease.ip):
                 continue
-            if best is None or lease.expires < best.expires:
+            # Ownerless first (quarantine over, orphaned), then the oldest.
+            if best is None or (lease.mac is not None, lease.expires) < (
+                    best.mac is not None, best.expires):
                 best = lease
         if best is None:
             return None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network
 
 from pybootd.dhcp.options import DhcpOption, MessageType, param_request_list
@@ -218,7 +218,7 @@ def _boot_service(packet: DhcpPacket, client: ClientInfo, settings: Settings,
         return ignore("boot service answers REQUEST only")
     decision = _answer(packet, client, settings, MessageType.ACK, ZERO, inform=True)
     host = str(packet.ciaddr) if packet.ciaddr != ZERO else source[0]
-    return _replace_destination(decision, (host, source[1]), broadcast=False)
+    return replace(decision, destination=(host, source[1]), broadcast=False)
 
 
 # --- replies ----------------------------------------------------------------
@@ -255,7 +255,8 @@ def _answer(packet: DhcpPacket, client: ClientInfo, settings: Settings,
         file=file, dhcp=packet.dhcp or kind is not None,
     )
     data = encode_packet(reply, tuple(options))
-    event = "offer" if kind == MessageType.OFFER else ("inform" if inform else "ack")
+    event = "offer" if kind == MessageType.OFFER else (
+        "inform" if packet.message_type == MessageType.INFORM else "ack")
     destination, broadcast = _destination(packet, nak=False)
     return Decision(event, data, destination, broadcast, yiaddr if yiaddr != ZERO else None,
                     bootfile)
@@ -346,11 +347,4 @@ def _destination(packet: DhcpPacket, *, nak: bool) -> tuple[tuple[str, int], boo
 
 
 def _with_persist(decision: Decision, persist: tuple[Lease, ...]) -> Decision:
-    return Decision(decision.event, decision.reply, decision.destination, decision.broadcast,
-                    decision.ip, decision.bootfile, persist, decision.note, decision.warning)
-
-
-def _replace_destination(decision: Decision, destination: tuple[str, int], *,
-                         broadcast: bool) -> Decision:
-    return Decision(decision.event, decision.reply, destination, broadcast, decision.ip,
-                    decision.bootfile, decision.persist, decision.note, decision.warning)
+    return replace(decision, persist=persist)

@@ -1,0 +1,255 @@
+"""Requests in, decisions out: messages, options, destinations (RFC 2131 4.1, 4.3)."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+
+import pytest
+from dhcp_helpers import (
+    MAC,
+    MAC_TEXT,
+    NETWORK,
+    PXE_BIOS,
+    SERVER,
+    UUID_OPTION,
+    pxe_options,
+    request,
+    settings,
+)
+
+from pybootd.dhcp.options import DhcpOption, MessageType
+from pybootd.dhcp.packet import FLAG_BROADCAST, DhcpPacket, parse_packet_untrusted
+from pybootd.dhcp.pool import LeasePool, LeaseState
+from pybootd.dhcp.pxe import client_info
+from pybootd.dhcp.responder import Decision, Settings, respond
+
+T0 = 1_700_000_000.0
+POOL_START = IPv4Address("198.51.100.100")
+OTHER = IPv4Address("203.0.113.1")
+
+
+def new_pool(count: int = 10) -> LeasePool:
+    return LeasePool(NETWORK, POOL_START, count, 3600, excluded={SERVER},
+                     static={"52:54:00:00:00:99": IPv4Address("198.51.100.20")})
+
+
+def answer(packet: DhcpPacket, pool: LeasePool | None, s: Settings | None = None,
+           now: float = T0, **kw: object) -> Decision:
+    return respond(packet, client_info(packet), pool, s or settings(), now, **kw)  # type: ignore[arg-type]
+
+
+def reply_of(decision: Decision) -> DhcpPacket:
+    assert decision.reply is not None
+    assert len(decision.reply) >= 300
+    return parse_packet_untrusted(decision.reply)
+
+
+def dora(pool: LeasePool, options: dict[int, bytes] | None = None) -> IPv4Address:
+    offer = reply_of(answer(request(MessageType.DISCOVER, options=options), pool))
+    req = request(MessageType.REQUEST, options={
+        **(options or {}), DhcpOption.SERVER_ID: SERVER.packed,
+        DhcpOption.REQUESTED_IP: offer.yiaddr.packed})
+    decision = answer(req, pool)
+    assert decision.event == "ack" and decision.persist
+    return reply_of(decision).yiaddr
+
+
+def test_discover_offer_plain_client() -> None:
+    decision = answer(request(MessageType.DISCOVER), new_pool())
+    assert decision.event == "offer" and decision.broadcast
+    assert decision.destination == ("255.255.255.255", 68)
+    assert decision.persist == ()  # offers are not stored
+    reply = reply_of(decision)
+    assert reply.op == 2 and reply.xid == 0x1234 and reply.chaddr == MAC
+    assert reply.yiaddr == POOL_START and reply.siaddr == SERVER
+    assert reply.message_type == MessageType.OFFER
+    opts = reply.options
+    assert opts[DhcpOption.SERVER_ID] == SERVER.packed
+    assert opts[DhcpOption.SUBNET_MASK] == NETWORK.netmask.packed
+    assert opts[DhcpOption.ROUTER] == SERVER.packed
+    assert opts[DhcpOption.DNS] == IPv4Address("198.51.100.53").packed
+    assert opts[DhcpOption.DOMAIN_NAME] == b"lab.example"
+    assert int.from_bytes(opts[DhcpOption.LEASE_TIME], "big") == 3600
+    assert int.from_bytes(opts[DhcpOption.RENEWAL_TIME], "big") == 1800
+    assert int.from_bytes(opts[DhcpOption.REBINDING_TIME], "big") == 3150
+    assert DhcpOption.BOOTFILE not in opts and reply.file == b""  # not asked, not PXE
+    assert DhcpOption.VENDOR_CLASS not in opts and DhcpOption.VENDOR_SPECIFIC not in opts
+
+
+def test_pxe_offer_has_boot_options() -> None:
+    decision = answer(request(MessageType.DISCOVER, options=pxe_options()), new_pool())
+    reply = reply_of(decision)
+    opts = reply.options
+    assert reply.file == b"grubx64.efi" and opts[DhcpOption.BOOTFILE] == b"grubx64.efi"
+    assert reply.sname == b"bootsrv" and reply.siaddr == SERVER
+    assert opts[DhcpOption.TFTP_SERVER] == b"198.51.100.1"
+    assert opts[DhcpOption.VENDOR_CLASS] == b"PXEClient"
+    assert opts[DhcpOption.VENDOR_SPECIFIC] == bytes((6, 1, 8, 255))
+    assert opts[DhcpOption.CLIENT_UUID] == UUID_OPTION
+    assert decision.bootfile == "grubx64.efi"
+
+
+def test_bios_pxe_and_ipxe_files() -> None:
+    bios = pxe_options(PXE_BIOS, 0)
+    assert reply_of(answer(request(MessageType.DISCOVER, options=bios), new_pool())).file \
+        == b"pxelinux.0"
+    ipxe = {**bios, DhcpOption.USER_CLASS: b"iPXE"}
+    assert reply_of(answer(request(MessageType.DISCOVER, options=ipxe), new_pool())).file \
+        == b"http://198.51.100.1/boot.ipxe"
+
+
+def test_http_boot_client_gets_url_and_httpclient() -> None:
+    http = pxe_options(b"HTTPClient:Arch:00016:UNDI:003001", 16)
+    reply = reply_of(answer(request(MessageType.DISCOVER, options=http), new_pool()))
+    assert reply.options[DhcpOption.VENDOR_CLASS] == b"HTTPClient"
+    assert reply.file == b"http://198.51.100.1/boot/shimx64.efi"
+    assert DhcpOption.VENDOR_SPECIFIC not in reply.options
+
+
+def test_full_exchange_then_renew_unicast() -> None:
+    pool = new_pool()
+    ip = dora(pool)
+    assert ip == POOL_START
+    renew = answer(request(MessageType.REQUEST, ciaddr=ip), pool, now=T0 + 1800)
+    assert renew.event == "ack" and renew.destination == (str(ip), 68) and not renew.broadcast
+    reply = reply_of(renew)
+    assert reply.ciaddr == ip and reply.yiaddr == ip
+    assert pool.lease_of(MAC_TEXT).expires == T0 + 1800 + 3600  # type: ignore[union-attr]
+
+
+def test_broadcast_flag_and_relay_destinations() -> None:
+    pool = new_pool()
+    flagged = answer(request(MessageType.REQUEST, ciaddr=POOL_START, flags=FLAG_BROADCAST), pool)
+    assert flagged.event == "nak" or flagged.broadcast  # no lease yet: NAK, broadcast anyway
+    relay = IPv4Address("198.51.100.2")
+    relayed = answer(request(MessageType.DISCOVER, giaddr=relay), pool)
+    assert relayed.destination == (str(relay), 67) and not relayed.broadcast
+    assert reply_of(relayed).giaddr == relay
+
+
+def test_relay_from_another_network_is_ignored() -> None:
+    decision = answer(request(MessageType.DISCOVER, giaddr=OTHER), new_pool())
+    assert decision.event == "ignore" and decision.reply is None
+
+
+def test_selecting_another_server_forgets_the_offer() -> None:
+    pool = new_pool(count=1)
+    answer(request(MessageType.DISCOVER), pool)
+    req = request(MessageType.REQUEST, options={DhcpOption.SERVER_ID: OTHER.packed,
+                                                DhcpOption.REQUESTED_IP: OTHER.packed})
+    assert answer(req, pool).event == "ignore"
+    assert pool.lease_of(MAC_TEXT).state == LeaseState.FREE  # type: ignore[union-attr]
+
+
+def test_init_reboot() -> None:
+    pool = new_pool()
+    unknown = request(MessageType.REQUEST, options={
+        DhcpOption.REQUESTED_IP: IPv4Address("198.51.100.105").packed})
+    assert answer(unknown, pool).event == "ignore"  # no record: silent (RFC 2131 4.3.2)
+    ip = dora(pool)
+    ok = request(MessageType.REQUEST, options={DhcpOption.REQUESTED_IP: ip.packed})
+    assert answer(ok, pool).event == "ack"
+    wrong = request(MessageType.REQUEST, options={
+        DhcpOption.REQUESTED_IP: IPv4Address("198.51.100.105").packed})
+    nak = answer(wrong, pool)
+    assert nak.event == "nak" and nak.broadcast
+    assert reply_of(nak).message_type == MessageType.NAK
+    assert reply_of(nak).yiaddr == IPv4Address(0)
+    foreign = request(MessageType.REQUEST, options={DhcpOption.REQUESTED_IP: OTHER.packed})
+    assert answer(foreign, pool).event == "nak"  # wrong network
+
+
+def test_nak_via_relay_sets_broadcast_bit() -> None:
+    relay = IPv4Address("198.51.100.2")
+    req = request(MessageType.REQUEST, ciaddr=OTHER, giaddr=relay)
+    nak = answer(req, new_pool())
+    assert nak.event == "nak" and nak.destination == (str(relay), 67)
+    assert reply_of(nak).flags & FLAG_BROADCAST
+
+
+def test_decline_and_release() -> None:
+    pool = new_pool()
+    ip = dora(pool)
+    release = request(MessageType.RELEASE, ciaddr=ip, options={DhcpOption.SERVER_ID: SERVER.packed})
+    decision = answer(release, pool)
+    assert decision.event == "release" and decision.reply is None and decision.persist
+    assert dora(pool) == ip  # same MAC, same address
+    decline = request(MessageType.DECLINE, options={DhcpOption.SERVER_ID: SERVER.packed,
+                                                   DhcpOption.REQUESTED_IP: ip.packed})
+    declined = answer(decline, pool)
+    assert declined.event == "decline" and declined.persist[0].state == LeaseState.DECLINED
+    assert dora(pool) != ip
+
+
+def test_inform_gets_options_without_address() -> None:
+    ip = IPv4Address("198.51.100.7")
+    decision = answer(request(MessageType.INFORM, ciaddr=ip), new_pool())
+    assert decision.event == "inform" and decision.destination == (str(ip), 68)
+    reply = reply_of(decision)
+    assert reply.yiaddr == IPv4Address(0) and reply.message_type == MessageType.ACK
+    assert DhcpOption.LEASE_TIME not in reply.options
+    assert DhcpOption.SUBNET_MASK in reply.options
+
+
+def test_bootp_request() -> None:
+    pool = new_pool()
+    decision = answer(request(None), pool)
+    assert decision.event == "ack" and decision.persist
+    reply = reply_of(decision)
+    assert reply.message_type is None and reply.yiaddr == POOL_START
+    assert reply.file == b"pxelinux.0"
+    assert pool.lease_of(MAC_TEXT).state == LeaseState.BOUND  # type: ignore[union-attr]
+
+
+def test_plain_dhcp_needs_pxe_first_without_allow_simple_dhcp() -> None:
+    pool = new_pool()
+    s = settings(allow_simple_dhcp=False)
+    assert answer(request(MessageType.DISCOVER), pool, s).event == "ignore"
+    assert answer(request(MessageType.DISCOVER, options=pxe_options()), pool, s).event == "offer"
+    assert answer(request(MessageType.DISCOVER), pool, s).event == "offer"  # now known
+
+
+def test_static_reservation_and_exhaustion() -> None:
+    pool = new_pool(count=1)
+    static = request(MessageType.DISCOVER, mac=bytes.fromhex("525400000099"))
+    assert reply_of(answer(static, pool)).yiaddr == IPv4Address("198.51.100.20")
+    dora(pool)
+    other = request(MessageType.DISCOVER, mac=bytes.fromhex("525400000001"))
+    decision = answer(other, pool)
+    assert decision.event == "ignore" and decision.warning and "exhausted" in decision.note
+
+
+def test_echoes_option_82_last_and_61() -> None:
+    relay_info = bytes((1, 4)) + b"eth0"
+    req = request(MessageType.DISCOVER, giaddr=IPv4Address("198.51.100.2"),
+                  options={DhcpOption.RELAY_AGENT: relay_info,
+                           DhcpOption.CLIENT_ID: b"\x01" + MAC})
+    data = answer(req, new_pool()).reply
+    assert data is not None
+    reply = parse_packet_untrusted(data)
+    assert reply.options[DhcpOption.RELAY_AGENT] == relay_info
+    assert reply.options[DhcpOption.CLIENT_ID] == b"\x01" + MAC
+    end = data.index(bytes((82, 6)) + relay_info)
+    assert data[end + 8] == 255  # option 82 is the last one
+
+
+def test_proxy_mode() -> None:
+    s = settings(mode="proxy")
+    assert answer(request(MessageType.DISCOVER), None, s).event == "ignore"
+    offer = answer(request(MessageType.DISCOVER, options=pxe_options()), None, s)
+    assert offer.event == "offer" and offer.broadcast
+    reply = reply_of(offer)
+    assert reply.yiaddr == IPv4Address(0) and reply.file == b"grubx64.efi"
+    assert DhcpOption.LEASE_TIME not in reply.options
+    assert DhcpOption.SUBNET_MASK not in reply.options
+    assert reply.options[DhcpOption.VENDOR_CLASS] == b"PXEClient"
+
+
+@pytest.mark.parametrize("mode", ["server", "proxy"])
+def test_boot_service_port_4011(mode: str) -> None:
+    client = IPv4Address("198.51.100.150")
+    req = request(MessageType.REQUEST, ciaddr=client, options=pxe_options())
+    decision = answer(req, new_pool(), settings(mode=mode), boot_service=True,
+                      source=(str(client), 4011))
+    assert decision.event == "ack" and decision.destination == (str(client), 4011)
+    assert reply_of(decision).file == b"grubx64.efi"
