@@ -17,9 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from netlab import REPO, NetLab, wait_for
+from netlab import REPO, NetLab, ns_socket, wait_for
 
-__all__ = ["REPO", "DhcpLab", "events", "parse_perfdhcp", "perfdhcp_drop_ratio", "wait_event"]
+from pybootd.dhcp.options import DhcpOption, MessageType
+from pybootd.dhcp.packet import DhcpPacket, encode_packet, parse_packet_untrusted
+
+__all__ = ["REPO", "DhcpLab", "Prober", "events", "parse_perfdhcp", "perfdhcp_drop_ratio",
+           "wait_event"]
 
 SERVER_CIDR = "198.51.100.1/24"
 POOL_START = "198.51.100.100"
@@ -198,3 +202,46 @@ def perfdhcp_drop_ratio(stats: dict[str, dict[str, float]]) -> float:
     sent = stats.get("DISCOVER-OFFER", {}).get("sent packets", 0.0)
     acked = stats.get("REQUEST-ACK", {}).get("received packets", 0.0)
     return 1.0 - acked / sent if sent else 1.0
+
+
+class Prober:
+    """A scripted DHCP client on port 68 of a client namespace: exact timings."""
+
+    def __init__(self, ns: str, ifname: str) -> None:
+        import socket
+
+        self.sock = ns_socket(ns, socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
+        self.sock.bind(("0.0.0.0", 68))
+        self.sent: dict[int, float] = {}
+        self._xid = 0x5000
+
+    def send(self, kind: MessageType, mac: bytes, options: dict[int, bytes] | None = None,
+             **fields: Any) -> int:
+        """Broadcast one request; returns its xid."""
+        self._xid += 1
+        opts = {int(DhcpOption.MESSAGE_TYPE): bytes((kind,)), **(options or {})}
+        packet = DhcpPacket(op=1, xid=self._xid, chaddr=mac, options=opts, **fields)
+        self.sent[self._xid] = time.monotonic()
+        self.sock.sendto(encode_packet(packet), ("255.255.255.255", 67))
+        return self._xid
+
+    def collect(self, seconds: float) -> dict[int, tuple[float, DhcpPacket]]:
+        """Replies for our xids received within *seconds*: ``{xid: (delay, packet)}``."""
+        found: dict[int, tuple[float, DhcpPacket]] = {}
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                break
+            packet = parse_packet_untrusted(data)
+            if packet.op == 2 and packet.xid in self.sent and packet.xid not in found:
+                found[packet.xid] = (time.monotonic() - self.sent[packet.xid], packet)
+        return found
+
+    def close(self) -> None:
+        self.sock.close()

@@ -184,3 +184,35 @@ def netlab() -> Iterator[NetLab]:
         yield lab
     finally:
         lab.close()
+
+
+def ns_socket(ns: str, family: int = 2, kind: int = 2) -> Any:
+    """A socket created inside namespace *ns* (it stays there whoever uses it).
+
+    ``setns`` switches only the calling thread, so a short-lived thread moves
+    into the namespace, creates the socket and ends; the test then serves or
+    reads it from any thread (an HTTP server or a UDP listener "inside" a
+    namespace, without a subprocess).
+    """
+    import ctypes
+    import socket
+    import threading
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    result: list[Any] = []
+
+    def make() -> None:
+        try:
+            with open(f"/run/netns/{ns}", "rb") as handle:
+                if libc.setns(handle.fileno(), 0x40000000) != 0:  # CLONE_NEWNET
+                    raise OSError(ctypes.get_errno(), f"setns({ns}) failed")
+            result.append(socket.socket(family, kind))
+        except OSError as exc:
+            result.append(exc)
+
+    thread = threading.Thread(target=make)
+    thread.start()
+    thread.join(10)
+    if not result or isinstance(result[0], OSError):
+        raise result[0] if result else TimeoutError("ns_socket thread hung")
+    return result[0]
