@@ -49,6 +49,8 @@ _RECV_SIZE = 4096  # larger than any sane request (RFC 2131: at least 576 accept
 _BATCH = 64  # datagrams read per wake-up before yielding to the loop
 _MAX_WAITING = 1024  # requests waiting for an access answer; more are dropped
 _STORE_TIMEOUT = 30.0
+_LOG_WINDOW = 10.0  # malformed packets: at most _LOG_BURST lines per window
+_LOG_BURST = 10
 _INCOMING_EVENTS = {
     MessageType.DISCOVER: "discover",
     MessageType.REQUEST: "request",
@@ -95,6 +97,9 @@ class DhcpService:
         self._waiting: set[asyncio.Task[None]] = set()
         self._accepting = False
         self._ifnames: dict[int, str] = {}
+        self._quiet_until = 0.0
+        self._logged = 0
+        self._unlogged = 0
 
     # --- Service protocol ---------------------------------------------------
     async def start(self) -> None:
@@ -264,8 +269,7 @@ class DhcpService:
         try:
             packet = parse_packet_untrusted(data)
         except BadPacket as exc:
-            self._count("malformed")
-            log.info("%s:%d: malformed packet dropped (%d bytes): %s", *source, len(data), exc)
+            self._malformed(source, len(data), exc)
             return
         if packet.op != 1:
             return  # a BOOTREPLY from another server
@@ -417,6 +421,20 @@ class DhcpService:
                 name = f"if{ifindex}"
             self._ifnames[ifindex] = name
         return name
+
+    def _malformed(self, source: tuple[str, int], size: int, exc: BadPacket) -> None:
+        """Log dropped packets, at most ``_LOG_BURST`` lines per ``_LOG_WINDOW`` seconds."""
+        self._count("malformed")
+        now = time.monotonic()
+        if now >= self._quiet_until:
+            if self._unlogged:
+                log.info("%d more malformed packets dropped", self._unlogged)
+            self._quiet_until, self._logged, self._unlogged = now + _LOG_WINDOW, 0, 0
+        if self._logged < _LOG_BURST:
+            self._logged += 1
+            log.info("%s:%d: malformed packet dropped (%d bytes): %s", *source, size, exc)
+        else:
+            self._unlogged += 1
 
     def _count(self, what: str) -> None:
         self.stats[what] = self.stats.get(what, 0) + 1

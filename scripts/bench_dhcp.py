@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""perfdhcp against pybootd and dnsmasq, side by side, in network namespaces.
+
+Each server runs alone in namespace ``srv`` (198.51.100.1/24) with persistent
+leases (pybootd: its SQLite lease file; dnsmasq: its lease file) and the same
+pool; perfdhcp (package kea-admin) runs in namespace ``perf`` as a relay
+(198.51.100.2) with the same simulated clients. For every target rate the
+script runs perfdhcp for ``--seconds`` and records the full 4-way exchanges
+per second it achieved and the share of exchanges lost (DISCOVERs sent whose
+ACK never came). A server's figure is the best rate with under 2.5 % lost.
+
+Usage: ``sudo python3 scripts/bench_dhcp.py [--seconds 10] [--rates 1000,2000,...]``
+Needs root, perfdhcp and dnsmasq.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from dhcplab import parse_perfdhcp, perfdhcp_drop_ratio  # noqa: E402
+from netlab import NetLab, netlab  # noqa: E402
+
+SERVER = "198.51.100.1"
+RELAY = "198.51.100.2/24"
+POOL_START, POOL_END, POOL_COUNT = "198.51.100.10", "198.51.100.249", 240
+MAX_DROPS = 0.025
+
+
+def start_pybootd(lab: NetLab, ns: str, work: Path) -> subprocess.Popen[bytes]:
+    config = work / "pybootd.ini"
+    config.write_text(
+        "[logger]\nlevel = warning\n"
+        f"[bootp]\npool_start = {POOL_START}\npool_count = {POOL_COUNT}\n"
+        f"allow_simple_dhcp = on\nlease_time = 3600\nlease_file = {work / 'leases.sqlite'}\n"
+    )
+    proc = lab.popen(ns, [sys.executable, str(REPO / "tests" / "dhcp_runner.py"), str(config)],
+                     stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith(b"READY"):
+        raise RuntimeError("pybootd did not start")
+    return proc
+
+
+def start_dnsmasq(lab: NetLab, ns: str, work: Path, ifname: str) -> subprocess.Popen[bytes]:
+    argv = [
+        "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0", "--no-ping",
+        "--dhcp-authoritative", "--quiet-dhcp", "--log-facility=-",
+        f"--interface={ifname}", "--bind-interfaces", f"--pid-file={work / 'dnsmasq.pid'}",
+        f"--dhcp-range={POOL_START},{POOL_END},255.255.255.0,1h",
+        f"--dhcp-leasefile={work / 'dnsmasq.leases'}", f"--dhcp-lease-max={POOL_COUNT + 10}",
+    ]
+    proc = lab.popen(ns, argv, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    if proc.poll() is not None:
+        raise RuntimeError("dnsmasq did not start")
+    return proc
+
+
+def perfdhcp(lab: NetLab, ns: str, ifname: str, rate: int, seconds: float,
+             clients: int) -> tuple[float, float]:
+    """One run: (4-way exchanges per second achieved, share of exchanges lost)."""
+    argv = ["perfdhcp", "-4", "-l", ifname, "-r", str(rate), "-p", str(int(seconds)),
+            "-R", str(clients), SERVER]
+    result = lab.run(ns, argv, timeout=seconds + 60, check=False)
+    stats = parse_perfdhcp(result.stdout)
+    acked = stats.get("REQUEST-ACK", {}).get("received packets", 0.0)
+    return acked / seconds, perfdhcp_drop_ratio(stats)
+
+
+def bench(name: str, lab: NetLab, ns_perf: str, perf_if: str, rates: list[int],
+          seconds: float, clients: int) -> list[tuple[int, float, float]]:
+    results = []
+    perfdhcp(lab, ns_perf, perf_if, 200, 2, clients)  # warm up: every client leased once
+    failures = 0
+    for rate in rates:
+        achieved, lost = perfdhcp(lab, ns_perf, perf_if, rate, seconds, clients)
+        results.append((rate, achieved, lost))
+        print(f"  {name:8} target {rate:6d}/s: {achieved:8.0f} exchanges/s, "
+              f"{lost * 100:6.2f} % lost", flush=True)
+        failures = failures + 1 if lost >= MAX_DROPS else 0
+        if failures >= 2:
+            break
+    return results
+
+
+def best(results: list[tuple[int, float, float]]) -> float:
+    return max((achieved for _, achieved, lost in results if lost < MAX_DROPS), default=0.0)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rates", default="1000,2000,3000,4000,5000,6000,7000,8000,10000")
+    parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--servers", default="pybootd,dnsmasq")
+    args = parser.parse_args()
+    rates = [int(r) for r in args.rates.split(",")]
+    for tool in ("perfdhcp", "dnsmasq"):
+        if shutil.which(tool) is None:
+            print(f"needs {tool}", file=sys.stderr)
+            return 2
+    table: dict[str, float] = {}
+    for name in args.servers.split(","):
+        with netlab() as lab, tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            work.chmod(0o755)
+            srv, perf = lab.ns("srv"), lab.ns("perf")
+            srv_if, perf_if = lab.veth(srv, f"{SERVER}/24", perf, RELAY)
+            proc = (start_pybootd(lab, srv, work) if name == "pybootd"
+                    else start_dnsmasq(lab, srv, work, srv_if))
+            print(f"{name}:", flush=True)
+            table[name] = best(bench(name, lab, perf, perf_if, rates, args.seconds,
+                                     args.clients))
+            lab.stop(proc)
+    print()
+    print(f"{'server':10} {'4-way exchanges/s (< 2.5 % lost, persistent leases)':>52}")
+    for name, value in table.items():
+        print(f"{name:10} {value:52.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
