@@ -35,6 +35,9 @@ from pybootd.dhcp.packet import parse_packet_untrusted  # noqa: E402
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 IPXE_ROMS = Path("/usr/lib/ipxe/qemu")
+# The SMBIOS system UUID given to every VM; the firmware sends it in option 97
+# and the codec tests check it reads back as dmidecode prints it.
+VM_UUID = "4c4c4544-0042-3510-8051-b4c04f4d3132"
 
 
 def run_clients(d: DhcpLab) -> None:
@@ -74,7 +77,8 @@ def run_qemu(d: DhcpLab, name: str, device: str, firmware: list[str], seconds: f
     """Boot a VM from the network for *seconds*: its DHCP requests are what we want."""
     tap = d.lab.tap(d.server_ns, f"t{name[:5]}{d.lab.tag}"[:15], d.bridge)
     argv = ["qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-nographic", "-no-reboot",
-            "-boot", "n", "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
+            "-boot", "n", "-uuid", VM_UUID,
+            "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
             "-device", device, *firmware, "-serial", "none", "-monitor", "none"]
     proc = d.lab.popen(d.server_ns, argv, stdout=subprocess.DEVNULL)
     time.sleep(seconds)

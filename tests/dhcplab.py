@@ -219,14 +219,28 @@ class Prober:
         self._xid = 0x5000
 
     def send(self, kind: MessageType, mac: bytes, options: dict[int, bytes] | None = None,
-             **fields: Any) -> int:
-        """Broadcast one request; returns its xid."""
+             to: tuple[str, int] = ("255.255.255.255", 67), **fields: Any) -> int:
+        """Send one request (broadcast unless *to* says otherwise); returns its xid."""
         self._xid += 1
         opts = {int(DhcpOption.MESSAGE_TYPE): bytes((kind,)), **(options or {})}
         packet = DhcpPacket(op=1, xid=self._xid, chaddr=mac, options=opts, **fields)
         self.sent[self._xid] = time.monotonic()
-        self.sock.sendto(encode_packet(packet), ("255.255.255.255", 67))
+        self.sock.sendto(encode_packet(packet), to)
         return self._xid
+
+    def collect_all(self, seconds: float) -> list[tuple[int, DhcpPacket]]:
+        """Every reply to one of our xids within *seconds* (several servers may answer)."""
+        found: list[tuple[int, DhcpPacket]] = []
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            self.sock.settimeout(left)
+            try:
+                packet = parse_packet_untrusted(self.sock.recv(4096))
+            except TimeoutError:
+                break
+            if packet.op == 2 and packet.xid in self.sent:
+                found.append((packet.xid, packet))
+        return found
 
     def collect(self, seconds: float) -> dict[int, tuple[float, DhcpPacket]]:
         """Replies for our xids received within *seconds*: ``{xid: (delay, packet)}``."""

@@ -86,7 +86,7 @@ def respond(packet: DhcpPacket, client: ClientInfo, pool: LeasePool | None,
     if not packet.chaddr:
         return ignore("no hardware address")
     if packet.giaddr != ZERO and packet.giaddr not in settings.network:
-        return ignore(f"relay {packet.giaddr} is outside {settings.network}")
+        return ignore(f"relay {packet.giaddr} is outside {settings.network}", warning=True)
     kind = packet.message_type
     if boot_service:
         return _boot_service(packet, client, settings, kind, source)

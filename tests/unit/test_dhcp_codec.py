@@ -26,6 +26,7 @@ from pybootd.dhcp.packet import (
     encode_packet,
     parse_packet_untrusted,
 )
+from pybootd.dhcp.pxe import client_info
 from pybootd.errors import BadPacket
 
 VECTORS = sorted((Path(__file__).resolve().parent.parent / "vectors" / "dhcp").glob("*.bin"))
@@ -170,3 +171,29 @@ def test_plain_bootp_request() -> None:
     assert len(data) == MIN_REPLY_SIZE
     parsed = parse_packet_untrusted(data)
     assert not parsed.dhcp and parsed.message_type is None and parsed.mac == "52:54:00:aa:bb:cc"
+
+
+# Firmware captured in QEMU started with -uuid VM_UUID (scripts/capture_dhcp_vectors.py):
+# option 97 must read back as that UUID, the way dmidecode prints it.
+VM_UUID = "4c4c4544-0042-3510-8051-b4c04f4d3132"
+FIRMWARE = {  # name prefix -> (arch, pxe, http, ipxe)
+    "ipxe-bios": (0, True, False, True),
+    "ipxe-efi-x64": (7, True, False, True),
+    "edk2-pxe-efi-x64": (7, True, False, False),
+    "edk2-http-http-x64": (16, False, True, False),
+}
+
+
+def test_vectors_exist_for_every_firmware() -> None:
+    names = {p.name.rsplit("-", 2)[0] for p in VECTORS}
+    assert set(FIRMWARE) <= names
+
+
+@pytest.mark.parametrize("path", [p for p in VECTORS if p.name.rsplit("-", 2)[0] in FIRMWARE],
+                         ids=lambda p: p.name)
+def test_firmware_vector_client_info(path: Path) -> None:
+    info = client_info(parse_packet_untrusted(path.read_bytes()))
+    arch, pxe, http, ipxe = FIRMWARE[path.name.rsplit("-", 2)[0]]
+    assert (info.arch, info.pxe, info.http, info.ipxe) == (arch, pxe, http, ipxe)
+    assert info.uuid == VM_UUID
+    assert info.undi is not None
