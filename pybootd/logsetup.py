@@ -1,0 +1,36 @@
+"""``[logger]``: where log lines go."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+
+from pybootd.config import LoggerConfig
+
+FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def setup_logging(config: LoggerConfig, debug: bool = False) -> None:
+    root = logging.getLogger("pybootd")
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    root.propagate = False
+    level = logging.DEBUG if debug else getattr(logging, config.level.upper())
+    root.setLevel(level)
+    handler: logging.Handler
+    if config.type == "none" and not debug:
+        handler = logging.NullHandler()
+    elif config.type == "file" and config.file is not None:
+        handler = logging.handlers.WatchedFileHandler(config.file)
+    elif config.type == "syslog" and os.path.exists("/dev/log"):
+        handler = logging.handlers.SysLogHandler(
+            address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+        handler.setFormatter(logging.Formatter("pybootd[%(process)d]: %(name)s: %(message)s"))
+        root.addHandler(handler)
+        return
+    else:
+        handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(FORMAT))
+    root.addHandler(handler)

@@ -1,0 +1,349 @@
+"""The TFTP service: listens on port 69 and starts one transfer per request."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import struct
+from ipaddress import ip_address
+
+from pybootd.config import TftpConfig
+from pybootd.errors import BadPacket, PybootdError, SourceError, TftpError
+from pybootd.server.runtime import Runtime
+from pybootd.server.tftp_transfer import ReadTransfer, Transfer, WriteTransfer
+from pybootd.sources import local
+from pybootd.sources.api import (
+    Handler,
+    ServerStats,
+    ServerStatsCallback,
+    SessionStatsCallback,
+    TftpRequest,
+    TransferStats,
+)
+from pybootd.sources.chunks import DISK_TIMEOUT, NetasciiSource
+from pybootd.sources.httpcache import HttpCache
+from pybootd.sources.resolver import Resolver, format_peer
+from pybootd.tftp.filters import FilterSet, Rule
+from pybootd.tftp.options import Limits, negotiate
+from pybootd.tftp.packets import ErrorCode, Request, encode_error, parse_packet_untrusted
+from pybootd.tftp.paths import normalize_request_path
+from pybootd.tftp.session import Outcome, ReadSession, WriteSession
+
+log = logging.getLogger("pybootd.tftp")
+
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; absent from Python's module
+_IN_PKTINFO = struct.Struct("=i4s4s")  # ifindex, spec_dst, addr (linux/in.h)
+_IN6_PKTINFO = struct.Struct("=16sI")  # addr, ifindex (RFC 3542 section 6.1)
+SOCKET_BUFFER = 4 * 1024 * 1024
+MODES = ("octet", "netascii")
+
+
+class TftpService:
+    """Implements :class:`pybootd.server.runtime.Service`."""
+
+    name = "tftp"
+
+    def __init__(self, runtime: Runtime, *, address: str | None = None,
+                 handler: Handler | None = None,
+                 session_stats: SessionStatsCallback | None = None,
+                 server_stats: ServerStatsCallback | None = None) -> None:
+        self.runtime = runtime
+        config = runtime.config
+        self.conf: TftpConfig = config.tftp
+        self.address = self.conf.address if address is None else address
+        self.limits = Limits(self.conf.blocksize, self.conf.windowsize, self.conf.timeout,
+                             self.conf.max_upload_size)
+        rules = [Rule(r.pattern, r.target, r.indirect, r.line) for r in config.filters]
+        self.http: HttpCache | None = None
+        if self.conf.root_url:
+            self.http = HttpCache(runtime, self.conf.root_url, config.cache_dir,
+                                  self.conf.cache_size, self.conf.http_timeout)
+        self.resolver = Resolver(runtime, self.conf, FilterSet(rules), config.path.parent,
+                                 handler, self.http)
+        self.session_stats = session_stats
+        self.server_stats = server_stats
+        self.stats = ServerStats(config.daemon.stats_interval)
+        self.listeners: list[socket.socket] = []
+        self.active: dict[tuple[str, int], Transfer | None] = {}
+        self._stats_timer: asyncio.TimerHandle | None = None
+
+    # --- lifecycle ------------------------------------------------------------
+    async def start(self) -> None:
+        if self.http is not None:
+            await self.runtime.blocking(DISK_TIMEOUT, self.http.load)
+        for family, host in self._bind_targets():
+            sock = _listener(family, host, self.conf.port)
+            self.listeners.append(sock)
+            self.runtime.loop.add_reader(sock.fileno(), self._on_listener, sock)
+        where = ", ".join(format_peer(s.getsockname()[:2]) for s in self.listeners)
+        root = self.conf.root_url or self.conf.root_path
+        log.info("TFTP serving %s on %s", root, where)
+        self._schedule_stats()
+
+    def _bind_targets(self) -> list[tuple[int, str]]:
+        if self.address:
+            family = socket.AF_INET6 if ip_address(self.address).version == 6 else socket.AF_INET
+            return [(family, self.address)]
+        targets = [(socket.AF_INET, "0.0.0.0")]
+        if socket.has_ipv6 and _ipv6_usable():
+            targets.append((socket.AF_INET6, "::"))
+        return targets
+
+    @property
+    def ports(self) -> list[int]:
+        return [s.getsockname()[1] for s in self.listeners]
+
+    def stop_accepting(self) -> None:
+        for sock in self.listeners:
+            self.runtime.loop.remove_reader(sock.fileno())
+            sock.close()
+        self.listeners = []
+
+    async def drain(self, timeout: float) -> None:
+        pending = [t.done for t in self.active.values() if t is not None]
+        if pending:
+            log.info("waiting up to %gs for %d transfer(s) to finish", timeout, len(pending))
+            await asyncio.wait(pending, timeout=timeout)
+
+    def close(self) -> None:
+        self.stop_accepting()
+        for transfer in list(self.active.values()):
+            if transfer is not None:
+                transfer.fail(Outcome.FAILED, "server shutting down", ErrorCode.NOT_DEFINED)
+        if self._stats_timer is not None:
+            self._stats_timer.cancel()
+        if self.http is not None:
+            self.http.close()
+
+    # --- requests -------------------------------------------------------------
+    def _on_listener(self, sock: socket.socket) -> None:
+        for _ in range(64):
+            try:
+                data, ancdata, _flags, addr = sock.recvmsg(65536, 256)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.debug("listener receive error: %s", exc)
+                return
+            local_addr = _local_address(ancdata) or sock.getsockname()[0]
+            self._on_datagram(sock, data, addr, local_addr)
+
+    def _on_datagram(self, listener: socket.socket, data: bytes, addr: tuple[str, int],
+                     local_addr: tuple[str, int] | str) -> None:
+        peer = (addr[0], addr[1])
+        label = format_peer(peer)
+        try:
+            request = parse_packet_untrusted(data)
+        except BadPacket as exc:
+            self.stats.increment("malformed_requests")
+            log.warning("%s: malformed request dropped: %s", label, exc)
+            return
+        if not isinstance(request, Request):
+            log.debug("%s: %s sent to the server port ignored", label, type(request).__name__)
+            return
+        if peer in self.active:
+            # The client repeated its request while we answer it: the running
+            # transfer already replies, a second one would confuse it.
+            log.debug("%s: repeated request for %s ignored", label, request.filename)
+            return
+        if len(self.active) >= self.conf.max_sessions:
+            self.stats.increment("refused_busy")
+            log.warning("%s: refused %s: %d sessions running", label, request.filename,
+                        len(self.active))
+            with contextlib.suppress(OSError):
+                listener.sendto(encode_error(ErrorCode.NOT_DEFINED, "server busy"), addr)
+            return
+        try:
+            sock = _transfer_socket(listener.family, local_addr, addr)
+        except OSError as exc:
+            log.error("%s: cannot open a transfer socket: %s", label, exc)
+            return
+        self.active[peer] = None
+        self.stats.increment("requests")
+        self.runtime.loop.create_task(self._serve(request, peer, sock))
+
+    async def _serve(self, request: Request, peer: tuple[str, int], sock: socket.socket) -> None:
+        label = format_peer(peer)
+        asked = dict(request.options)
+        served = ""
+        try:
+            if request.mode not in MODES:
+                raise TftpError(ErrorCode.ILLEGAL_OPERATION,
+                                f"unsupported transfer mode {request.mode!r}")
+            name = normalize_request_path(request.filename)
+            if request.is_write:
+                transfer: Transfer = await self._start_write(request, name, peer, sock)
+            else:
+                transfer = await self._start_read(request, name, peer, sock)
+            served = transfer.served
+            self.active[peer] = transfer
+            self.stats.active_sessions = sum(1 for t in self.active.values() if t)
+            transfer.start()  # type: ignore[attr-defined]
+        except (TftpError, SourceError) as exc:
+            code, message = (exc.code, exc.message) if isinstance(exc, TftpError) else (
+                ErrorCode.NOT_DEFINED, str(exc))
+            self._refuse(sock, peer, request, code, message)
+            self._report(TransferStats(peer, request.filename, served,
+                                       "write" if request.is_write else "read", request.mode,
+                                       asked, {}, 0, 0, 0, 0.0, "refused", message))
+        except Exception:
+            log.exception("%s: internal error serving %s", label, request.filename)
+            self._refuse(sock, peer, request, ErrorCode.NOT_DEFINED, "internal error")
+
+    def _refuse(self, sock: socket.socket, peer: tuple[str, int], request: Request, code: int,
+                message: str) -> None:
+        level = logging.INFO if code == ErrorCode.FILE_NOT_FOUND else logging.WARNING
+        log.log(level, "%s: %s %s refused: ERROR %d %s", format_peer(peer),
+                request.opcode.name, request.filename, code, message)
+        self.stats.increment(f"error_{code}")
+        with contextlib.suppress(OSError):
+            sock.sendto(encode_error(code, message), peer)
+        sock.close()
+        self.active.pop(peer, None)
+
+    async def _start_read(self, request: Request, name: str, peer: tuple[str, int],
+                          sock: socket.socket) -> ReadTransfer:
+        treq = TftpRequest(peer, name, request.filename, request.mode, dict(request.options))
+        opened = await self.resolver.open(treq)
+        source = NetasciiSource(opened.source) if request.mode == "netascii" else opened.source
+        try:
+            negotiated = negotiate(request.options, self.limits, size=source.size,
+                                   is_write=False)
+        except TftpError:
+            source.close()
+            raise
+        session = ReadSession(negotiated, self.conf.retries)
+        log.info("%s: RRQ %s%s %s%s", format_peer(peer), request.filename,
+                 f" -> {opened.served}" if opened.served != name else "", request.mode,
+                 "".join(f" {k}={v}" for k, v in negotiated.oack))
+        return ReadTransfer(self.runtime, sock, peer, session, source, name=request.filename,
+                            served=opened.served, mode=request.mode, asked=dict(request.options),
+                            granted=dict(negotiated.oack), on_done=self._transfer_done)
+
+    async def _start_write(self, request: Request, name: str, peer: tuple[str, int],
+                           sock: socket.socket) -> WriteTransfer:
+        if not self.conf.allow_write or self.conf.upload_dir is None:
+            raise TftpError(ErrorCode.ACCESS_VIOLATION, "uploads are not allowed")
+        negotiated = negotiate(request.options, self.limits, size=None, is_write=True)
+        upload = await self.runtime.blocking(DISK_TIMEOUT, local.Upload, self.conf.upload_dir,
+                                             name, self.conf.overwrite)
+        session = WriteSession(negotiated, self.conf.retries)
+        log.info("%s: WRQ %s %s%s", format_peer(peer), request.filename, request.mode,
+                 "".join(f" {k}={v}" for k, v in negotiated.oack))
+        return WriteTransfer(self.runtime, sock, peer, session, upload,
+                             self.conf.max_upload_size, name=request.filename, served=name,
+                             mode=request.mode, asked=dict(request.options),
+                             granted=dict(negotiated.oack), on_done=self._transfer_done)
+
+    def _transfer_done(self, transfer: Transfer, stats: TransferStats) -> None:
+        self.active.pop(transfer.peer, None)
+        self.stats.active_sessions = sum(1 for t in self.active.values() if t)
+        succeeded = stats.outcome.startswith("complete")
+        aborted = stats.outcome == "aborted by client"
+        rate = stats.bytes / stats.duration / 1e6 if stats.duration > 0 else 0.0
+        log.log(logging.WARNING if not (succeeded or aborted) else logging.INFO,
+                "%s: %s %s %s: %d bytes in %.3fs (%.1f MB/s), %d packets, %d retransmits%s",
+                format_peer(transfer.peer), stats.direction, stats.filename, stats.outcome,
+                stats.bytes, stats.duration, rate, stats.packets, stats.retransmits,
+                f" ({stats.error})" if stats.error else "")
+        self.stats.increment("transfers_" + ("ok" if succeeded else
+                                             "aborted" if aborted else "failed"))
+        self.stats.increment("bytes_sent" if stats.direction == "read" else "bytes_received",
+                             stats.bytes)
+        self.stats.increment("retransmits", stats.retransmits)
+        self._report(stats)
+
+    def _report(self, stats: TransferStats) -> None:
+        if self.session_stats is None:
+            return
+        try:
+            self.session_stats(stats)
+        except Exception:
+            log.exception("session stats callback failed")
+
+    def _schedule_stats(self) -> None:
+        self._stats_timer = self.runtime.loop.call_later(self.stats.interval, self._emit_stats)
+
+    def _emit_stats(self) -> None:
+        if self.server_stats is not None:
+            try:
+                self.server_stats(self.stats)
+            except Exception:
+                log.exception("server stats callback failed")
+        else:
+            counters = self.stats.get_and_reset_all_counters()
+            if len(counters) > 1:
+                log.info("TFTP stats: %s", " ".join(f"{k}={v}" for k, v in
+                                                    sorted(counters.items())))
+        self._schedule_stats()
+
+
+def _ipv6_usable() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def _listener(family: int, host: str, port: int) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        sock.bind((host, port))
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise PybootdError(f"cannot listen on {format_peer((host, port))} for TFTP: "
+                           f"{exc.strerror}") from None
+    return sock
+
+
+def _local_address(ancdata: list[tuple[int, int, bytes]]) -> tuple[str, int] | None:
+    """The address a request came to, and the interface (IP_PKTINFO)."""
+    for level, kind, data in ancdata:
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= _IN_PKTINFO.size:
+            ifindex, spec_dst, dst = _IN_PKTINFO.unpack_from(data)
+            # A request to a broadcast address is answered from our own address.
+            chosen = dst if not _is_broadcast(dst) else spec_dst
+            return socket.inet_ntop(socket.AF_INET, chosen), ifindex
+        if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO \
+                and len(data) >= _IN6_PKTINFO.size:
+            dst, ifindex = _IN6_PKTINFO.unpack_from(data)
+            return socket.inet_ntop(socket.AF_INET6, dst), ifindex
+    return None
+
+
+def _is_broadcast(addr: bytes) -> bool:
+    return addr == b"\xff\xff\xff\xff" or addr[3] == 255 or addr[0] >= 224
+
+
+def _transfer_socket(family: int, local: tuple[str, int] | str,
+                     peer: tuple[str, int]) -> socket.socket:
+    """A socket on a new port (the TID), on the address the request came to,
+    so a multi-homed host answers from the right address."""
+    host, ifindex = (local, 0) if isinstance(local, str) else local
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+        if family == socket.AF_INET6:
+            scope = ifindex if host.lower().startswith("fe80") else 0
+            sock.bind((host, 0, 0, scope))
+        else:
+            sock.bind((host, 0))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+

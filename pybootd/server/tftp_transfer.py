@@ -1,0 +1,422 @@
+"""One TFTP transfer on its own ephemeral port (its TID, RFC 1350 section 4).
+
+This is the per-block hot path. The socket is read from a plain
+``loop.add_reader`` callback (no transport or protocol objects), an ACK is
+decoded with two byte reads, and a DATA block goes out with ``sendmsg`` as a
+4-byte header plus a slice of the chunk read from the source: no copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from pybootd.errors import BadPacket, PybootdError, SourceError, TftpError
+from pybootd.sources.api import TransferStats
+from pybootd.sources.chunks import ChunkSource
+from pybootd.tftp.blocks import BlockStore
+from pybootd.tftp.netascii import NetasciiDecoder
+from pybootd.tftp.packets import (
+    HEADER,
+    Ack,
+    Data,
+    Error,
+    ErrorCode,
+    Opcode,
+    encode_ack,
+    encode_error,
+    encode_oack,
+    parse_packet_untrusted,
+)
+from pybootd.tftp.session import (
+    Action,
+    Finish,
+    Outcome,
+    ReadSession,
+    SendAck,
+    SendOack,
+    SendWindow,
+    Store,
+    WriteSession,
+)
+
+if TYPE_CHECKING:
+    from pybootd.server.runtime import Runtime
+    from pybootd.sources.local import Upload
+
+log = logging.getLogger("pybootd.tftp")
+
+MIN_CHUNK = 64 * 1024
+MAX_CHUNK = 1024 * 1024
+RECV_BATCH = 64  # datagrams handled per wake-up before yielding to others
+_DATA = int(Opcode.DATA)
+_ACK = int(Opcode.ACK)
+
+
+def chunk_size(blksize: int, windowsize: int) -> int:
+    """How much to read from the source at a time: a whole number of blocks,
+    about one window, within 64 KiB .. 1 MiB."""
+    wanted = min(max(blksize * windowsize, MIN_CHUNK), MAX_CHUNK)
+    return max(1, wanted // blksize) * blksize
+
+
+class Transfer:
+    """What read and write transfers share: socket, timer, stats, ending."""
+
+    direction = "read"
+
+    def __init__(self, runtime: Runtime, sock: socket.socket, peer: tuple[str, int],
+                 name: str, served: str, mode: str, asked: dict[str, str],
+                 granted: dict[str, str], on_done: Callable[[Transfer, TransferStats], None],
+                 ) -> None:
+        self.loop = runtime.loop
+        self.runtime = runtime
+        self.sock = sock
+        self.peer = peer
+        self.label = _label(peer)
+        self.name, self.served, self.mode = name, served, mode
+        self.asked, self.granted = asked, granted
+        self.on_done = on_done
+        self.started = time.monotonic()
+        self.packets = 0
+        self.finished = False
+        self.done: asyncio.Future[None] = self.loop.create_future()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = 0.0
+
+    # --- timer: one handle, re-armed lazily ----------------------------------
+    def arm(self, deadline: float | None) -> None:
+        if deadline is None or self.finished:
+            return
+        if self._timer is not None:
+            if self._timer_when <= deadline:
+                return  # it fires first and re-arms for the later deadline
+            self._timer.cancel()
+        self._timer_when = deadline
+        self._timer = self.loop.call_at(deadline, self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        self.on_timer()
+
+    def on_timer(self) -> None:
+        raise NotImplementedError
+
+    # --- sending ------------------------------------------------------------
+    def send(self, packet: bytes, to: tuple[str, int] | None = None) -> None:
+        try:
+            self.sock.sendto(packet, to or self.peer)
+        except BlockingIOError:
+            log.debug("%s: send buffer full, packet dropped (the timer resends)", self.label)
+        except OSError as exc:
+            self.fail(Outcome.FAILED, f"send failed: {exc.strerror}")
+
+    def foreign(self, addr: tuple[str, int]) -> None:
+        """A packet from another TID: tell it off, carry on (RFC 1350 section 4)."""
+        log.info("%s: packet from foreign TID %s answered with ERROR 5", self.label, _label(addr))
+        self.send(encode_error(ErrorCode.UNKNOWN_TID, "Unknown transfer ID"), addr)
+
+    def fail(self, outcome: Outcome, detail: str, code: int | None = None) -> None:
+        """End the transfer; send ERROR *code* first if given."""
+        if code is not None and not self.finished:
+            self.send(encode_error(code, detail))
+        self.finish(outcome, detail)
+
+    def finish(self, outcome: Outcome, detail: str = "") -> None:
+        if self.finished:
+            return
+        self.finished = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+        self.release()
+        stats = TransferStats(
+            peer=self.peer, filename=self.name, served=self.served, direction=self.direction,
+            mode=self.mode, options_asked=self.asked, options_granted=self.granted,
+            bytes=self.byte_count(), packets=self.packets, retransmits=self.retransmits(),
+            duration=time.monotonic() - self.started, outcome=outcome.value, error=detail)
+        self.on_done(self, stats)
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def release(self) -> None:
+        raise NotImplementedError
+
+    def byte_count(self) -> int:
+        raise NotImplementedError
+
+    def retransmits(self) -> int:
+        raise NotImplementedError
+
+
+class ReadTransfer(Transfer):
+    """Serves one RRQ."""
+
+    def __init__(self, runtime: Runtime, sock: socket.socket, peer: tuple[str, int],
+                 session: ReadSession, source: ChunkSource, **kw: object) -> None:
+        super().__init__(runtime, sock, peer, **kw)  # type: ignore[arg-type]
+        self.session = session
+        self.source = source
+        self.store = BlockStore(session.blksize)
+        self.chunk = chunk_size(session.blksize, session.windowsize)
+        self.ahead = session.windowsize + self.chunk // session.blksize
+        self._reading = False
+        self._pending: tuple[int, int] | None = None  # window waiting for bytes
+
+    def start(self) -> None:
+        self.loop.add_reader(self.sock.fileno(), self._readable)
+        self._fill()
+        self._act(self.session.start(self.loop.time()))
+
+    def _readable(self) -> None:
+        sock, peer, session = self.sock, self.peer, self.session
+        for _ in range(RECV_BATCH):
+            try:
+                data, addr = sock.recvfrom(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue
+            if addr[1] != peer[1] or addr[0] != peer[0]:
+                self.foreign(addr)
+            elif len(data) == 4 and data[1] == _ACK and data[0] == 0:
+                self._act(session.on_ack((data[2] << 8) | data[3], self.loop.time()))
+            else:
+                self._other(data)
+            if self.finished:
+                return
+
+    def _other(self, data: bytes) -> None:
+        try:
+            packet = parse_packet_untrusted(data)
+        except BadPacket as exc:
+            log.debug("%s: ignored malformed packet: %s", self.label, exc)
+            return
+        if isinstance(packet, Ack):
+            self._act(self.session.on_ack(packet.block, self.loop.time()))
+        elif isinstance(packet, Error):
+            self._act(self.session.on_error(packet.code, packet.message))
+
+    def _act(self, action: Action) -> None:
+        if isinstance(action, SendWindow):
+            self._send_window(action.first, action.first + action.count)
+        elif isinstance(action, SendOack):
+            self.send(encode_oack(action.options))
+        elif isinstance(action, Finish):
+            self.finish(action.outcome, action.detail)
+            return
+        self.arm(self.session.deadline)
+
+    def _send_window(self, block: int, end: int) -> None:
+        store, sock, peer, size = self.store, self.sock, self.peer, self.store.blksize
+        sent = 0
+        try:
+            while block < end:
+                payload = store.block(block)
+                if payload is None:
+                    self._pending = (block, end)
+                    self._fill()
+                    return
+                sock.sendmsg((HEADER.pack(_DATA, block & 0xFFFF), payload), (), 0, peer)
+                sent += 1
+                if len(payload) < size:
+                    self.session.window_sent(block, True, self.loop.time())
+                    return
+                block += 1
+        except BlockingIOError:
+            # The send buffer is full: what is left goes when the client
+            # asks again (its ACK inside the window) or on our timeout.
+            end = block
+        except OSError as exc:
+            self.fail(Outcome.FAILED, f"send failed: {exc.strerror}")
+            return
+        finally:
+            self.packets += sent
+        self._pending = None
+        self.session.window_sent(end - 1, False, self.loop.time())
+        store.release_before(self.session.acked + 1)
+        self._fill()
+
+    # --- reading from the source, ahead of the window -------------------------
+    def _fill(self) -> None:
+        store = self.store
+        if self._reading or store.eof or self.finished:
+            return
+        if store.available_through >= self.session.acked + self.ahead:
+            return
+        self._reading = True
+        self.loop.create_task(self._read_chunk())
+
+    async def _read_chunk(self) -> None:
+        try:
+            chunk = await self.source.read(self.chunk)
+        except TftpError as exc:
+            self.fail(Outcome.FAILED, exc.message, exc.code)
+            return
+        except (PybootdError, OSError) as exc:
+            self.fail(Outcome.FAILED, str(exc), ErrorCode.NOT_DEFINED)
+            return
+        except Exception as exc:  # a plugin's bug must end this transfer only
+            log.exception("%s: reading %s failed", self.label, self.served)
+            self.fail(Outcome.FAILED, f"internal error: {exc}", ErrorCode.NOT_DEFINED)
+            return
+        finally:
+            self._reading = False
+        if self.finished:
+            return
+        size = self.source.size
+        store = self.store
+        store.feed(chunk, eof=not chunk or (size is not None and store.fed + len(chunk) >= size))
+        if self._pending is not None:
+            self._send_window(*self._pending)
+            self.arm(self.session.deadline)
+        else:
+            self._fill()
+
+    def on_timer(self) -> None:
+        self._act(self.session.on_timer(self.loop.time()))
+
+    def release(self) -> None:
+        self.source.close()
+
+    def byte_count(self) -> int:
+        if self.session.finished is not None and self.session.finished.succeeded:
+            return self.store.fed
+        return min(self.store.fed, self.session.acked * self.session.blksize)
+
+    def retransmits(self) -> int:
+        return self.session.retransmits
+
+
+FLUSH_BYTES = 256 * 1024
+
+
+class WriteTransfer(Transfer):
+    """Receives one WRQ into an :class:`Upload`."""
+
+    direction = "write"
+
+    def __init__(self, runtime: Runtime, sock: socket.socket, peer: tuple[str, int],
+                 session: WriteSession, upload: Upload, max_size: int, **kw: object) -> None:
+        super().__init__(runtime, sock, peer, **kw)  # type: ignore[arg-type]
+        self.session = session
+        self.upload = upload
+        self.max_size = max_size
+        self.decoder = NetasciiDecoder() if self.mode == "netascii" else None
+        self.received = 0
+        self._queue: list[bytes] = []
+        self._flushing: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.loop.add_reader(self.sock.fileno(), self._readable)
+        self._act(self.session.start(self.loop.time()), b"")
+
+    def _readable(self) -> None:
+        for _ in range(RECV_BATCH):
+            try:
+                data, addr = self.sock.recvfrom(65536 + 4)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue
+            if addr[1] != self.peer[1] or addr[0] != self.peer[0]:
+                self.foreign(addr)
+                continue
+            self._packet(data)
+            if self.finished:
+                return
+
+    def _packet(self, data: bytes) -> None:
+        try:
+            packet = parse_packet_untrusted(data)
+        except BadPacket as exc:
+            log.debug("%s: ignored malformed packet: %s", self.label, exc)
+            return
+        if isinstance(packet, Data):
+            if len(packet.data) > self.session.blksize:
+                self.fail(Outcome.FAILED, "DATA larger than the block size",
+                          ErrorCode.ILLEGAL_OPERATION)
+                return
+            self.packets += 1
+            action = self.session.on_data(packet.block, len(packet.data), self.loop.time())
+            self._act(action, packet.data)
+        elif isinstance(packet, Error):
+            self._act(self.session.on_error(packet.code, packet.message), b"")
+
+    def _act(self, action: Action, payload: bytes) -> None:
+        if isinstance(action, Store):
+            self._store(action, payload)
+        elif isinstance(action, SendAck):
+            self.send(encode_ack(action.block))
+        elif isinstance(action, SendOack):
+            self.send(encode_oack(action.options))
+        elif isinstance(action, Finish):
+            self.finish(action.outcome, action.detail)
+            return
+        self.arm(self.session.deadline)
+
+    def _store(self, action: Store, payload: bytes) -> None:
+        self.received += len(payload)
+        if self.received > self.max_size:
+            self.fail(Outcome.FAILED, f"upload exceeds {self.max_size} bytes", ErrorCode.DISK_FULL)
+            return
+        if self.decoder is not None:
+            payload = self.decoder.feed(payload) + (self.decoder.flush() if action.last else b"")
+        self._queue.append(payload)
+        if action.last:
+            self._flush(commit_ack=action.block)
+            return
+        if sum(map(len, self._queue)) >= FLUSH_BYTES:
+            self._flush()
+        if action.ack is not None:
+            self.send(encode_ack(action.ack))
+
+    def _flush(self, commit_ack: int | None = None) -> None:
+        previous = self._flushing
+        self._flushing = self.loop.create_task(self._write(previous, commit_ack))
+
+    async def _write(self, previous: asyncio.Task[None] | None, commit_ack: int | None) -> None:
+        if previous is not None:
+            await previous
+        chunk, self._queue = b"".join(self._queue), []
+        try:
+            if chunk:
+                await self.runtime.blocking(30.0, self.upload.write, chunk)
+            if commit_ack is not None and not self.finished:
+                await self.runtime.blocking(30.0, self.upload.commit)
+                # ACK only once the file is in place: the client then knows it is stored.
+                self.send(encode_ack(commit_ack))
+        except TftpError as exc:
+            self.fail(Outcome.FAILED, exc.message, exc.code)
+        except (SourceError, OSError) as exc:
+            self.fail(Outcome.FAILED, str(exc), ErrorCode.NOT_DEFINED)
+
+    def on_timer(self) -> None:
+        self._act(self.session.on_timer(self.loop.time()), b"")
+
+    def finish(self, outcome: Outcome, detail: str = "") -> None:
+        if self.finished:
+            return
+        if not outcome.succeeded:
+            self.runtime.executor.submit(self.upload.abort)
+        super().finish(outcome, detail)
+
+    def release(self) -> None:
+        pass
+
+    def byte_count(self) -> int:
+        return self.received
+
+    def retransmits(self) -> int:
+        return self.session.retransmits
+
+
+def _label(peer: tuple[str, int]) -> str:
+    host, port = peer[0], peer[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

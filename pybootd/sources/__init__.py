@@ -1,0 +1,1 @@
+"""Where TFTP bytes come from: local files, an HTTP mirror, plugins."""

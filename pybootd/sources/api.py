@@ -1,0 +1,133 @@
+"""The embedding API: plug in your own bytes and watch every transfer.
+
+An embedder gives :class:`pybootd.server.tftp.TftpService` a ``handler``:
+a callable that takes a :class:`TftpRequest` and returns a
+:class:`ResponseData` to serve, or ``None`` to let pybootd serve the file
+from its root as usual. The handler and ``read``/``size``/``close`` run in
+pybootd's thread pool, so they may block (a database, a template engine).
+Raising :class:`pybootd.errors.TftpError` sends that error to the client;
+any other exception sends ERROR 0 and is logged.
+
+This is the shape of fbtftp's ``ResponseData``, so handlers port over.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class ResponseData(Protocol):
+    """A file-like object with the bytes of one response."""
+
+    def read(self, n: int) -> bytes:
+        """Up to *n* bytes; ``b""`` at the end."""
+
+    def size(self) -> int | None:
+        """The total size if known (answers the ``tsize`` option), else None."""
+
+    def close(self) -> None:
+        """Called once when the transfer ends, whatever the outcome."""
+
+
+@dataclass(frozen=True)
+class TftpRequest:
+    """One read request, as the handler sees it."""
+
+    peer: tuple[str, int]
+    filename: str  # normalized: no leading "/", "\\" read as "/", no ".."
+    raw_filename: str  # as the client sent it
+    mode: str  # "octet" or "netascii"
+    options: dict[str, str] = field(default_factory=dict)
+
+
+Handler = Callable[[TftpRequest], "ResponseData | None"]
+
+
+class BytesResponse:
+    """Serve bytes held in memory."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._pos = 0
+
+    def read(self, n: int) -> bytes:
+        chunk = self._data[self._pos : self._pos + n]
+        self._pos += len(chunk)
+        return chunk
+
+    def size(self) -> int | None:
+        return len(self._data)
+
+    def close(self) -> None:
+        self._data = b""
+
+
+class FileResponse:
+    """Serve an open file descriptor (pybootd owns and closes it)."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self._fd = fd
+        self._size = size
+        self._pos = 0
+
+    def read(self, n: int) -> bytes:
+        chunk = os.pread(self._fd, n, self._pos)
+        self._pos += len(chunk)
+        return chunk
+
+    def size(self) -> int | None:
+        return self._size
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+@dataclass(frozen=True)
+class TransferStats:
+    """Handed to ``session_stats`` when a transfer ends."""
+
+    peer: tuple[str, int]
+    filename: str  # as requested
+    served: str  # what was served after filters ("" when refused)
+    direction: str  # "read" or "write"
+    mode: str
+    options_asked: dict[str, str]
+    options_granted: dict[str, str]
+    bytes: int  # payload bytes sent (read) or received (write)
+    packets: int  # DATA packets sent or received, retransmissions included
+    retransmits: int
+    duration: float  # seconds
+    outcome: str  # complete, complete (final ACK not received), aborted by client, ...
+    error: str = ""
+
+
+class ServerStats:
+    """Server-wide counters, handed to ``server_stats`` every interval.
+
+    Like fbtftp's: read them with :meth:`get_and_reset_all_counters`.
+    """
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._counters: dict[str, int] = {}
+        self.active_sessions = 0
+
+    def increment(self, name: str, by: int = 1) -> None:
+        self._counters[name] = self._counters.get(name, 0) + by
+
+    def get_counter(self, name: str) -> int:
+        return self._counters.get(name, 0)
+
+    def get_and_reset_all_counters(self) -> dict[str, int]:
+        counters, self._counters = self._counters, {}
+        counters["active_sessions"] = self.active_sessions
+        return counters
+
+
+SessionStatsCallback = Callable[[TransferStats], None]
+ServerStatsCallback = Callable[[ServerStats], None]

@@ -1,0 +1,335 @@
+"""An HTTP(S) root: files streamed from a mirror through a bounded disk cache.
+
+* Single flight: while a file downloads, every client that asks for it reads
+  the same download as it grows, so ten PXE clients booting at once cost one
+  upstream transfer, and the first block leaves before the download ends.
+* A complete file is served from disk; after ``FRESH_SECONDS`` it is
+  revalidated with ``If-None-Match``/``If-Modified-Since`` (a 304 costs no
+  download).
+* The cache is bounded by ``cache_size``: least recently used files that no
+  transfer reads are removed first. ``cache_size = 0`` keeps nothing.
+
+Blocking work (requests, the disk) runs in threads, never on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import json
+import logging
+import os
+import time
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from pybootd.errors import SourceError, TftpError
+from pybootd.server.runtime import Runtime
+from pybootd.sources.chunks import DISK_TIMEOUT
+from pybootd.tftp.packets import ErrorCode
+
+log = logging.getLogger("pybootd.http")
+
+FRESH_SECONDS = 10.0
+DOWNLOAD_CHUNK = 64 * 1024
+MAX_DOWNLOADS = 8
+_versions = itertools.count()
+
+
+class Entry:
+    """One version of one URL in the cache."""
+
+    def __init__(self, url: str, data_path: Path, size: int | None) -> None:
+        self.url = url
+        self.data_path = data_path
+        self.size = size  # Content-Length, then the real size once complete
+        self.available = 0  # bytes on disk (written by the download thread)
+        self.complete = False
+        self.error: str | None = None
+        self.etag: str | None = None
+        self.last_modified: str | None = None
+        self.validated_at = 0.0
+        self.last_used = 0.0
+        self.refs = 0
+        self.fd = -1
+        self.retired = False
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def notify(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait_for_bytes(self, offset: int, timeout: float) -> None:
+        """Until more than *offset* bytes are there, the download ended, or timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.available <= offset and not self.complete and self.error is None:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise SourceError(f"mirror sent nothing for {timeout:g}s: {self.url}")
+            waiter = loop.create_future()
+            self._waiters.append(waiter)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter, remaining)
+
+    def meta(self) -> dict[str, Any]:
+        return {"url": self.url, "file": self.data_path.name, "size": self.size,
+                "etag": self.etag, "last_modified": self.last_modified}
+
+
+class CachedSource:
+    """A ChunkSource reading one cache entry, following its download."""
+
+    def __init__(self, cache: HttpCache, entry: Entry) -> None:
+        self._cache = cache
+        self._entry = entry
+        self._offset = 0
+        self.size = entry.size
+
+    async def read(self, n: int) -> bytes:
+        entry = self._entry
+        await entry.wait_for_bytes(self._offset, self._cache.timeout)
+        count = min(n, entry.available - self._offset)
+        if count <= 0:
+            if entry.error is not None:
+                raise SourceError(f"download from the mirror failed: {entry.error}")
+            return b""
+        data: bytes = await self._cache.runtime.blocking(
+            DISK_TIMEOUT, os.pread, entry.fd, count, self._offset
+        )
+        self._offset += len(data)
+        return data
+
+    def close(self) -> None:
+        self._cache.release(self._entry)
+
+
+class HttpCache:
+    def __init__(self, runtime: Runtime, base_url: str, cache_dir: Path, max_bytes: int,
+                 timeout: float) -> None:
+        self.runtime = runtime
+        self.base_url = base_url if base_url.endswith("/") else base_url + "/"
+        self.cache_dir = cache_dir
+        self.max_bytes = max_bytes
+        self.timeout = timeout
+        self.entries: dict[str, Entry] = {}
+        self._opening: dict[str, asyncio.Future[Entry]] = {}
+        self._threads = ThreadPoolExecutor(MAX_DOWNLOADS, thread_name_prefix="pybootd-http")
+        self.downloads = 0  # complete upstream downloads (for tests and stats)
+
+    # --- start and stop ---------------------------------------------------
+    def load(self) -> None:
+        """Adopt files a previous run left (they are revalidated before use)."""
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        for meta_path in self.cache_dir.glob("*.json"):
+            try:
+                meta = json.loads(meta_path.read_text())
+                data_path = self.cache_dir / meta["file"]
+                if data_path.stat().st_size != meta["size"]:
+                    raise ValueError("size mismatch")
+            except (OSError, ValueError, KeyError, TypeError):
+                self._remove_files(meta_path.with_suffix(""), meta_path)
+                continue
+            entry = Entry(meta["url"], data_path, meta["size"])
+            entry.available, entry.complete = meta["size"], True
+            entry.etag, entry.last_modified = meta.get("etag"), meta.get("last_modified")
+            self.entries[entry.url] = entry
+        for stray in self.cache_dir.glob("*.part"):
+            self._remove_files(stray)
+
+    def close(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)
+        for entry in self.entries.values():
+            self._close_fd(entry)
+
+    # --- opening ------------------------------------------------------------
+    def url_for(self, relative: str) -> str:
+        return self.base_url + urllib.parse.quote(relative, safe="/~-._")
+
+    async def open(self, relative: str) -> CachedSource:
+        """Start (or join) the download of *relative*. Raises TftpError."""
+        url = self.url_for(relative)
+        entry = self.entries.get(url)
+        now = time.monotonic()
+        if entry is None or (entry.complete and now - entry.validated_at >= FRESH_SECONDS):
+            entry = await self._single_flight(url, entry)
+        return self._attach(entry)
+
+    async def _single_flight(self, url: str, stale: Entry | None) -> Entry:
+        pending = self._opening.get(url)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Entry] = self.runtime.loop.create_future()
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._opening[url] = future
+        try:
+            entry = await self._fetch(url, stale)
+            future.set_result(entry)
+            return entry
+        except BaseException as exc:
+            future.set_exception(exc if isinstance(exc, Exception) else SourceError("cancelled"))
+            raise
+        finally:
+            del self._opening[url]
+
+    async def _fetch(self, url: str, stale: Entry | None) -> Entry:
+        headers = {}
+        if stale is not None:
+            if stale.etag:
+                headers["If-None-Match"] = stale.etag
+            if stale.last_modified:
+                headers["If-Modified-Since"] = stale.last_modified
+        future = self.runtime.loop.run_in_executor(self._threads, self._get, url, headers)
+        try:
+            response = await asyncio.wait_for(future, self.timeout + 1)
+        except TimeoutError:
+            raise TftpError(ErrorCode.NOT_DEFINED, f"mirror did not answer in "
+                            f"{self.timeout:g}s: {url}") from None
+        if response.status_code == 304 and stale is not None:
+            response.close()
+            await self._reopen(stale)
+            stale.validated_at = time.monotonic()
+            log.debug("%s: not modified", url)
+            return stale
+        return self._start_download(url, response, stale)
+
+    def _get(self, url: str, headers: dict[str, str]) -> requests.Response:
+        try:
+            return requests.get(url, headers=headers, stream=True,
+                                timeout=(self.timeout, self.timeout))
+        except requests.RequestException as exc:
+            raise TftpError(ErrorCode.NOT_DEFINED, f"mirror unreachable: {_reason(exc)}") \
+                from None
+
+    async def _reopen(self, entry: Entry) -> None:
+        if entry.fd < 0:
+            entry.fd = await self.runtime.blocking(
+                DISK_TIMEOUT, os.open, str(entry.data_path), os.O_RDONLY | os.O_CLOEXEC)
+
+    def _start_download(self, url: str, response: requests.Response, stale: Entry | None) -> Entry:
+        status = response.status_code
+        if status != 200:
+            response.close()
+            if status in (404, 410):
+                raise TftpError(ErrorCode.FILE_NOT_FOUND, f"file not found on the mirror: {url}")
+            if status in (401, 403):
+                raise TftpError(ErrorCode.ACCESS_VIOLATION, f"mirror refused access ({status})")
+            raise TftpError(ErrorCode.NOT_DEFINED, f"mirror answered HTTP {status} for {url}")
+        length = response.headers.get("Content-Length")
+        digest = hashlib.sha256(url.encode()).hexdigest()[:32]
+        path = self.cache_dir / f"{digest}-{os.getpid()}-{next(_versions)}"
+        entry = Entry(url, path, int(length) if length and length.isdigit() else None)
+        entry.etag = response.headers.get("ETag")
+        entry.last_modified = response.headers.get("Last-Modified")
+        entry.validated_at = time.monotonic()
+        temp = path.with_suffix(".part")
+        write_fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        entry.fd = os.open(temp, os.O_RDONLY | os.O_CLOEXEC)
+        if stale is not None:
+            self._retire(stale)
+        self.entries[url] = entry
+        self._threads.submit(self._download, entry, response, write_fd, temp)
+        log.info("%s: downloading (%s bytes)", url, length or "unknown")
+        return entry
+
+    # --- the download thread -------------------------------------------------
+    def _download(self, entry: Entry, response: requests.Response, fd: int, temp: Path) -> None:
+        loop = self.runtime.loop
+        try:
+            with response:
+                for chunk in response.iter_content(DOWNLOAD_CHUNK):
+                    os.write(fd, chunk)
+                    entry.available += len(chunk)
+                    loop.call_soon_threadsafe(entry.notify)
+            if entry.size is not None and entry.available != entry.size:
+                raise SourceError(f"truncated: {entry.available} of {entry.size} bytes")
+            os.rename(temp, entry.data_path)
+            entry.size = entry.available
+            entry.data_path.with_suffix(".json").write_text(json.dumps(entry.meta()))
+            entry.complete = True
+        except Exception as exc:  # the download thread must report, not die
+            entry.error = _reason(exc)
+            with contextlib.suppress(OSError):
+                temp.unlink()
+        finally:
+            os.close(fd)
+            with contextlib.suppress(RuntimeError):  # loop closed at shutdown
+                loop.call_soon_threadsafe(self._download_done, entry)
+
+    def _download_done(self, entry: Entry) -> None:
+        entry.notify()
+        if entry.error is not None:
+            log.warning("%s: download failed: %s", entry.url, entry.error)
+            if self.entries.get(entry.url) is entry:
+                del self.entries[entry.url]
+            self._retire(entry)
+            return
+        self.downloads += 1
+        log.info("%s: downloaded %d bytes", entry.url, entry.available)
+        self._evict()
+
+    # --- references and eviction -------------------------------------------------
+    def _attach(self, entry: Entry) -> CachedSource:
+        entry.refs += 1
+        entry.last_used = time.monotonic()
+        return CachedSource(self, entry)
+
+    def release(self, entry: Entry) -> None:
+        entry.refs -= 1
+        entry.last_used = time.monotonic()
+        if entry.refs <= 0 and entry.retired:
+            self._drop(entry)
+        else:
+            self._evict()
+
+    def _retire(self, entry: Entry) -> None:
+        """A newer version replaced *entry*: drop it when nobody reads it."""
+        entry.retired = True
+        if entry.refs <= 0:
+            self._drop(entry)
+
+    def _evict(self) -> None:
+        complete = [e for e in self.entries.values() if e.complete]
+        total = sum(e.available for e in complete)
+        for entry in sorted(complete, key=lambda e: e.last_used):
+            if total <= self.max_bytes:
+                break
+            if entry.refs > 0:
+                continue
+            total -= entry.available
+            del self.entries[entry.url]
+            self._drop(entry)
+
+    def _drop(self, entry: Entry) -> None:
+        self._close_fd(entry)
+        if entry.complete or entry.error is not None:
+            self._remove_files(entry.data_path, entry.data_path.with_suffix(".json"))
+
+    @staticmethod
+    def _close_fd(entry: Entry) -> None:
+        if entry.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(entry.fd)
+            entry.fd = -1
+
+    @staticmethod
+    def _remove_files(*paths: Path) -> None:
+        for path in paths:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, requests.Timeout):
+        return "timed out"
+    if isinstance(exc, requests.ConnectionError):
+        return "connection failed"
+    return str(exc) or type(exc).__name__

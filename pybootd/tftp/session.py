@@ -1,0 +1,280 @@
+"""Transfer state machines, sans-IO.
+
+A session is told what arrived and what time it is, and answers with an
+action for the I/O layer. Blocks are numbered absolutely (1, 2, ... past
+65535); only the wire carries them modulo 65536 (the rollover).
+
+The I/O layer keeps one timer per transfer, set to ``session.deadline``; a
+timer that fires early (the deadline moved on) is simply set again. That
+keeps timer churn off the per-block path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from pybootd.tftp.options import Negotiated
+from pybootd.tftp.packets import MAX_BLOCK
+
+MAX_BACKOFF = 8.0  # seconds; the retransmit timeout doubles up to this
+
+
+class Outcome(Enum):
+    COMPLETE = "complete"
+    COMPLETE_UNCONFIRMED = "complete (final ACK not received)"
+    ABORTED = "aborted by client"
+    TIMED_OUT = "timed out"
+    FAILED = "failed"
+
+    @property
+    def succeeded(self) -> bool:
+        return self in (Outcome.COMPLETE, Outcome.COMPLETE_UNCONFIRMED)
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Nothing to send now."""
+
+
+@dataclass(frozen=True)
+class SendOack:
+    options: tuple[tuple[str, str], ...]
+    retransmit: bool = False
+
+
+@dataclass(frozen=True)
+class SendWindow:
+    """Send DATA blocks ``first .. first+count-1`` (fewer at end of file),
+    then call :meth:`ReadSession.window_sent`."""
+
+    first: int
+    count: int
+    retransmit: bool = False
+
+
+@dataclass(frozen=True)
+class SendAck:
+    block: int
+    retransmit: bool = False
+
+
+@dataclass(frozen=True)
+class Store:
+    """Write the DATA payload just received; then send ACK *ack* if set."""
+
+    block: int
+    ack: int | None
+    last: bool
+
+
+@dataclass(frozen=True)
+class Finish:
+    outcome: Outcome
+    detail: str = ""
+
+
+Action = Wait | SendOack | SendWindow | SendAck | Store | Finish
+WAIT = Wait()
+
+
+class _Retry:
+    """Retransmit budget with a doubling timeout (RFC 1350 section 2 leaves
+    the policy to the implementation; doubling avoids congesting a slow link)."""
+
+    def __init__(self, timeout: float, retries: int) -> None:
+        self.base = timeout
+        self.cap = max(MAX_BACKOFF, timeout)
+        self.retries = retries
+        self.timeout = timeout
+        self.left = retries
+        self.used = 0
+
+    def reset(self) -> None:
+        self.timeout = self.base
+        self.left = self.retries
+
+    def spend(self) -> bool:
+        """One retransmission; False when the budget is gone."""
+        if self.left <= 0:
+            return False
+        self.left -= 1
+        self.used += 1
+        self.timeout = min(self.timeout * 2, self.cap)
+        return True
+
+
+class ReadSession:
+    """The server side of an RRQ: sends DATA, reads ACKs (RFC 1350, RFC 7440)."""
+
+    def __init__(self, negotiated: Negotiated, retries: int) -> None:
+        self.blksize = negotiated.blksize
+        self.windowsize = negotiated.windowsize
+        self.oack = negotiated.oack
+        self.retry = _Retry(negotiated.timeout, retries)
+        self.acked = 0  # highest block acknowledged
+        self.sent_through = 0  # highest block sent in the current window
+        self.last_block: int | None = None  # known once the short block is read
+        self.deadline: float | None = None
+        self.awaiting_oack_ack = False
+        self.sending = False  # a SendWindow is out and window_sent() not yet called
+        self.finished: Outcome | None = None
+
+    @property
+    def retransmits(self) -> int:
+        return self.retry.used
+
+    def start(self, now: float) -> Action:
+        if self.oack:
+            self.awaiting_oack_ack = True
+            self.deadline = now + self.retry.timeout
+            return SendOack(self.oack)
+        return self._next_window()
+
+    def _next_window(self, retransmit: bool = False) -> SendWindow:
+        count = self.windowsize
+        if self.last_block is not None:
+            count = min(count, self.last_block - self.acked)
+        self.sending = True
+        self.deadline = None
+        return SendWindow(self.acked + 1, count, retransmit)
+
+    def window_sent(self, last: int, eof: bool, now: float) -> None:
+        """The I/O layer sent blocks through *last*; *eof* if *last* was short."""
+        self.sent_through = last
+        if eof:
+            self.last_block = last
+        self.sending = False
+        self.deadline = now + self.retry.timeout
+
+    def _absolute(self, block: int) -> int | None:
+        """The sent block that wire number *block* stands for, if any."""
+        delta = (block - self.acked) & MAX_BLOCK
+        candidate = self.acked + delta
+        return candidate if candidate <= self.sent_through else None
+
+    def on_ack(self, block: int, now: float) -> Action:
+        if self.finished is not None or self.sending:
+            return WAIT
+        if self.awaiting_oack_ack:
+            if block != 0:
+                return WAIT
+            self.awaiting_oack_ack = False
+            self.retry.reset()
+            return self._next_window()
+        acked = self._absolute(block)
+        if acked is None or acked == self.acked:
+            # A stale or duplicate ACK: never resend on it, or every
+            # duplicate doubles the traffic (Sorcerer's Apprentice,
+            # RFC 1123 section 4.2.3.1). The timer recovers real loss.
+            return WAIT
+        self.acked = acked
+        self.retry.reset()
+        if self.last_block is not None and acked >= self.last_block:
+            return self._finish(Outcome.COMPLETE)
+        # An ACK inside the window means the client lost what followed:
+        # restart the window after it (RFC 7440 section 4).
+        return self._next_window(retransmit=acked < self.sent_through)
+
+    def on_error(self, code: int, message: str) -> Action:
+        if self.finished is not None:
+            return WAIT
+        return self._finish(Outcome.ABORTED, f"client sent ERROR {code}: {message}")
+
+    def on_timer(self, now: float) -> Action:
+        if self.finished is not None or self.deadline is None or now < self.deadline:
+            return WAIT
+        if not self.retry.spend():
+            if self.last_block is not None and self.sent_through >= self.last_block:
+                # The client most likely has it all and its last ACK was lost
+                # (RFC 1350 section 6 accepts this ending).
+                return self._finish(Outcome.COMPLETE_UNCONFIRMED)
+            return self._finish(Outcome.TIMED_OUT, f"no ACK after block {self.acked}")
+        if self.awaiting_oack_ack:
+            self.deadline = now + self.retry.timeout
+            return SendOack(self.oack, retransmit=True)
+        return self._next_window(retransmit=True)
+
+    def _finish(self, outcome: Outcome, detail: str = "") -> Finish:
+        self.finished = outcome
+        self.deadline = None
+        return Finish(outcome, detail)
+
+
+class WriteSession:
+    """The server side of a WRQ: reads DATA, sends ACKs."""
+
+    def __init__(self, negotiated: Negotiated, retries: int) -> None:
+        self.blksize = negotiated.blksize
+        self.windowsize = negotiated.windowsize
+        self.oack = negotiated.oack
+        self.retry = _Retry(negotiated.timeout, retries)
+        self.received = 0  # highest block received in order
+        self.last_ack = 0
+        self.complete = False  # the short block arrived; dallying for duplicates
+        self.deadline: float | None = None
+        self.finished: Outcome | None = None
+        self._gap_acked = -1
+
+    @property
+    def retransmits(self) -> int:
+        return self.retry.used
+
+    def start(self, now: float) -> Action:
+        self.deadline = now + self.retry.timeout
+        if self.oack:
+            return SendOack(self.oack)
+        return SendAck(0)
+
+    def on_data(self, block: int, size: int, now: float) -> Action:
+        if self.finished is not None:
+            return WAIT
+        if block == self.received & MAX_BLOCK and self.received > 0:
+            # Our ACK was lost and the sender repeated itself: ACK again.
+            return SendAck(self.received, retransmit=True)
+        if self.complete or block != (self.received + 1) & MAX_BLOCK:
+            return self._gap(now)
+        self.received += 1
+        self.retry.reset()
+        self.deadline = now + self.retry.timeout
+        last = size < self.blksize
+        if last:
+            # Dally one timeout to re-ACK a lost final ACK (RFC 1350 section 6).
+            self.complete = True
+        ack_now = last or self.received % self.windowsize == 0
+        if ack_now:
+            self.last_ack = self.received
+        return Store(self.received, self.received if ack_now else None, last)
+
+    def _gap(self, now: float) -> Action:
+        """An out-of-order block: ACK what we have, once per gap (RFC 7440 section 4)."""
+        if self.complete or self._gap_acked == self.received:
+            return WAIT
+        self._gap_acked = self.received
+        self.last_ack = self.received
+        self.deadline = now + self.retry.timeout
+        return SendAck(self.received, retransmit=True)
+
+    def on_error(self, code: int, message: str) -> Action:
+        if self.finished is not None:
+            return WAIT
+        if self.complete:
+            return self._finish(Outcome.COMPLETE)
+        return self._finish(Outcome.ABORTED, f"client sent ERROR {code}: {message}")
+
+    def on_timer(self, now: float) -> Action:
+        if self.finished is not None or self.deadline is None or now < self.deadline:
+            return WAIT
+        if self.complete:
+            return self._finish(Outcome.COMPLETE)
+        if not self.retry.spend():
+            return self._finish(Outcome.TIMED_OUT, f"no DATA after block {self.received}")
+        self.deadline = now + self.retry.timeout
+        if self.received == 0 and self.oack:
+            return SendOack(self.oack, retransmit=True)
+        return SendAck(self.received, retransmit=True)
+
+    def _finish(self, outcome: Outcome, detail: str = "") -> Finish:
+        self.finished = outcome
+        self.deadline = None
+        return Finish(outcome, detail)
