@@ -25,10 +25,10 @@ def setup_logging(config: LoggerConfig, debug: bool = False) -> None:
     elif config.type == "file" and config.file is not None:
         handler = logging.handlers.WatchedFileHandler(config.file)
     elif config.type == "syslog" and os.path.exists("/dev/log"):
-        handler = logging.handlers.SysLogHandler(
+        syslog = logging.handlers.SysLogHandler(
             address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON)
-        handler.setFormatter(logging.Formatter("pybootd[%(process)d]: %(name)s: %(message)s"))
-        root.addHandler(handler)
+        syslog.setFormatter(logging.Formatter("pybootd[%(process)d]: %(name)s: %(message)s"))
+        root.addHandler(syslog)
         return
     else:
         handler = logging.StreamHandler()

@@ -48,7 +48,8 @@ def require_tools(*names: str) -> None:
             unavailable(f"needs {name} (see .ci/run for the Debian package)")
 
 
-def sh(argv: Sequence[str], timeout: float = 20, check: bool = True) -> subprocess.CompletedProcess[str]:
+def sh(argv: Sequence[str], timeout: float = 20,
+       check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         list(argv), capture_output=True, text=True, timeout=timeout, check=check
     )
@@ -164,7 +165,8 @@ class NetLab:
                 path.unlink()
 
 
-def wait_for(predicate: Any, timeout: float, interval: float = 0.05, what: str = "condition") -> Any:
+def wait_for(predicate: Any, timeout: float, interval: float = 0.05,
+             what: str = "condition") -> Any:
     """Poll *predicate* until it returns a true value or *timeout* passes."""
     deadline = time.monotonic() + timeout
     while True:

@@ -66,7 +66,7 @@ class TftpService:
         self.server_stats = server_stats
         self.stats = ServerStats(config.daemon.stats_interval)
         self.listeners: list[socket.socket] = []
-        self.active: dict[tuple[str, int], Transfer | None] = {}
+        self.active: dict[tuple[str, int, int, str], Transfer | None] = {}
         self._stats_timer: asyncio.TimerHandle | None = None
 
     # --- lifecycle ------------------------------------------------------------
@@ -86,7 +86,7 @@ class TftpService:
         if self.address:
             family = socket.AF_INET6 if ip_address(self.address).version == 6 else socket.AF_INET
             return [(family, self.address)]
-        targets = [(socket.AF_INET, "0.0.0.0")]
+        targets: list[tuple[int, str]] = [(socket.AF_INET, "0.0.0.0")]
         if socket.has_ipv6 and _ipv6_usable():
             targets.append((socket.AF_INET6, "::"))
         return targets
@@ -143,9 +143,12 @@ class TftpService:
         if not isinstance(request, Request):
             log.debug("%s: %s sent to the server port ignored", label, type(request).__name__)
             return
-        if peer in self.active:
+        key = (peer[0], peer[1], int(request.opcode), request.filename)
+        if key in self.active:
             # The client repeated its request while we answer it: the running
-            # transfer already replies, a second one would confuse it.
+            # transfer already replies, a second one would confuse it. (A
+            # different request from the same port is a new transfer: tftp-hpa
+            # reuses its port for every command of a session.)
             log.debug("%s: repeated request for %s ignored", label, request.filename)
             return
         if len(self.active) >= self.conf.max_sessions:
@@ -160,11 +163,12 @@ class TftpService:
         except OSError as exc:
             log.error("%s: cannot open a transfer socket: %s", label, exc)
             return
-        self.active[peer] = None
+        self.active[key] = None
         self.stats.increment("requests")
-        self.runtime.loop.create_task(self._serve(request, peer, sock))
+        self.runtime.loop.create_task(self._serve(request, peer, sock, key))
 
-    async def _serve(self, request: Request, peer: tuple[str, int], sock: socket.socket) -> None:
+    async def _serve(self, request: Request, peer: tuple[str, int], sock: socket.socket,
+                     key: tuple[str, int, int, str]) -> None:
         label = format_peer(peer)
         asked = dict(request.options)
         served = ""
@@ -178,19 +182,22 @@ class TftpService:
             else:
                 transfer = await self._start_read(request, name, peer, sock)
             served = transfer.served
-            self.active[peer] = transfer
+            transfer.key = key
+            self.active[key] = transfer
             self.stats.active_sessions = sum(1 for t in self.active.values() if t)
             transfer.start()  # type: ignore[attr-defined]
         except (TftpError, SourceError) as exc:
             code, message = (exc.code, exc.message) if isinstance(exc, TftpError) else (
                 ErrorCode.NOT_DEFINED, str(exc))
             self._refuse(sock, peer, request, code, message)
+            self.active.pop(key, None)
             self._report(TransferStats(peer, request.filename, served,
                                        "write" if request.is_write else "read", request.mode,
                                        asked, {}, 0, 0, 0, 0.0, "refused", message))
         except Exception:
             log.exception("%s: internal error serving %s", label, request.filename)
             self._refuse(sock, peer, request, ErrorCode.NOT_DEFINED, "internal error")
+            self.active.pop(key, None)
 
     def _refuse(self, sock: socket.socket, peer: tuple[str, int], request: Request, code: int,
                 message: str) -> None:
@@ -201,7 +208,6 @@ class TftpService:
         with contextlib.suppress(OSError):
             sock.sendto(encode_error(code, message), peer)
         sock.close()
-        self.active.pop(peer, None)
 
     async def _start_read(self, request: Request, name: str, peer: tuple[str, int],
                           sock: socket.socket) -> ReadTransfer:
@@ -238,7 +244,7 @@ class TftpService:
                              granted=dict(negotiated.oack), on_done=self._transfer_done)
 
     def _transfer_done(self, transfer: Transfer, stats: TransferStats) -> None:
-        self.active.pop(transfer.peer, None)
+        self.active.pop(transfer.key, None)
         self.stats.active_sessions = sum(1 for t in self.active.values() if t)
         succeeded = stats.outcome.startswith("complete")
         aborted = stats.outcome == "aborted by client"

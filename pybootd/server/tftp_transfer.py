@@ -77,6 +77,7 @@ class Transfer:
         self.runtime = runtime
         self.sock = sock
         self.peer = peer
+        self.key: tuple[str, int, int, str] = (peer[0], peer[1], 0, name)
         self.label = _label(peer)
         self.name, self.served, self.mode = name, served, mode
         self.asked, self.granted = asked, granted

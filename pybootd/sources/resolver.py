@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from pybootd.config import TftpConfig
 from pybootd.errors import PybootdError, TftpError
 from pybootd.server.runtime import Runtime
 from pybootd.sources import local
-from pybootd.sources.api import Handler, ResponseData, TftpRequest
+from pybootd.sources.api import FileResponse, Handler, ResponseData, TftpRequest
 from pybootd.sources.chunks import DISK_TIMEOUT, ChunkSource, PooledSource
 from pybootd.sources.httpcache import HttpCache
 from pybootd.tftp.filters import FilterSet, indirect_name
@@ -71,9 +72,9 @@ class Resolver:
         return await self._pooled(local.open_in_root, self.tftp.root_path, relative,
                                   served=relative)
 
-    async def _pooled(self, opener: object, *args: object, served: str) -> Opened:
-        data = await self.runtime.blocking(DISK_TIMEOUT, opener, *args)  # type: ignore[arg-type]
-        assert isinstance(data, local.FileResponse)
+    async def _pooled(self, opener: Callable[..., FileResponse], *args: object,
+                      served: str) -> Opened:
+        data = await self.runtime.blocking(DISK_TIMEOUT, opener, *args)
         return Opened(PooledSource(self.runtime, data, data.size()), served)
 
     async def _from_handler(self, request: TftpRequest) -> Opened | None:

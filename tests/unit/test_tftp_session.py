@@ -1,0 +1,223 @@
+"""Read and write sessions, driven on bytes-free events with an injected clock."""
+
+from __future__ import annotations
+
+from pybootd.tftp.options import Negotiated
+from pybootd.tftp.session import (
+    WAIT,
+    Finish,
+    Outcome,
+    ReadSession,
+    SendAck,
+    SendOack,
+    SendWindow,
+    Store,
+    WriteSession,
+)
+
+
+def read_session(windowsize: int = 1, oack: bool = False, retries: int = 3,
+                 blksize: int = 512) -> ReadSession:
+    options = (("blksize", str(blksize)),) if oack else ()
+    return ReadSession(Negotiated(blksize, windowsize, 1.0, None, options), retries)
+
+
+def send(session: ReadSession, action: object, last_block: int, now: float) -> tuple[int, int]:
+    """Play the I/O layer: 'send' the window, report it. Returns (first, last)."""
+    assert isinstance(action, SendWindow)
+    last = min(action.first + action.count - 1, last_block)
+    session.window_sent(last, last == last_block, now)
+    return action.first, last
+
+
+def test_lock_step_transfer() -> None:
+    s = read_session()
+    now = 0.0
+    action = s.start(now)
+    for block in range(1, 4):
+        assert send(s, action, 3, now) == (block, block)
+        action = s.on_ack(block, now)
+    assert action == Finish(Outcome.COMPLETE)
+
+
+def test_oack_then_ack0_then_data() -> None:
+    s = read_session(oack=True)
+    assert isinstance(s.start(0.0), SendOack)
+    assert s.on_ack(1, 0.1) is WAIT  # only ACK 0 acknowledges an OACK
+    action = s.on_ack(0, 0.1)
+    assert isinstance(action, SendWindow) and action.first == 1
+
+
+def test_lost_oack_is_resent_with_backoff_then_gives_up() -> None:
+    s = read_session(oack=True, retries=2)
+    s.start(0.0)
+    assert s.on_timer(0.5) is WAIT  # not due yet
+    assert s.on_timer(1.0) == SendOack(s.oack, retransmit=True)
+    assert s.deadline == 3.0  # timeout doubled to 2 s
+    assert isinstance(s.on_timer(3.0), SendOack)
+    assert s.deadline == 7.0
+    result = s.on_timer(7.0)
+    assert isinstance(result, Finish) and result.outcome == Outcome.TIMED_OUT
+
+
+def test_client_error_after_oack_is_an_abort_not_a_failure() -> None:
+    # UEFI firmware probes tsize, reads the OACK, then sends ERROR 8.
+    s = read_session(oack=True)
+    s.start(0.0)
+    result = s.on_error(8, "User aborted the transfer")
+    assert isinstance(result, Finish) and result.outcome == Outcome.ABORTED
+    assert not result.outcome.succeeded
+
+
+def test_lost_data_is_resent_on_timeout() -> None:
+    s = read_session()
+    send(s, s.start(0.0), 5, 0.0)
+    retry = s.on_timer(1.0)
+    assert retry == SendWindow(1, 1, retransmit=True)
+    send(s, retry, 5, 1.0)
+    assert s.retransmits == 1
+
+
+def test_duplicate_ack_never_resends() -> None:
+    # Sorcerer's Apprentice (RFC 1123 4.2.3.1): a delayed duplicate ACK must
+    # not trigger a second copy of the next block.
+    s = read_session()
+    send(s, s.start(0.0), 9, 0.0)
+    send(s, s.on_ack(1, 0.1), 9, 0.1)
+    assert s.on_ack(1, 0.2) is WAIT
+    assert s.on_ack(1, 0.3) is WAIT
+    assert isinstance(s.on_ack(2, 0.4), SendWindow)
+
+
+def test_lost_ack_recovered_by_timeout() -> None:
+    s = read_session()
+    send(s, s.start(0.0), 3, 0.0)
+    # The ACK of block 1 is lost: resend block 1 after the timeout.
+    assert s.on_timer(1.0) == SendWindow(1, 1, retransmit=True)
+
+
+def test_rollover_past_65535() -> None:
+    s = read_session()
+    total = 70000
+    action = s.start(0.0)
+    for block in range(1, total + 1):
+        first, _ = send(s, action, total, 0.0)
+        assert first == block
+        action = s.on_ack(block & 0xFFFF, 0.0)
+    assert action == Finish(Outcome.COMPLETE)
+
+
+def test_window_sent_whole_then_next_window() -> None:
+    s = read_session(windowsize=4)
+    assert send(s, s.start(0.0), 10, 0.0) == (1, 4)
+    assert send(s, s.on_ack(4, 0.1), 10, 0.1) == (5, 8)
+    assert send(s, s.on_ack(8, 0.2), 10, 0.2) == (9, 10)
+    assert s.on_ack(10, 0.3) == Finish(Outcome.COMPLETE)
+
+
+def test_ack_inside_window_restarts_after_it() -> None:
+    s = read_session(windowsize=4)
+    send(s, s.start(0.0), 20, 0.0)
+    action = s.on_ack(2, 0.1)  # blocks 3 and 4 were lost
+    assert action == SendWindow(3, 4, retransmit=True)
+    assert send(s, action, 20, 0.1) == (3, 6)
+    assert s.on_ack(2, 0.2) is WAIT  # a stale duplicate does nothing
+
+
+def test_timeout_in_window_restarts_after_last_acked() -> None:
+    s = read_session(windowsize=8)
+    send(s, s.start(0.0), 30, 0.0)
+    send(s, s.on_ack(8, 0.1), 30, 0.1)  # window 9..16 sent, nothing comes back
+    assert s.on_timer(1.1) == SendWindow(9, 8, retransmit=True)
+
+
+def test_window_rollover() -> None:
+    s = read_session(windowsize=16)
+    total = 65536 + 40
+    action = s.start(0.0)
+    while isinstance(action, SendWindow):
+        _, last = send(s, action, total, 0.0)
+        action = s.on_ack(last & 0xFFFF, 0.0)
+    assert action == Finish(Outcome.COMPLETE)
+
+
+def test_missing_final_ack_ends_complete_after_retries() -> None:
+    s = read_session(retries=1)
+    send(s, s.start(0.0), 1, 0.0)
+    send(s, s.on_timer(1.0), 1, 1.0)
+    result = s.on_timer(3.0)
+    assert isinstance(result, Finish) and result.outcome == Outcome.COMPLETE_UNCONFIRMED
+    assert result.outcome.succeeded
+
+
+def test_stale_ack_beyond_window_ignored() -> None:
+    s = read_session(windowsize=2)
+    send(s, s.start(0.0), 10, 0.0)
+    assert s.on_ack(7, 0.1) is WAIT
+
+
+def test_acks_ignored_while_a_window_waits_for_data() -> None:
+    s = read_session()
+    s.start(0.0)  # window requested, not sent yet (source slow)
+    assert s.on_ack(0, 0.1) is WAIT
+    assert s.on_timer(5.0) is WAIT  # no retransmit while nothing was sent
+
+
+# --- write ------------------------------------------------------------------------
+
+def write_session(windowsize: int = 1, oack: bool = False, retries: int = 3) -> WriteSession:
+    options = (("blksize", "512"),) if oack else ()
+    return WriteSession(Negotiated(512, windowsize, 1.0, None, options), retries)
+
+
+def test_write_lock_step() -> None:
+    s = write_session()
+    assert s.start(0.0) == SendAck(0)
+    assert s.on_data(1, 512, 0.1) == Store(1, 1, False)
+    assert s.on_data(2, 100, 0.2) == Store(2, 2, True)
+    # Dally: a repeated last DATA (our ACK was lost) gets ACKed again.
+    assert s.on_data(2, 100, 0.3) == SendAck(2, retransmit=True)
+    result = s.on_timer(2.0)
+    assert isinstance(result, Finish) and result.outcome == Outcome.COMPLETE
+
+
+def test_write_duplicate_data_reacked_not_stored() -> None:
+    s = write_session()
+    s.start(0.0)
+    s.on_data(1, 512, 0.1)
+    assert s.on_data(1, 512, 0.2) == SendAck(1, retransmit=True)
+
+
+def test_write_oack_then_data() -> None:
+    s = write_session(oack=True)
+    assert isinstance(s.start(0.0), SendOack)
+    assert s.on_timer(1.0) == SendOack(s.oack, retransmit=True)
+    assert s.on_data(1, 0, 1.5) == Store(1, 1, True)
+
+
+def test_write_timeout_resends_ack_then_gives_up() -> None:
+    s = write_session(retries=1)
+    s.start(0.0)
+    s.on_data(1, 512, 0.1)
+    assert s.on_timer(1.1) == SendAck(1, retransmit=True)
+    result = s.on_timer(3.1)
+    assert isinstance(result, Finish) and result.outcome == Outcome.TIMED_OUT
+
+
+def test_write_window_acks_every_window_and_on_gap() -> None:
+    s = write_session(windowsize=4)
+    s.start(0.0)
+    assert [s.on_data(b, 512, 0.0) for b in (1, 2, 3)] == [
+        Store(1, None, False), Store(2, None, False), Store(3, None, False)]
+    assert s.on_data(4, 512, 0.0) == Store(4, 4, False)
+    assert s.on_data(6, 512, 0.0) == SendAck(4, retransmit=True)  # block 5 lost
+    assert s.on_data(7, 512, 0.0) is WAIT  # one ACK per gap
+    assert s.on_data(5, 512, 0.0) == Store(5, None, False)
+
+
+def test_write_rollover() -> None:
+    s = write_session()
+    s.start(0.0)
+    for block in range(1, 65540):
+        action = s.on_data(block & 0xFFFF, 512, 0.0)
+        assert isinstance(action, Store) and action.block == block
