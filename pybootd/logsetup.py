@@ -13,9 +13,9 @@ FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 def setup_logging(config: LoggerConfig, debug: bool = False) -> None:
     root = logging.getLogger("pybootd")
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-        handler.close()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+        old.close()
     root.propagate = False
     level = logging.DEBUG if debug else getattr(logging, config.level.upper())
     root.setLevel(level)
