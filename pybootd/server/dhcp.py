@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import struct
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from ipaddress import IPv4Address
+from typing import TypeVar
 
 from pybootd.config import BootpConfig, Config
 from pybootd.dhcp.options import DhcpOption, MessageType
@@ -31,7 +35,7 @@ from pybootd.dhcp.packet import ZERO, DhcpPacket, parse_packet_untrusted
 from pybootd.dhcp.pool import Lease, LeasePool
 from pybootd.dhcp.pxe import ClientInfo, client_info
 from pybootd.dhcp.responder import Decision, Settings, respond
-from pybootd.errors import BadPacket, NetworkConfigError
+from pybootd.errors import BadPacket, NetworkConfigError, SourceError
 from pybootd.netif import LocalNetwork, find_network, local_networks
 from pybootd.server.dhcpacl import AccessControl, Verdict
 from pybootd.server.leasestore import LeaseStore
@@ -39,6 +43,7 @@ from pybootd.server.notify import Notifier
 from pybootd.server.runtime import Runtime
 
 log = logging.getLogger("pybootd.dhcp")
+T = TypeVar("T")
 
 # <linux/in.h>: IP_PKTINFO = 8; struct in_pktinfo { int ipi_ifindex;
 # struct in_addr ipi_spec_dst; struct in_addr ipi_addr; }
@@ -97,6 +102,7 @@ class DhcpService:
         self._waiting: set[asyncio.Task[None]] = set()
         self._accepting = False
         self._ifnames: dict[int, str] = {}
+        self._store_thread = ThreadPoolExecutor(1, thread_name_prefix="pybootd-leases")
         self._quiet_until = 0.0
         self._logged = 0
         self._unlogged = 0
@@ -110,9 +116,8 @@ class DhcpService:
         self.settings = self._settings(self.network)
         if self.bootp.mode == "server":
             self.pool = self._pool(self.network)
-            self.store = await self.runtime.blocking(_STORE_TIMEOUT, LeaseStore,
-                                                     self.config.lease_file)
-            leases = await self.runtime.blocking(_STORE_TIMEOUT, self.store.load)
+            self.store = await self._in_store_thread(LeaseStore, self.config.lease_file)
+            leases = await self._in_store_thread(self.store.load)
             self.pool.restore(leases)
             log.info("%d leases loaded from %s", len(leases), self.config.lease_file)
         self.notifier = Notifier(self.bootp.notify)
@@ -150,8 +155,10 @@ class DhcpService:
         if self.notifier is not None:
             self.notifier.close()
         if self.store is not None:
-            self.store.close()
-            self.store = None
+            store, self.store = self.store, None
+            # In the writer thread, after any commit still running there.
+            self._store_thread.submit(store.close)
+        self._store_thread.shutdown(wait=True, cancel_futures=False)
         log.info("DHCP stopped: %s", ", ".join(f"{k}={v}" for k, v in sorted(self.stats.items())))
 
     # --- setup --------------------------------------------------------------
@@ -350,8 +357,7 @@ class DhcpService:
                 batch, self._pending = self._pending, []
                 leases: list[Lease] = [lease for item in batch for lease in item.decision.persist]
                 try:
-                    await self.runtime.blocking(_STORE_TIMEOUT, self.store.write, leases,
-                                                time.time())
+                    await self._in_store_thread(self.store.write, leases, time.time())
                 except Exception as exc:  # disk full, locked, read-only: keep serving
                     self._count("store_errors")
                     log.error("lease file %s not written (%s): %d replies withheld",
@@ -363,6 +369,19 @@ class DhcpService:
                                  item.client)
         finally:
             self._writer = None
+
+    async def _in_store_thread(self, func: Callable[..., T], *args: object) -> T:
+        """Run SQLite work in the service's own writer thread, never on the loop.
+
+        One dedicated thread (not the shared pool): commits stay serialized on
+        one connection, and they never queue behind slow HTTP queries.
+        """
+        future = self.runtime.loop.run_in_executor(self._store_thread,
+                                                   functools.partial(func, *args))
+        try:
+            return await asyncio.wait_for(future, _STORE_TIMEOUT)
+        except TimeoutError:
+            raise SourceError(f"lease file: no answer in {_STORE_TIMEOUT:g}s") from None
 
     # --- send ---------------------------------------------------------------
     def _send(self, decision: Decision, sock: socket.socket, ifindex: int, peer: str) -> None:

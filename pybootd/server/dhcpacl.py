@@ -55,6 +55,8 @@ class AccessControl:
         self._uuid_of_mac: dict[str, str] = {}
         self._cache: dict[str, tuple[Verdict, float]] = {}
         self._running: dict[str, asyncio.Future[Verdict]] = {}
+        # Leave half the shared pool to the other services (TFTP's HTTP sources).
+        self._slots = asyncio.Semaphore(max(1, config.daemon.workers // 2))
 
     def remember(self, client: ClientInfo) -> None:
         """Note the UUID a MAC showed, for its later plain DHCP requests."""
@@ -111,8 +113,9 @@ class AccessControl:
 
     async def _query(self, url: str) -> Verdict:
         try:
-            status = await self.runtime.blocking(self.timeout + 0.5, _http_status, url,
-                                                 self.timeout)
+            async with self._slots:
+                status = await self.runtime.blocking(self.timeout + 0.5, _http_status, url,
+                                                     self.timeout)
         except (SourceError, requests.RequestException) as exc:
             log.warning("access query %s failed (%s): request ignored", url, exc)
             return Verdict.IGNORE
