@@ -21,6 +21,7 @@ import contextlib
 import functools
 import logging
 import socket
+import sqlite3
 import struct
 import time
 from collections.abc import Callable
@@ -116,8 +117,13 @@ class DhcpService:
         self.settings = self._settings(self.network)
         if self.bootp.mode == "server":
             self.pool = self._pool(self.network)
-            self.store = await self._in_store_thread(LeaseStore, self.config.lease_file)
-            leases = await self._in_store_thread(self.store.load)
+            try:
+                self.store = await self._in_store_thread(LeaseStore, self.config.lease_file)
+                leases = await self._in_store_thread(self.store.load)
+            except (sqlite3.Error, OSError) as exc:
+                raise self.config.error(
+                    "bootp", "lease_file", f"cannot use {self.config.lease_file}: {exc} "
+                    "(expected a writable SQLite file)") from None
             self.pool.restore(leases)
             log.info("%d leases loaded from %s", len(leases), self.config.lease_file)
         self.notifier = Notifier(self.bootp.notify)
