@@ -180,8 +180,9 @@ class DhcpService:
                     f"{network.interface} (expected a smaller pool_count)")
             return network
         # proxy mode: the interface, the listen address, or the only LAN
-        if bootp.address != "0.0.0.0":
-            return find_network(IPv4Address(bootp.address), bootp.interface, bootp.netmask)
+        listen = IPv4Address(str(bootp.address))  # the config gives an IPv4Address
+        if not listen.is_unspecified:
+            return find_network(listen, bootp.interface, bootp.netmask)
         candidates = [n for n in local_networks() if not n.address.is_loopback
                       and (bootp.interface is None or n.interface == bootp.interface)]
         if not candidates:
@@ -241,7 +242,7 @@ class DhcpService:
             if self.bootp.interface:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE,
                                 self.bootp.interface.encode())
-            sock.bind((self.bootp.address, port))
+            sock.bind((str(self.bootp.address), port))
         except OSError as exc:
             sock.close()
             raise NetworkConfigError(
