@@ -289,3 +289,17 @@ def test_ack_packet_types_via_generic_parser(server: Server) -> None:
         except TimeoutError:
             pass
     assert isinstance(Ack(1), Ack)
+
+
+def test_ipv6_and_ipv4_on_the_default_address(root: Path, tmp_path: Path) -> None:
+    port = free_port()
+    srv = Server(f"[tftp]\nport = {port}\nroot = {root}\n", tmp_path / "t.ini")
+    try:
+        with Client("127.0.0.1", port) as client:
+            assert client.get("small").data == b"hello"
+        if len(srv.service.listeners) == 2:
+            with Client("::1", port) as client:
+                result = client.get("small", options=(("blksize", "1024"),))
+            assert result.data == b"hello" and result.server[0] == "::1"
+    finally:
+        srv.stop()
