@@ -303,3 +303,16 @@ def test_ipv6_and_ipv4_on_the_default_address(root: Path, tmp_path: Path) -> Non
             assert result.data == b"hello" and result.server[0] == "::1"
     finally:
         srv.stop()
+
+
+def test_reply_leaves_from_the_address_the_request_came_to(root: Path, tmp_path: Path) -> None:
+    # Every 127/8 address is local: a multi-homed host in miniature.
+    port = free_port()
+    srv = Server(f"[tftp]\naddress = 0.0.0.0\nport = {port}\nroot = {root}\n", tmp_path / "t.ini")
+    try:
+        for address in ("127.0.0.1", "127.0.0.2", "127.1.2.3"):
+            with Client(address, port) as client:
+                result = client.get("small")
+            assert result.server[0] == address
+    finally:
+        srv.stop()
