@@ -36,19 +36,25 @@ MAX_DROPS = 0.025
 
 
 def start_pybootd(lab: NetLab, ns: str, work: Path) -> subprocess.Popen[bytes]:
+    """``pybootd -c CONFIG -p``: the real daemon, DHCP only, as user nobody."""
     config = work / "pybootd.ini"
     config.write_text(
-        "[logger]\nlevel = warning\n"
+        f"[logger]\nlevel = warning\n[daemon]\nstate_dir = {work / 'state'}\n"
         f"[bootp]\npool_start = {POOL_START}\npool_count = {POOL_COUNT}\n"
-        f"allow_simple_dhcp = on\nlease_time = 3600\nlease_file = {work / 'leases.sqlite'}\n"
+        f"allow_simple_dhcp = on\nlease_time = 3600\n"
+        f"lease_file = {work / 'state' / 'leases.sqlite'}\n"
     )
-    proc = lab.popen(ns, [sys.executable, str(REPO / "tests" / "dhcp_runner.py"), str(config)],
-                     stderr=subprocess.DEVNULL)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.startswith(b"READY"):
-        raise RuntimeError("pybootd did not start")
-    return proc
+    log = work / "pybootd.log"
+    with open(log, "wb") as out:
+        proc = lab.popen(ns, [sys.executable, "-m", "pybootd", "-c", str(config), "-p"],
+                         stdout=out, stderr=out, cwd=str(REPO))
+    deadline = time.monotonic() + 20
+    while proc.poll() is None and time.monotonic() < deadline:
+        if (work / "state" / "leases.sqlite").exists():
+            time.sleep(0.5)  # bound and serving right after the lease file opens
+            return proc
+        time.sleep(0.05)
+    raise RuntimeError(f"pybootd did not start: {log.read_text()}")
 
 
 def start_dnsmasq(lab: NetLab, ns: str, work: Path, ifname: str) -> subprocess.Popen[bytes]:

@@ -65,7 +65,7 @@ class DhcpLab:
 
     @property
     def lease_file(self) -> Path:
-        return self.workdir / "leases.sqlite"
+        return self.workdir / "state" / "leases.sqlite"
 
     def client(self, name: str) -> tuple[str, str]:
         """A client namespace with one interface on the server's bridge."""
@@ -80,6 +80,7 @@ class DhcpLab:
     def write_config(self, **sections: dict[str, str]) -> Path:
         config: dict[str, dict[str, str]] = {
             "logger": {"level": "debug"},
+            "daemon": {"state_dir": str(self.workdir / "state")},
             "bootp": {
                 "pool_start": POOL_START,
                 "pool_count": "50",
@@ -100,24 +101,18 @@ class DhcpLab:
         return path
 
     def start_server(self, timeout: float = 20) -> None:
-        """Start pybootd's DHCP service; wait until it serves."""
+        """Start ``pybootd -c CONFIG -p`` (DHCP only, as the daemon user); wait until ready."""
         path = self.workdir / "pybootd.ini"
-        log = open(self.workdir / "server.log", "ab")  # noqa: SIM115 - closed in stop_server
-        self.server = self.lab.popen(
-            self.server_ns,
-            [sys.executable, str(REPO / "tests" / "dhcp_runner.py"), str(path)],
-            stdout=subprocess.PIPE, stderr=log,
-        )
-        log.close()
-        assert self.server.stdout is not None
+        log_path = self.workdir / "server.log"
+        start = log_path.stat().st_size if log_path.exists() else 0
+        with open(log_path, "ab") as log:
+            self.server = self.lab.popen(
+                self.server_ns, [sys.executable, "-m", "pybootd", "-c", str(path), "-p"],
+                stdout=log, stderr=log, cwd=str(REPO))
         deadline = time.monotonic() + timeout
-        os.set_blocking(self.server.stdout.fileno(), False)
-        buffer = b""
-        while b"READY" not in buffer:
+        while "pybootd ready" not in log_path.read_text(errors="replace")[start:]:
             if self.server.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"pybootd did not start:\n{self.server_log()}")
-            chunk = self.server.stdout.read() or b""
-            buffer += chunk
             time.sleep(0.02)
 
     def stop_server(self, sig: int = signal.SIGTERM) -> int:

@@ -17,7 +17,7 @@ from netlab import NetLab, require_tools, wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.interop]
 
-ACK = re.compile(r" INFO pybootd\.dhcp: ([0-9a-f:]{17}) via \S+: REQUEST -> ACK (\S+)")
+ACK = re.compile(r"pybootd\.dhcp: ([0-9a-f:]{17}) via \S+: REQUEST -> ACK (\S+)")
 
 
 def test_perfdhcp_500_per_second_for_20s(lab: NetLab, tmp_path: Path) -> None:
@@ -25,17 +25,17 @@ def test_perfdhcp_500_per_second_for_20s(lab: NetLab, tmp_path: Path) -> None:
     tmp_path.chmod(0o755)
     config = tmp_path / "pybootd.ini"
     config.write_text(
-        "[logger]\nlevel = info\n"
+        f"[logger]\nlevel = info\n[daemon]\nstate_dir = {tmp_path / 'state'}\n"
         "[bootp]\npool_start = 198.51.100.10\npool_count = 240\nallow_simple_dhcp = on\n"
-        f"lease_file = {tmp_path / 'leases.sqlite'}\n"
+        f"lease_file = {tmp_path / 'state' / 'leases.sqlite'}\n"
     )
     srv, perf = lab.ns("srv"), lab.ns("perf")
     _, perf_if = lab.veth(srv, "198.51.100.1/24", perf, "198.51.100.2/24")
     log_path = tmp_path / "server.log"
     with open(log_path, "wb") as log:
-        server = lab.popen(srv, [sys.executable, str(REPO / "tests" / "dhcp_runner.py"),
-                                 str(config)], stderr=log)
-    wait_for(lambda: "DHCP server on" in log_path.read_text(), 20, what="pybootd start")
+        server = lab.popen(srv, [sys.executable, "-m", "pybootd", "-c", str(config), "-p"],
+                           stdout=log, stderr=log, cwd=str(REPO))
+    wait_for(lambda: "pybootd ready" in log_path.read_text(), 20, what="pybootd start")
     result = lab.run(perf, ["perfdhcp", "-4", "-l", perf_if, "-r", "500", "-p", "20",
                             "-R", "200", "198.51.100.1"], timeout=60, check=False)
     lab.stop(server)
