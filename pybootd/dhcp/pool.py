@@ -80,6 +80,7 @@ class LeasePool:
         self._pxe: set[str] = set()
         self._cursor = 0  # next never-used offset in the range
         self._dirty: dict[IPv4Address, Lease] = {}
+        self._no_reclaim_until = 0.0  # see _reclaim
 
     # --- queries ------------------------------------------------------------
     def in_range(self, ip: IPv4Address) -> bool:
@@ -216,9 +217,19 @@ class LeasePool:
         return None
 
     def _reclaim(self, now: float) -> IPv4Address | None:
-        """A free or expired address: ownerless ones first, else the one unused longest."""
+        """A free or expired address: ownerless ones first, else the one unused longest.
+
+        A full scan; when it finds nothing, none is made again before the
+        first hold or lease ends (or something is released), so a flood of
+        DISCOVERs on an exhausted pool costs no scan each.
+        """
+        if now < self._no_reclaim_until:
+            return None
         best: Lease | None = None
+        soonest = float("inf")
         for lease in self._by_ip.values():
+            if lease.active(now):
+                soonest = min(soonest, lease.expires)
             if lease.active(now) or not self.in_range(lease.ip):
                 continue
             # Ownerless first (quarantine over, orphaned), then the oldest.
@@ -226,6 +237,7 @@ class LeasePool:
                     best.mac is not None, best.expires):
                 best = lease
         if best is None:
+            self._no_reclaim_until = soonest
             return None
         if best.mac is not None:
             self._by_mac.pop(best.mac, None)
@@ -237,6 +249,8 @@ class LeasePool:
         self._set(replace(lease, mac=None, state=LeaseState.FREE), persist=True)
 
     def _set(self, lease: Lease, *, persist: bool) -> Lease:
+        if lease.state == LeaseState.FREE:  # freed: worth a new reclaim scan
+            self._no_reclaim_until = 0.0
         self._by_ip[lease.ip] = lease
         if lease.mac is not None:
             self._by_mac[lease.mac] = lease.ip

@@ -4,8 +4,9 @@ One datagram per event and target, one line of UTF-8 text ending in ``\\n``::
 
     pybootd EVENT mac=MAC ip=IP uuid=UUID arch=ARCH file=FILE
 
-* ``EVENT``: discover, offer, request, ack, nak, inform, release, decline or
-  denied;
+* ``EVENT``: what the client sent (discover, request, release, decline,
+  inform, bootp: a BOOTP request) or what pybootd did (offer, ack, nak,
+  denied: refused by access control);
 * ``MAC``: ``aa:bb:cc:dd:ee:ff``; ``IP``: the address offered, acknowledged,
   requested or released; ``UUID``: as ``dmidecode`` prints it; ``ARCH``: the
   option 93 architecture name (``bios``, ``efi-x64``, ...); ``FILE``: the boot

@@ -216,3 +216,18 @@ def test_never_two_macs_on_one_address(count: int) -> None:
         for x in p.leases():
             if x.mac is not None:
                 assert p.lease_of(x.mac) == x
+
+
+def test_exhausted_pool_skips_rescans_until_something_frees() -> None:
+    p = pool(count=3)
+    for mac in (A, B):
+        lease = p.offer(mac, None, T0)
+        assert lease is not None
+        p.request(mac, lease.ip, T0)
+    assert p.offer(C, None, T0 + 1) is None
+    assert p._no_reclaim_until == T0 + 3600  # the first lease to end
+    assert p.offer(D, None, T0 + 2) is None
+    p.release(A, ip(10), T0 + 3)  # frees one at once
+    assert p.offer(D, None, T0 + 4).ip == ip(10)  # type: ignore[union-attr]
+    assert p.offer(C, None, T0 + 5) is None
+    assert p.offer(C, None, T0 + 3601) is not None  # holds and leases have ended
