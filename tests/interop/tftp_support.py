@@ -1,0 +1,379 @@
+"""Shared helpers of the TFTP interop tests: served trees, the daemon, clients.
+
+* Files with deterministic content in world-readable temporary folders (the
+  daemon drops to ``nobody``, who cannot read ``mktemp -d``'s 0700 folders).
+* :class:`Pybootd`: ``python -m pybootd -t`` from a generated INI inside a
+  namespace, its log in a file (a pipe would fill up and stall it), ready
+  when it logs "pybootd ready", stopped with SIGTERM.
+* One wrapper per real client (tftp-hpa, atftp, curl, busybox) returning
+  exit status and output, and :func:`ns_client`, the strict Python client of
+  ``tests/tftpclient.py`` on a socket inside the client's namespace.
+* :func:`in_netns`: run a function in a thread that entered a namespace
+  (every socket it opens lives there).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from netlab import REPO, NetLab, ns_socket, require_tools, wait_for
+from tftpclient import Client
+
+SERVER_IP = "192.0.2.1"
+CLIENT_IP = "192.0.2.10"
+MIB = 1024 * 1024
+T = TypeVar("T")
+
+
+# --- files ----------------------------------------------------------------------
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(MIB), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def content(size: int, seed: str) -> bytes:
+    """*size* deterministic pseudo-random bytes (the same for the same seed)."""
+    return random.Random(seed).randbytes(size)
+
+
+def write_file(path: Path, size: int, seed: str | None = None) -> str:
+    """Write deterministic content (world-readable); returns its sha256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = content(size, seed or path.name)
+    path.write_bytes(data)
+    path.chmod(0o644)
+    return sha256_bytes(data)
+
+
+def write_text(path: Path, text: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    path.chmod(0o644)
+    return path
+
+
+@contextlib.contextmanager
+def public_tmpdir(prefix: str) -> Iterator[Path]:
+    """A 0755 temporary folder (readable by the daemon's ``nobody``), removed after."""
+    folder = Path(tempfile.mkdtemp(prefix=f"pybootd-{prefix}-"))
+    try:
+        folder.chmod(0o755)
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def public_dirs(*folders: Path) -> None:
+    """Make folders (and their files) readable by anyone."""
+    for folder in folders:
+        for path in [folder, *folder.rglob("*")]:
+            if not path.is_symlink():
+                path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+# --- topology -------------------------------------------------------------------
+@dataclass
+class Hosts:
+    """A server namespace and client namespaces joined on 192.0.2.0/24."""
+
+    lab: NetLab
+    server: str
+    client: str
+    links: list[tuple[str, str]] = field(default_factory=list)  # (server if, client if)
+
+
+def two_hosts(lab: NetLab) -> Hosts:
+    """Server 192.0.2.1/24 and client 192.0.2.10/24 over one veth pair."""
+    server, client = lab.ns("tsrv"), lab.ns("tcli")
+    link = lab.veth(server, f"{SERVER_IP}/24", client, f"{CLIENT_IP}/24")
+    return Hosts(lab, server, client, [link])
+
+
+# --- the daemon -----------------------------------------------------------------
+def ini_text(sections: dict[str, dict[str, Any] | Sequence[tuple[str, str]]]) -> str:
+    lines: list[str] = []
+    for name, values in sections.items():
+        lines.append(f"[{name}]")
+        items = values.items() if isinstance(values, dict) else values
+        lines.extend(f"{key} = {value}" for key, value in items)
+        lines.append("")
+    return "\n".join(lines)
+
+
+class Pybootd:
+    """``python -m pybootd -t -c FILE`` inside namespace *ns*."""
+
+    def __init__(self, lab: NetLab, ns: str, workdir: Path, name: str = "pybootd") -> None:
+        self.lab = lab
+        self.ns = ns
+        self.config_path = workdir / f"{name}.ini"
+        self.log_path = workdir / f"{name}.log"
+        self.proc: subprocess.Popen[Any] | None = None
+
+    def start(self, tftp: dict[str, Any], *, filters: Sequence[tuple[str, str]] = (),
+              daemon: dict[str, Any] | None = None, debug: bool = False,
+              ready_timeout: float = 20) -> Pybootd:
+        settings = {"address": SERVER_IP, "port": 69, **tftp}
+        sections: dict[str, Any] = {"tftp": settings, "logger": {"level": "info"}}
+        if filters:
+            sections["filters"] = list(filters)
+        if daemon:
+            sections["daemon"] = daemon
+        write_text(self.config_path, ini_text(sections))
+        argv = [sys.executable, "-m", "pybootd", "-t", "-c", str(self.config_path)]
+        with self.log_path.open("ab") as log:
+            self.proc = self.lab.popen(self.ns, [*argv, *(["-d"] if debug else [])],
+                                       stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        self.wait_log("pybootd ready", timeout=ready_timeout)
+        return self
+
+    # --- the log ----------------------------------------------------------------
+    def log(self, since: int = 0) -> str:
+        try:
+            data = self.log_path.read_bytes()
+        except FileNotFoundError:
+            return ""
+        return data[since:].decode("utf-8", "replace")
+
+    def mark(self) -> int:
+        """A position in the log; ``log(since=mark)`` reads what came after it."""
+        try:
+            return self.log_path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def wait_log(self, pattern: str, timeout: float = 10, since: int = 0) -> re.Match[str]:
+        regex = re.compile(pattern)
+
+        def found() -> re.Match[str] | None:
+            match = regex.search(self.log(since))
+            if match is None and self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"pybootd exited ({self.proc.returncode}) before "
+                                     f"logging {pattern!r}:\n{self.log()[-3000:]}")
+            return match
+
+        try:
+            result: re.Match[str] = wait_for(found, timeout, what=f"log line {pattern!r}")
+        except TimeoutError:
+            raise AssertionError(f"no log line {pattern!r} within {timeout}s:\n"
+                                 f"{self.log(since)[-3000:]}") from None
+        return result
+
+    def stop(self, timeout: float = 10) -> int:
+        """SIGTERM and wait; returns the exit status."""
+        assert self.proc is not None
+        return self.lab.stop(self.proc, signal.SIGTERM, timeout=timeout)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+# --- real clients -----------------------------------------------------------------
+@dataclass
+class Run:
+    returncode: int
+    output: str
+    seconds: float
+
+    def __str__(self) -> str:
+        return f"exit {self.returncode} after {self.seconds:.2f}s: {self.output.strip()}"
+
+
+@dataclass(frozen=True)
+class ClientKind:
+    """One real TFTP client program, with the options it is given."""
+
+    name: str
+    tool: str
+    blksize: int | None = None
+    windowsize: int | None = None
+
+    def argv(self, host: str, remote: str, local: Path, size: int | None = None,
+             mode: str = "octet") -> list[str]:
+        if self.tool == "tftp":  # tftp-hpa: no options at all, 512-byte blocks
+            hpa_mode = "ascii" if mode == "netascii" else "binary"
+            return ["tftp", host, "-m", hpa_mode, "-c", "get", remote, str(local)]
+        if self.tool == "atftp":
+            opts: list[str] = []
+            for option, value in (("blksize", self.blksize), ("windowsize", self.windowsize)):
+                if value is not None:
+                    opts += ["--option", f"{option} {value}"]
+            return ["atftp", *opts, "--tftp-timeout", "2", "-g", "-r", remote, "-l", str(local),
+                    host]
+        if self.tool == "curl":
+            return ["curl", "-sS", "--max-time", "60", *self._curl_options(size),
+                    f"tftp://{host}/{remote}", "-o", str(local)]
+        if self.tool == "busybox":
+            block = ["-b", str(self.blksize)] if self.blksize else []
+            return ["busybox", "tftp", *block, "-g", "-r", remote, "-l", str(local), host]
+        raise ValueError(self.tool)
+
+    def _curl_options(self, size: int | None) -> list[str]:
+        if size == 0:
+            # curl 7.88 fails on an empty file when options are negotiated
+            # (whatever the server): field notes.
+            return ["--tftp-no-options"]
+        return ["--tftp-blksize", str(self.blksize)] if self.blksize else []
+
+    def require(self) -> None:
+        require_tools(self.tool)
+
+
+HPA = ClientKind("tftp-hpa", "tftp")
+ATFTP = ClientKind("atftp", "atftp")
+ATFTP_WS8 = ClientKind("atftp-ws8", "atftp", windowsize=8)
+ATFTP_BIG = ClientKind("atftp-blksize1428", "atftp", blksize=1428)
+CURL = ClientKind("curl", "curl")
+CURL_BIG = ClientKind("curl-blksize1468", "curl", blksize=1468)
+BUSYBOX = ClientKind("busybox", "busybox")
+BUSYBOX_BIG = ClientKind("busybox-blksize1024", "busybox", blksize=1024)
+ALL_CLIENTS = (HPA, ATFTP, ATFTP_WS8, ATFTP_BIG, CURL, CURL_BIG, BUSYBOX, BUSYBOX_BIG)
+
+
+def fetch(lab: NetLab, ns: str, kind: ClientKind, remote: str, local: Path,
+          size: int | None = None, mode: str = "octet", timeout: float = 120,
+          host: str = SERVER_IP) -> Run:
+    """Run one client to completion; the caller checks the file and the output."""
+    kind.require()
+    with contextlib.suppress(FileNotFoundError):
+        local.unlink()
+    start = time.monotonic()
+    result = lab.run(ns, kind.argv(host, remote, local, size, mode), timeout=timeout,
+                     check=False)
+    return Run(result.returncode, result.stdout + result.stderr, time.monotonic() - start)
+
+
+def hpa_put(lab: NetLab, ns: str, local: Path, remote: str, timeout: float = 60,
+            host: str = SERVER_IP) -> Run:
+    require_tools("tftp")
+    start = time.monotonic()
+    result = lab.run(ns, ["tftp", host, "-m", "binary", "-c", "put", str(local), remote],
+                     timeout=timeout, check=False)
+    return Run(result.returncode, result.stdout + result.stderr, time.monotonic() - start)
+
+
+def client_error(kind: ClientKind, run: Run) -> int | None:
+    """The TFTP error code a client reported, if it shows one."""
+    patterns = {
+        "tftp": r"Error code (\d+):",
+        "busybox": r"server error: \((\d+)\)",
+    }
+    if kind.tool == "curl":
+        # CURLE_TFTP_NOTFOUND 68, CURLE_TFTP_PERM 69, CURLE_TFTP_ILLEGAL 71, ...
+        return {68: 1, 69: 2, 71: 4}.get(run.returncode)
+    if kind.tool == "atftp":
+        # atftp prints only the server's message ("error received from server
+        # <...>"), not the code: read it from pybootd's wording.
+        match = re.search(r"error received from server <(file not found|access violation)",
+                          run.output)
+        return {"file not found": 1, "access violation": 2}[match[1]] if match else None
+    match = re.search(patterns[kind.tool], run.output)
+    return int(match.group(1)) if match else None
+
+
+# --- a client inside a namespace, in this process -----------------------------------
+@contextlib.contextmanager
+def ns_client(ns: str, host: str = SERVER_IP, port: int = 69,
+              timeout: float = 3.0) -> Iterator[Client]:
+    """tests/tftpclient.Client whose socket lives in namespace *ns*."""
+    client = Client("127.0.0.1", port, timeout)
+    client.sock.close()
+    client.sock = ns_socket(ns, socket.AF_INET, socket.SOCK_DGRAM)
+    client.sock.settimeout(timeout)
+    client.sock.bind(("0.0.0.0", 0))
+    client.server = (host, port)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def in_netns(ns: str, func: Callable[[], T], timeout: float) -> T:
+    """Run *func* in a thread that entered namespace *ns*; its sockets live there."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    outcome: list[Any] = []
+
+    def body() -> None:
+        try:
+            with open(f"/run/netns/{ns}", "rb") as handle:
+                if libc.setns(handle.fileno(), 0x40000000) != 0:  # CLONE_NEWNET
+                    raise OSError(ctypes.get_errno(), f"setns({ns}) failed")
+            outcome.append((True, func()))
+        except BaseException as exc:
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=body, name=f"in-{ns}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive() or not outcome:
+        raise TimeoutError(f"work in namespace {ns} still running after {timeout}s")
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
+
+
+# --- an HTTP mirror in the server's namespace ------------------------------------------
+class HttpMirror:
+    """``python -m http.server`` in *ns*: one log line per request, as a mirror logs."""
+
+    def __init__(self, lab: NetLab, ns: str, directory: Path, log_path: Path,
+                 address: str = "127.0.0.1", port: int = 8080) -> None:
+        self.lab, self.ns, self.directory = lab, ns, directory
+        self.address, self.port = address, port
+        self.log_path = log_path
+        self.proc: subprocess.Popen[Any] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}:{self.port}/"
+
+    def start(self) -> HttpMirror:
+        argv = [sys.executable, "-u", "-m", "http.server", "--bind", self.address,
+                "--directory", str(self.directory), str(self.port)]
+        with self.log_path.open("ab") as log:
+            self.proc = self.lab.popen(self.ns, argv, stdout=log, stderr=subprocess.STDOUT)
+        wait_for(self._listening, 10, what="the HTTP mirror to listen")
+        return self
+
+    def _listening(self) -> bool:
+        probe = ns_socket(self.ns, socket.AF_INET, socket.SOCK_STREAM)
+        with probe:
+            probe.settimeout(1)
+            return probe.connect_ex((self.address, self.port)) == 0
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.lab.stop(self.proc, signal.SIGTERM, timeout=5)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def gets(self, path: str, status: int | None = None) -> int:
+        """How many ``GET /path`` requests it logged (with *status*, if given)."""
+        code = str(status) if status else r"\d+"
+        pattern = rf'"GET /{re.escape(path)} HTTP/1\.[01]" {code} '
+        return len(re.findall(pattern, self.log()))
