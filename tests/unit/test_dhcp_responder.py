@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address
 
+import hypothesis
 import pytest
 from dhcp_helpers import (
     MAC,
@@ -16,9 +17,10 @@ from dhcp_helpers import (
     request,
     settings,
 )
+from hypothesis import strategies as st
 
 from pybootd.dhcp.options import DhcpOption, MessageType
-from pybootd.dhcp.packet import FLAG_BROADCAST, DhcpPacket, parse_packet_untrusted
+from pybootd.dhcp.packet import FLAG_BROADCAST, DhcpPacket, encode_packet, parse_packet_untrusted
 from pybootd.dhcp.pool import LeasePool, LeaseState
 from pybootd.dhcp.pxe import client_info
 from pybootd.dhcp.responder import Decision, Settings, respond
@@ -253,3 +255,36 @@ def test_boot_service_port_4011(mode: str) -> None:
                       source=(str(client), 4011))
     assert decision.event == "ack" and decision.destination == (str(client), 4011)
     assert reply_of(decision).file == b"grubx64.efi"
+
+
+_CODES = st.sampled_from([1, 3, 12, 43, 50, 52, 53, 54, 55, 57, 60, 61, 66, 67, 77, 82, 93, 94,
+                          97, 175])
+_ADDRESSES = st.sampled_from([0, int(SERVER), int(POOL_START), int(POOL_START) + 3,
+                              int(OTHER), 0xFFFFFFFF]).map(IPv4Address)
+
+
+@hypothesis.settings(max_examples=400, deadline=None)
+@hypothesis.given(
+    options=st.dictionaries(_CODES, st.binary(max_size=20), max_size=8),
+    kind=st.sampled_from([None, *range(0, 10)]),
+    ciaddr=_ADDRESSES, giaddr=_ADDRESSES, flags=st.sampled_from([0, FLAG_BROADCAST]),
+    mac=st.binary(min_size=0, max_size=16), mode=st.sampled_from(["server", "proxy"]),
+    boot_service=st.booleans(), simple=st.booleans(),
+)
+def test_any_parsed_request_gets_a_decision_never_an_exception(
+        options: dict[int, bytes], kind: int | None, ciaddr: IPv4Address,
+        giaddr: IPv4Address, flags: int, mac: bytes, mode: str, boot_service: bool,
+        simple: bool) -> None:
+    if kind is not None:
+        options[DhcpOption.MESSAGE_TYPE] = bytes((kind,))
+    options.pop(52, None)
+    packet = parse_packet_untrusted(encode_packet(DhcpPacket(
+        op=1, xid=1, chaddr=mac, ciaddr=ciaddr, giaddr=giaddr, flags=flags, options=options)))
+    pool = new_pool(count=3)
+    for now in (T0, T0 + 1):  # twice: with and without state from the first
+        decision = answer(packet, pool, settings(mode=mode, allow_simple_dhcp=simple), now=now,
+                          boot_service=boot_service, source=("198.51.100.77", 68))
+        if decision.reply is not None:
+            reply = reply_of(decision)
+            assert reply.xid == 1 and reply.op == 2
+            assert decision.destination is not None
