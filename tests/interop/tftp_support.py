@@ -337,6 +337,22 @@ def in_netns(ns: str, func: Callable[[], T], timeout: float) -> T:
 
 
 # --- an HTTP mirror in the server's namespace ------------------------------------------
+# http.server's own handler (its log lines, Last-Modified, 304, 404), with an
+# optional pause between pieces of a body.
+_MIRROR = """
+import functools, http.server, sys, time
+address, port, directory, delay = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+
+class Handler(http.server.SimpleHTTPRequestHandler):
+    def copyfile(self, source, outputfile):
+        while piece := source.read(256 * 1024):
+            outputfile.write(piece)
+            time.sleep(delay)
+
+handler = functools.partial(Handler, directory=directory)
+http.server.ThreadingHTTPServer((address, port), handler).serve_forever()
+"""
+
 class HttpMirror:
     """``python -m http.server`` in *ns*: one log line per request, as a mirror logs."""
 
@@ -351,9 +367,10 @@ class HttpMirror:
     def url(self) -> str:
         return f"http://{self.address}:{self.port}/"
 
-    def start(self) -> HttpMirror:
-        argv = [sys.executable, "-u", "-m", "http.server", "--bind", self.address,
-                "--directory", str(self.directory), str(self.port)]
+    def start(self, chunk_delay: float = 0.0) -> HttpMirror:
+        """Serve; *chunk_delay* seconds between 256 KiB pieces makes a slow mirror."""
+        argv = [sys.executable, "-u", "-c", _MIRROR, self.address, str(self.port),
+                str(self.directory), str(chunk_delay)]
         with self.log_path.open("ab") as log:
             self.proc = self.lab.popen(self.ns, argv, stdout=log, stderr=subprocess.STDOUT)
         wait_for(self._listening, 10, what="the HTTP mirror to listen")
