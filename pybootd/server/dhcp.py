@@ -66,6 +66,31 @@ _INCOMING_EVENTS = {
 }
 
 
+class _Peer:
+    """Who sent a request, for log lines: ``MAC [ciaddr] [via giaddr] [pxe/arch]``.
+
+    Built only when a line is actually written (``%s`` calls ``__str__``).
+    """
+
+    __slots__ = ("client", "packet")
+
+    def __init__(self, packet: DhcpPacket, client: ClientInfo) -> None:
+        self.packet = packet
+        self.client = client
+
+    def __str__(self) -> str:
+        packet, client = self.packet, self.client
+        parts = [client.mac]
+        if packet.ciaddr != ZERO:
+            parts.append(str(packet.ciaddr))
+        if packet.giaddr != ZERO:
+            parts.append(f"via {packet.giaddr}")
+        if client.netboot:
+            kind = "http" if client.http else ("ipxe" if client.ipxe else "pxe")
+            parts.append(f"{kind}/{client.arch_label}")
+        return " ".join(parts)
+
+
 @dataclass
 class _Pending:
     """A reply that waits for its leases to be committed."""
@@ -73,7 +98,7 @@ class _Pending:
     decision: Decision
     sock: socket.socket
     ifindex: int
-    peer: str
+    peer: _Peer
     client: ClientInfo
 
 
@@ -324,7 +349,7 @@ class DhcpService:
                source: tuple[str, int], sock: socket.socket, boot_service: bool) -> None:
         assert self.settings is not None
         kind = packet.message_type
-        peer = self._peer(packet, client)
+        peer = _Peer(packet, client)
         incoming = _INCOMING_EVENTS.get(kind) if kind is not None else "bootp"
         if incoming is not None:
             self._notify(incoming, client, _requested(packet), None)
@@ -343,7 +368,7 @@ class DhcpService:
         else:
             self._finish(decision, sock, ifindex, peer, client)
 
-    def _finish(self, decision: Decision, sock: socket.socket, ifindex: int, peer: str,
+    def _finish(self, decision: Decision, sock: socket.socket, ifindex: int, peer: _Peer,
                 client: ClientInfo | None) -> None:
         self._count(decision.event)
         if decision.reply is not None and decision.destination is not None:
@@ -391,7 +416,7 @@ class DhcpService:
             raise SourceError(f"lease file: no answer in {_STORE_TIMEOUT:g}s") from None
 
     # --- send ---------------------------------------------------------------
-    def _send(self, decision: Decision, sock: socket.socket, ifindex: int, peer: str) -> None:
+    def _send(self, decision: Decision, sock: socket.socket, ifindex: int, peer: _Peer) -> None:
         assert decision.reply is not None and decision.destination is not None
         ancillary = []
         if decision.broadcast:
@@ -414,7 +439,7 @@ class DhcpService:
             self.notifier.send(event, client.mac, ip, self.acl.uuid_of(client),
                                client.arch_label if client.arch is not None else None, bootfile)
 
-    def _log(self, peer: str, kind: MessageType | None, decision: Decision) -> None:
+    def _log(self, peer: _Peer, kind: MessageType | None, decision: Decision) -> None:
         if decision.event == "ignore":
             level = logging.WARNING if decision.warning else logging.DEBUG
             if log.isEnabledFor(level):
@@ -426,17 +451,6 @@ class DhcpService:
             boot = f" file={decision.bootfile}" if decision.bootfile else ""
             note = f" ({decision.note})" if decision.note else ""
             log.info("%s: %s -> %s%s%s%s", peer, _kind_name(kind), what, ip, boot, note)
-
-    def _peer(self, packet: DhcpPacket, client: ClientInfo) -> str:
-        parts = [client.mac]
-        if packet.ciaddr != ZERO:
-            parts.append(str(packet.ciaddr))
-        if packet.giaddr != ZERO:
-            parts.append(f"via {packet.giaddr}")
-        if client.netboot:
-            kind = "http" if client.http else ("ipxe" if client.ipxe else "pxe")
-            parts.append(f"{kind}/{client.arch_label}")
-        return " ".join(parts)
 
     def _ifname(self, ifindex: int) -> str:
         name = self._ifnames.get(ifindex)
