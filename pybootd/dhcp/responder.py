@@ -52,6 +52,29 @@ class Settings:
     bootfiles: Mapping[int, str] = field(default_factory=dict)
     ipxe_bootfile: str | None = None
     allow_simple_dhcp: bool = False
+    # Encoded once: the options that are the same in every reply.
+    lease_options: tuple[tuple[int, bytes], ...] = field(init=False, repr=False, compare=False)
+    network_options: tuple[tuple[int, bytes], ...] = field(init=False, repr=False,
+                                                           compare=False)
+
+    def __post_init__(self) -> None:
+        lease = self.lease_time
+        object.__setattr__(self, "lease_options", (
+            (DhcpOption.LEASE_TIME, _U32.pack(lease)),
+            (DhcpOption.RENEWAL_TIME, _U32.pack(lease // 2)),  # RFC 2131 4.4.5: T1 50 %
+            (DhcpOption.REBINDING_TIME, _U32.pack(lease * 7 // 8)),  # T2 87.5 %
+        ))
+        network: list[tuple[int, bytes]] = []
+        if self.mode == "server":
+            network.append((DhcpOption.SUBNET_MASK, self.network.netmask.packed))
+            if self.gateway is not None:
+                network.append((DhcpOption.ROUTER, self.gateway.packed))
+            if self.dns:
+                network.append((DhcpOption.DNS, b"".join(a.packed for a in self.dns)))
+            if self.domain:
+                network.append((DhcpOption.DOMAIN_NAME, self.domain.encode()))
+            network.append((DhcpOption.BROADCAST, self.network.broadcast_address.packed))
+        object.__setattr__(self, "network_options", tuple(network))
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,19 +293,8 @@ def _options(packet: DhcpPacket, client: ClientInfo, settings: Settings,
         opts.append((DhcpOption.MESSAGE_TYPE, bytes((kind,))))
         opts.append((DhcpOption.SERVER_ID, settings.server_id.packed))
     if not inform and kind is not None:
-        lease = settings.lease_time
-        opts.append((DhcpOption.LEASE_TIME, _U32.pack(lease)))
-        opts.append((DhcpOption.RENEWAL_TIME, _U32.pack(lease // 2)))  # RFC 2131 4.4.5
-        opts.append((DhcpOption.REBINDING_TIME, _U32.pack(lease * 7 // 8)))
-    if settings.mode == "server":
-        opts.append((DhcpOption.SUBNET_MASK, settings.network.netmask.packed))
-        if settings.gateway is not None:
-            opts.append((DhcpOption.ROUTER, settings.gateway.packed))
-        if settings.dns:
-            opts.append((DhcpOption.DNS, b"".join(a.packed for a in settings.dns)))
-        if settings.domain:
-            opts.append((DhcpOption.DOMAIN_NAME, settings.domain.encode()))
-        opts.append((DhcpOption.BROADCAST, settings.network.broadcast_address.packed))
+        opts.extend(settings.lease_options)
+    opts.extend(settings.network_options)
     if bootfile:
         if client.netboot or DhcpOption.TFTP_SERVER in wanted:
             opts.append((DhcpOption.TFTP_SERVER, str(settings.next_server).encode()))
