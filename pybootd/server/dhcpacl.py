@@ -103,7 +103,10 @@ class AccessControl:
         try:
             verdict = await self._query(url)
             future.set_result(verdict)
-        except BaseException as exc:  # cancelled at shutdown
+        except asyncio.CancelledError:  # shutdown: the waiters are cancelled too
+            future.cancel()
+            raise
+        except Exception as exc:
             future.set_exception(exc)
             future.exception()  # mark retrieved: the waiters get it too
             raise
