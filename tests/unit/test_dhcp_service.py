@@ -149,3 +149,46 @@ def test_notifier_sends_and_never_raises() -> None:
     assert listener.recv(512).startswith(b"pybootd offer ")
     notifier.close()
     listener.close()
+
+
+def test_http_queries_are_shared_and_cached(tmp_path: Path) -> None:
+    """Two requests of one client while its query runs: one HTTP GET; then cached."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # http.server calls it by this name
+            seen.append(self.path)
+            time.sleep(0.3)
+            self.send_response(403 if "EE-02" in self.path else 200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    rt = runtime("[bootp]\npool_start = 127.0.0.100\naccess = http\ntimeout = 2\n"
+                 f"[http]\nlocation = http://127.0.0.1:{server.server_address[1]}/\n"
+                 "pxe = boot\ndhcp = linux\n", tmp_path)
+    acl = AccessControl(rt.config, rt)
+    one, two = ClientInfo("aa:bb:cc:dd:ee:01"), ClientInfo("aa:bb:cc:dd:ee:02")
+
+    async def scenario() -> list[Verdict]:
+        return list(await asyncio.gather(acl.ask(one), acl.ask(one), acl.ask(two)))
+
+    try:
+        assert rt.loop.run_until_complete(scenario()) == [Verdict.ALLOW, Verdict.ALLOW,
+                                                           Verdict.DENY]
+        assert sorted(seen) == ["/linux?mac=AA-BB-CC-DD-EE-01", "/linux?mac=AA-BB-CC-DD-EE-02"]
+        assert acl.quick(one) is Verdict.ALLOW and acl.quick(two) is Verdict.DENY  # cached
+    finally:
+        server.shutdown()
+        server.server_close()
+        rt.executor.shutdown()
+        rt.loop.close()
