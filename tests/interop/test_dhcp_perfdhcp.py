@@ -8,6 +8,7 @@ each must keep its own address, and no address may go to two MACs.
 from __future__ import annotations
 
 import re
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -52,3 +53,9 @@ def test_perfdhcp_500_per_second_for_20s(lab: NetLab, tmp_path: Path) -> None:
         assert owner.setdefault(ip, mac) == mac, f"{ip} given to {owner[ip]} and {mac}"
         assert address.setdefault(mac, ip) == ip, f"{mac} got {address[mac]} and {ip}"
     assert len(owner) > 100
+    with sqlite3.connect(str(tmp_path / "state" / "leases.sqlite")) as db:
+        twice = db.execute("SELECT mac FROM leases WHERE mac IS NOT NULL "
+                           "GROUP BY mac HAVING COUNT(*) > 1").fetchall()
+        stored = dict(db.execute("SELECT mac, ip FROM leases WHERE state = 'bound'"))
+    assert twice == []
+    assert len(stored) == len(address)  # every acknowledged client is in the lease file
