@@ -425,7 +425,10 @@ class DhcpService:
             ancillary = [(socket.IPPROTO_IP, IP_PKTINFO,
                           _PKTINFO.pack(out, self.server_address.packed, bytes(4)))]
         try:
-            sock.sendmsg([decision.reply], ancillary, 0, decision.destination)
+            if ancillary:
+                sock.sendmsg([decision.reply], ancillary, 0, decision.destination)
+            else:
+                sock.sendto(decision.reply, decision.destination)
             self._count("sent")
         except OSError as exc:
             self._count("send_errors")
