@@ -158,6 +158,9 @@ def _request(packet: DhcpPacket, client: ClientInfo, pool: LeasePool, settings: 
             return ignore(f"INIT-REBOOT for {ip}, but no record of this client (RFC 2131 4.3.2)")
     elif packet.ciaddr != ZERO:  # RENEWING or REBINDING
         ip = packet.ciaddr
+        if not pool.knows(client.mac):
+            # Another server's client rebinding: not ours to NAK (RFC 2131 4.3.2).
+            return ignore(f"RENEW/REBIND of {ip}, but no record of this client")
     else:
         return ignore("REQUEST names no address")
     if ip not in settings.network:

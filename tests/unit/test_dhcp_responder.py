@@ -121,8 +121,9 @@ def test_full_exchange_then_renew_unicast() -> None:
 
 def test_broadcast_flag_and_relay_destinations() -> None:
     pool = new_pool()
-    flagged = answer(request(MessageType.REQUEST, ciaddr=POOL_START, flags=FLAG_BROADCAST), pool)
-    assert flagged.event == "nak" or flagged.broadcast  # no lease yet: NAK, broadcast anyway
+    ip = dora(pool)
+    flagged = answer(request(MessageType.REQUEST, ciaddr=ip, flags=FLAG_BROADCAST), pool)
+    assert flagged.event == "ack" and flagged.broadcast  # the flag wins over ciaddr
     relay = IPv4Address("198.51.100.2")
     relayed = answer(request(MessageType.DISCOVER, giaddr=relay), pool)
     assert relayed.destination == (str(relay), 67) and not relayed.broadcast
@@ -161,10 +162,22 @@ def test_init_reboot() -> None:
     assert answer(foreign, pool).event == "nak"  # wrong network
 
 
+def test_rebinding_unknown_client_is_not_ours_to_nak() -> None:
+    pool = new_pool()
+    req = request(MessageType.REQUEST, ciaddr=IPv4Address("198.51.100.50"))
+    assert answer(req, pool).event == "ignore"
+    ip = dora(pool)
+    moved = request(MessageType.REQUEST, ciaddr=OTHER)
+    assert answer(moved, pool).event == "nak"  # known client, wrong network
+    assert answer(request(MessageType.REQUEST, ciaddr=ip), pool).event == "ack"
+
+
 def test_nak_via_relay_sets_broadcast_bit() -> None:
     relay = IPv4Address("198.51.100.2")
+    pool = new_pool()
+    dora(pool)
     req = request(MessageType.REQUEST, ciaddr=OTHER, giaddr=relay)
-    nak = answer(req, new_pool())
+    nak = answer(req, pool)
     assert nak.event == "nak" and nak.destination == (str(relay), 67)
     assert reply_of(nak).flags & FLAG_BROADCAST
 
