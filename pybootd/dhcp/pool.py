@@ -77,7 +77,10 @@ class LeasePool:
         }
         self._by_ip: dict[IPv4Address, Lease] = {}
         self._by_mac: dict[str, IPv4Address] = {}
-        self._pxe: set[str] = set()
+        # MACs seen booting by PXE, oldest first; bounded against floods of
+        # made-up MACs (the ones holding a lease keep the flag in their lease).
+        self._pxe: dict[str, None] = {}
+        self._pxe_limit = max(65536, 4 * count)
         self._cursor = 0  # next never-used offset in the range
         self._dirty: dict[IPv4Address, Lease] = {}
         self._no_reclaim_until = 0.0  # see _reclaim
@@ -99,7 +102,10 @@ class LeasePool:
         return mac in self._by_mac or mac in self.static
 
     def seen_pxe(self, mac: str) -> bool:
-        return mac in self._pxe
+        if mac in self._pxe:
+            return True
+        lease = self.lease_of(mac)
+        return lease is not None and lease.pxe
 
     def leases(self) -> list[Lease]:
         return list(self._by_ip.values())
@@ -112,7 +118,11 @@ class LeasePool:
 
     # --- transitions --------------------------------------------------------
     def mark_pxe(self, mac: str) -> None:
-        self._pxe.add(mac)
+        if mac in self._pxe:
+            return
+        if len(self._pxe) >= self._pxe_limit:
+            del self._pxe[next(iter(self._pxe))]
+        self._pxe[mac] = None
 
     def offer(self, mac: str, requested: IPv4Address | None, now: float) -> Lease | None:
         """An address to OFFER *mac*, held for ``offer_hold``; None when exhausted."""
@@ -124,7 +134,7 @@ class LeasePool:
                 and current.expires > now:
             return current  # a bound client asking again keeps its lease
         return self._set(Lease(ip, mac, LeaseState.OFFERED, now + self.offer_hold,
-                               mac in self._pxe), persist=False)
+                               self.seen_pxe(mac)), persist=False)
 
     def request(self, mac: str, ip: IPv4Address, now: float) -> Lease | None:
         """Bind *ip* to *mac* for ``lease_time``; None means NAK (RFC 2131 4.3.2)."""
@@ -136,7 +146,7 @@ class LeasePool:
                 return None  # it holds another address: "requested address incorrect"
             self._orphan(current)
         return self._set(Lease(ip, mac, LeaseState.BOUND, now + self.lease_time,
-                               mac in self._pxe), persist=True)
+                               self.seen_pxe(mac)), persist=True)
 
     def forget_offer(self, mac: str, now: float) -> None:
         """The client chose another server (RFC 2131 section 4.3.2, SELECTING)."""
@@ -175,7 +185,7 @@ class LeasePool:
             if lease.mac:
                 self._by_mac[lease.mac] = lease.ip
                 if lease.pxe:
-                    self._pxe.add(lease.mac)
+                    self.mark_pxe(lease.mac)
 
     # --- internals ----------------------------------------------------------
     def _choose(self, mac: str, requested: IPv4Address | None, current: Lease | None,

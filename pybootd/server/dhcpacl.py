@@ -35,6 +35,7 @@ log = logging.getLogger("pybootd.dhcp.acl")
 
 CACHE_SECONDS = 10.0
 _CACHE_LIMIT = 4096
+_MEMORY_LIMIT = 65536
 
 
 class Verdict(Enum):
@@ -60,7 +61,9 @@ class AccessControl:
 
     def remember(self, client: ClientInfo) -> None:
         """Note the UUID a MAC showed, for its later plain DHCP requests."""
-        if client.uuid is not None:
+        if client.uuid is not None and self._uuid_of_mac.get(client.mac) != client.uuid:
+            if len(self._uuid_of_mac) >= _MEMORY_LIMIT:  # made-up MACs: forget the oldest
+                del self._uuid_of_mac[next(iter(self._uuid_of_mac))]
             self._uuid_of_mac[client.mac] = client.uuid
 
     def uuid_of(self, client: ClientInfo) -> str | None:
