@@ -1,0 +1,309 @@
+"""Real network boots: firmware in QEMU boots the Debian 12 installer from pybootd.
+
+The acceptance of issue 4. Each test builds a namespace with a bridge
+(192.0.2.1/24), starts pybootd there, and boots VMs on taps of that bridge:
+SeaBIOS + iPXE ROM, OVMF's own PXE, OVMF + iPXE EFI ROM. A boot passes when
+the serial console shows the installer's kernel starting (``Linux version``)
+with the ``console=ttyS0`` command line our ``[filters]`` menus give it.
+Passing tests report their times (VM start to DHCP ACK, to first TFTP byte,
+to kernel start) in the "network boot times" section of the summary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import pytest
+from netlab import require_tools
+
+from boot.bootlab import BootNet, BootTimes, Event
+from boot.fixtures import (
+    GRUB,
+    GRUB_CFG,
+    INITRD,
+    INSTALLER,
+    IPXE_DIR,
+    KERNEL,
+    MIRROR_PATH,
+    PXE_DEFAULT,
+    SHIM,
+    BootFiles,
+)
+from boot.servers import (
+    POOL_START,
+    SERVER_IP,
+    Dnsmasq,
+    DnsmasqOptions,
+    HttpMirror,
+    Pybootd,
+    Sections,
+    merge,
+)
+from boot.vm import KERNEL_MARK, Vm, required_files, wait_all, wait_kernels
+
+pytestmark = [pytest.mark.netns, pytest.mark.boot]
+
+Report = Callable[[str, BootTimes], None]
+PXE_PROBE_LIMIT = 1.0  # seconds for a "file not found" (pxelinux tries ~9 names)
+UNLISTED_WATCH = 45.0  # seconds an unlisted VM is watched, from its start
+OTHER_DHCP = "192.0.2.3"  # the LAN's own DHCP server in the proxy scenario
+IPXE_SCRIPT = "boot.ipxe"
+CHAIN_BOOTFILES = {"bios": "pxelinux.0", "efi-x64": "ipxe.efi", "ipxe": IPXE_SCRIPT}
+SHIM_PROBES = {"revocations_sku.efi", "revocations_sbat.efi", "shim_certificate_0.efi"}
+
+
+def needs(*firmwares: str) -> None:
+    require_tools(*(str(f) for fw in firmwares for f in required_files(fw)))
+
+
+def base_config(net: BootNet, files: BootFiles) -> dict[str, dict[str, str]]:
+    """What every test's pybootd.ini shares: nobody, a state folder, our menus."""
+    return {
+        "logger": {"level": "info"},
+        "daemon": {"user": "nobody", "state_dir": str(net.workdir / "state")},
+        "tftp": {"root": str(files.root)},
+        "bootp": {"pool_start": POOL_START, "pool_count": "50", "lease_time": "3600"},
+        "filters": {PXE_DEFAULT: str(files.pxe_cfg), GRUB_CFG: str(files.grub_cfg)},
+    }
+
+
+def start_pybootd(net: BootNet, files: BootFiles, extra: Sections) -> Pybootd:
+    server = Pybootd(net.lab, net.ns, net.workdir, merge(base_config(net, files), extra))
+    net.add(server)
+    server.start()
+    return server
+
+
+def size(name: str) -> int:
+    return (INSTALLER / name).stat().st_size
+
+
+def booted(net: BootNet, vm: Vm, kernels: Mapping[str, float | None]) -> float:
+    """The kernel time of *vm*, or fail with the packets, logs and console."""
+    seconds = kernels.get(vm.spec.name)
+    if seconds is None:
+        pytest.fail(f"{vm.spec.name} did not reach the kernel\n{net.evidence(vm)}")
+    assert "console=ttyS0" in vm.console(), net.evidence(vm)
+    return seconds
+
+
+def served_whole(net: BootNet, vm: Vm, expected: Mapping[str, int]) -> None:
+    """Each file of *expected* went to *vm* whole (every block, in order)."""
+    served = net.served(vm)
+    for name, length in expected.items():
+        assert served.get(name) == length, (f"{name}: {served.get(name)} bytes, expected "
+                                            f"{length}\n{net.evidence(vm)}")
+
+
+def replies(net: BootNet, vm: Vm, kind: str, server: str = SERVER_IP) -> list[Event]:
+    """DHCP replies of *kind* (OFFER, ACK) from *server* to *vm*."""
+    return [e for e in net.dhcp_replies(vm) if e["type"] == kind
+            and e["opt"].get("54") == server]
+
+
+def not_found_promptly(net: BootNet, vm: Vm, names: list[str]) -> None:
+    """Each RRQ of *names* got ERROR 1 (file not found) within PXE_PROBE_LIMIT."""
+    events = net.events(vm)
+    for name in names:
+        rrq = next(e for e in events if e.get("op") == "RRQ" and e["file"] == name)
+        error = next((e for e in events if e.get("op") == "ERROR" and e["file"] == name), None)
+        assert error is not None and error["code"] == 1, f"{name}: {error}\n{net.evidence(vm)}"
+        assert error["t"] - rrq["t"] < PXE_PROBE_LIMIT, f"{name}: slow not-found {error}"
+
+
+def pxelinux_checks(net: BootNet, vm: Vm, files: BootFiles) -> None:
+    """pxelinux.0 -> ldlinux.c32 -> ~9 probes -> our default -> kernel and initrd."""
+    names = net.requested(vm)
+    assert names[:2] == ["pxelinux.0", "ldlinux.c32"], names
+    probes = [n for n in names if n.startswith("pxelinux.cfg/") and n != PXE_DEFAULT]
+    assert len(probes) >= 8, names
+    not_found_promptly(net, vm, probes)
+    served_whole(net, vm, {"pxelinux.0": size("pxelinux.0"), "ldlinux.c32": size("ldlinux.c32"),
+                           PXE_DEFAULT: files.pxe_cfg.stat().st_size,
+                           KERNEL: size(KERNEL), INITRD: size(INITRD)})
+
+
+def grub_checks(net: BootNet, vm: Vm, files: BootFiles) -> None:
+    """GRUB asks absolute names: our grub.cfg (a filter), kernel and initrd arrive."""
+    served_whole(net, vm, {f"/{GRUB_CFG}": files.grub_cfg.stat().st_size,
+                           f"/{KERNEL}": size(KERNEL), f"/{INITRD}": size(INITRD)})
+
+
+def shim_checks(net: BootNet, vm: Vm, files: BootFiles) -> None:
+    """OVMF's own PXE: arch 7, shim in the BOOTP file field, shim fetches grub."""
+    ack = replies(net, vm, "ACK")[-1]
+    assert ack["file"] == SHIM, ack  # shim finds grub's folder from this field only
+    requests = [e for e in net.events(vm) if e.get("proto") == "dhcp" and e["op"] == 1]
+    assert {e["opt"].get("93") for e in requests} == {7}, requests
+    probes = [n for n in net.requested(vm) if n.rpartition("/")[2] in SHIM_PROBES]
+    not_found_promptly(net, vm, probes)
+    served_whole(net, vm, {SHIM: size(SHIM), GRUB: size(GRUB)})
+    grub_checks(net, vm, files)
+
+
+# --- 1. BIOS ------------------------------------------------------------------
+def test_bios_pxelinux(net: BootNet, boot_files: BootFiles, report_times: Report) -> None:
+    """SeaBIOS + iPXE ROM -> DHCP -> pxelinux.0 -> ldlinux.c32 -> menu -> kernel."""
+    needs("bios")
+    start_pybootd(net, boot_files, {"bootfile": {"bios": "pxelinux.0"}})
+    vm = net.vm("bios")
+    kernel = booted(net, vm, net.boot([vm]))
+    ack = replies(net, vm, "ACK")[-1]
+    assert (ack["file"], ack["siaddr"], ack["yiaddr"]) == ("pxelinux.0", SERVER_IP, POOL_START)
+    pxelinux_checks(net, vm, boot_files)
+    report_times("bios", net.times(vm, kernel))
+
+
+# --- 2. UEFI ------------------------------------------------------------------
+def test_bios_and_uefi_from_one_server(net: BootNet, boot_files: BootFiles,
+                                       report_times: Report) -> None:
+    """One pybootd, one config: a BIOS VM gets pxelinux.0 while a UEFI VM (OVMF's
+    own PXE, virtio-net) gets shim -> grubx64.efi -> GRUB -> kernel."""
+    needs("bios", "uefi")
+    start_pybootd(net, boot_files, {"bootfile": {"bios": "pxelinux.0", "efi-x64": SHIM}})
+    bios, uefi = net.vm("bios"), net.vm("uefi")
+    kernels = net.boot([bios, uefi])
+    times = {vm.spec.name: net.times(vm, booted(net, vm, kernels)) for vm in (bios, uefi)}
+    pxelinux_checks(net, bios, boot_files)
+    shim_checks(net, uefi, boot_files)
+    report_times("bios, same server", times[bios.spec.name])
+    report_times("uefi own PXE + shim", times[uefi.spec.name])
+
+
+def test_uefi_ipxe_rom_grub(net: BootNet, boot_files: BootFiles, report_times: Report) -> None:
+    """OVMF running the iPXE EFI ROM (e1000) boots grubx64.efi directly (shim
+    rejects grub fetched through iPXE, whose TFTP never reports the size)."""
+    needs("uefi-ipxe")
+    start_pybootd(net, boot_files, {"bootfile": {"bios": "pxelinux.0", "efi-x64": GRUB}})
+    vm = net.vm("uefi-ipxe")
+    kernel = booted(net, vm, net.boot([vm]))
+    ack = replies(net, vm, "ACK")[-1]
+    assert ack["file"] == GRUB and ack["opt"].get("60") == "PXEClient", ack
+    served_whole(net, vm, {GRUB: size(GRUB)})
+    grub_checks(net, vm, boot_files)
+    report_times("uefi iPXE ROM + grub", net.times(vm, kernel))
+
+
+# --- 3. Debian mirror over HTTP -----------------------------------------------
+def test_debian_mirror_http_root(net: BootNet, boot_files: BootFiles,
+                                 report_times: Report) -> None:
+    """root = http://.../netboot/ of a mirror; pxelinux.cfg/default is a local file."""
+    needs("bios")
+    mirror = HttpMirror(net.lab, net.ns, net.workdir, boot_files.mirror)
+    net.add(mirror)
+    mirror.start()
+    start_pybootd(net, boot_files, {"tftp": {"root": f"{mirror.url}{MIRROR_PATH}/"},
+                                    "bootfile": {"bios": "pxelinux.0"},
+                                    "filters": {GRUB_CFG: str(boot_files.grub_cfg)}})
+    vm = net.vm("bios")
+    kernel = booted(net, vm, net.boot([vm]))
+    pxelinux_checks(net, vm, boot_files)
+    fetched = {path.removeprefix(f"/{MIRROR_PATH}/") for path in mirror.requests()}
+    assert {"pxelinux.0", "ldlinux.c32", KERNEL, INITRD} <= fetched, mirror.log_tail()
+    assert PXE_DEFAULT not in fetched, "the local filter was bypassed"
+    report_times("bios from HTTP mirror (cold cache)", net.times(vm, kernel))
+
+
+# --- 4. proxyDHCP -------------------------------------------------------------
+def test_proxy_dhcp_next_to_dnsmasq(net: BootNet, boot_files: BootFiles,
+                                    report_times: Report) -> None:
+    """dnsmasq (another host) hands out addresses only; pybootd in proxy mode
+    answers the PXE clients with their boot files and serves them by TFTP.
+
+    UEFI goes through iPXE (ipxe.efi, then the script): GRUB 2.06 (Debian 12)
+    reads only the firmware's DHCPACK, whose next-server is the other DHCP
+    server, and ignores the proxy offer, so shim -> GRUB cannot boot next to
+    another DHCP server (Fedora carries a GRUB patch for it; Debian does not).
+    """
+    needs("bios", "uefi")
+    require_tools("dnsmasq")
+    ns, ifname = net.peer_host("lan", f"{OTHER_DHCP}/24")
+    other = Dnsmasq(net.lab, ns, net.workdir, DnsmasqOptions(ifname))
+    net.add(other)
+    other.start()
+    config = merge(base_config(net, boot_files), {
+        "bootp": {"mode": "proxy"}, "bootfile": CHAIN_BOOTFILES, "filters": chain_filters(
+            boot_files)})
+    del config["bootp"]["pool_start"], config["bootp"]["pool_count"]
+    server = Pybootd(net.lab, net.ns, net.workdir, config)
+    net.add(server)
+    server.start()
+    bios, uefi = net.vm("bios"), net.vm("uefi")
+    kernels = net.boot([bios, uefi])
+    for vm in (bios, uefi):
+        booted(net, vm, kernels)
+        proxy_checks(net, vm)
+        chain_checks(net, vm, proxy=True)
+        report_times(f"{vm.spec.firmware} via proxyDHCP", net.times(vm, kernels[vm.spec.name]))
+    assert net.completed(uefi).count("ipxe.efi") == 1, net.requested(uefi)
+
+
+def proxy_checks(net: BootNet, vm: Vm) -> None:
+    """The address came from the other server; pybootd allocated nothing."""
+    assert replies(net, vm, "ACK", OTHER_DHCP), net.evidence(vm)
+    ours = [e for e in net.dhcp_replies(vm) if e["opt"].get("54") == SERVER_IP]
+    assert ours, f"pybootd never answered\n{net.evidence(vm)}"
+    for reply in ours:
+        assert reply["yiaddr"] == "0.0.0.0", reply
+        assert reply["opt"].get("60") == "PXEClient" and reply["file"], reply
+
+
+# --- 5. iPXE chainload --------------------------------------------------------
+def test_ipxe_chainload(net: BootNet, boot_files: BootFiles, report_times: Report) -> None:
+    """A client that is not iPXE gets iPXE (undionly.kpxe / ipxe.efi); iPXE asks
+    again (option 77/175) and gets the [bootfile] ipxe script, never iPXE again.
+
+    QEMU's BIOS NIC ROM is iPXE itself, so the BIOS VM is an iPXE client from
+    its first DISCOVER and goes straight to the script; OVMF's own PXE is not,
+    so the UEFI VM shows the whole chain: ipxe.efi, then the script.
+    """
+    needs("bios", "uefi")
+    start_pybootd(net, boot_files, {"bootfile": {**CHAIN_BOOTFILES, "bios": "undionly.kpxe"},
+                                    "filters": chain_filters(boot_files)})
+    bios, uefi = net.vm("bios"), net.vm("uefi")
+    kernels = net.boot([bios, uefi])
+    for vm in (bios, uefi):
+        booted(net, vm, kernels)
+        chain_checks(net, vm)
+        report_times(f"{vm.spec.firmware} iPXE chain", net.times(vm, kernels[vm.spec.name]))
+    assert net.completed(uefi).count("ipxe.efi") == 1, net.requested(uefi)
+
+
+def chain_filters(files: BootFiles) -> dict[str, str]:
+    """iPXE binaries from the ipxe package and our script: absolute targets."""
+    return {"undionly.kpxe": str(IPXE_DIR / "undionly.kpxe"),
+            "ipxe.efi": str(IPXE_DIR / "ipxe.efi"), IPXE_SCRIPT: str(files.ipxe_script)}
+
+
+def chain_checks(net: BootNet, vm: Vm, proxy: bool = False) -> None:
+    """Every iPXE request got the script; the script came once; kernel and initrd."""
+    requests = [e for e in net.events(vm) if e.get("proto") == "dhcp" and e["op"] == 1]
+    ipxe_xids = {e["xid"] for e in requests if e["opt"].get("77") == "iPXE" or "175" in e["opt"]}
+    assert ipxe_xids, f"iPXE never asked\n{net.evidence(vm)}"
+    ours = [e for e in net.dhcp_replies(vm) if e["opt"].get("54") == SERVER_IP
+            and (proxy or e["type"] == "ACK")]
+    for reply in ours:
+        if reply["xid"] in ipxe_xids:
+            assert reply["file"] == IPXE_SCRIPT, reply
+    assert net.completed(vm).count(IPXE_SCRIPT) == 1, net.requested(vm)
+    served_whole(net, vm, {KERNEL: size(KERNEL), INITRD: size(INITRD)})
+
+
+# --- 6. access control --------------------------------------------------------
+def test_access_mac(net: BootNet, boot_files: BootFiles, report_times: Report) -> None:
+    """access = mac: the listed VM boots; the unlisted one, started at the same
+    moment, gets no offer and no file while it is watched."""
+    needs("bios")
+    listed, unlisted = net.vm("bios", "listed"), net.vm("bios", "unlisted")
+    start_pybootd(net, boot_files, {"bootp": {"access": "mac"},
+                                    "mac": {listed.mac: "enable"},
+                                    "bootfile": {"bios": "pxelinux.0"}})
+    net.start([listed, unlisted])
+    kernel = booted(net, listed, wait_kernels([listed]))
+    late = wait_all([unlisted], KERNEL_MARK, UNLISTED_WATCH)[unlisted.spec.name]
+    assert late is None and KERNEL_MARK not in unlisted.console(), net.evidence(unlisted)
+    discovers = [e for e in net.events(unlisted) if e.get("type") == "DISCOVER"]
+    assert discovers, f"the unlisted VM never asked\n{net.evidence(unlisted)}"
+    assert not net.dhcp_replies(unlisted), net.evidence(unlisted)
+    assert not net.requested(unlisted), net.evidence(unlisted)
+    report_times("listed MAC", net.times(listed, kernel))
