@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import os
 import random
 import re
 import shutil
@@ -221,7 +222,7 @@ class ClientKind:
             for option, value in (("blksize", self.blksize), ("windowsize", self.windowsize)):
                 if value is not None:
                     opts += ["--option", f"{option} {value}"]
-            return ["atftp", *opts, "--tftp-timeout", "2", "-g", "-r", remote, "-l", str(local),
+            return ["atftp", *opts, "--tftp-timeout", "1", "-g", "-r", remote, "-l", str(local),
                     host]
         if self.tool == "curl":
             return ["curl", "-sS", "--max-time", "60", *self._curl_options(size),
@@ -394,3 +395,144 @@ class HttpMirror:
         code = str(status) if status else r"\d+"
         pattern = rf'"GET /{re.escape(path)} HTTP/1\.[01]" {code} '
         return len(re.findall(pattern, self.log()))
+
+
+# --- a lossy link -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Impairment:
+    """What ``tc netem`` is asked for, on both ends of the link."""
+
+    loss: float = 5.0  # percent
+    duplicate: float = 1.0  # percent
+    reorder: float = 25.0  # netem: percent of packets sent at once, overtaking delayed ones
+    delay_ms: float = 2.0
+    held: float = 3.0  # TunRelay: percent of packets held back and overtaken by the next
+
+    def netem_args(self) -> list[str]:
+        return ["loss", f"{self.loss}%", "duplicate", f"{self.duplicate}%",
+                "delay", f"{self.delay_ms}ms", "reorder", f"{self.reorder}%", "50%"]
+
+
+@dataclass
+class LossyLink:
+    hosts: Hosts
+    relay: TunRelay | None  # None: the kernel's netem does the damage
+    netem_failure: str  # why netem could not be used, if it could not
+
+
+@contextlib.contextmanager
+def lossy_link(lab: NetLab, impairment: Impairment) -> Iterator[LossyLink]:
+    """Server and client over a veth pair with netem on both ends.
+
+    Where the kernel has no netem (``CONFIG_NET_SCH_NETEM`` unset and no
+    module), the hosts are joined by a pair of tun devices and a
+    :class:`TunRelay` that drops, duplicates and reorders the same shares of
+    packets in both directions; ``netem_failure`` then says why.
+    """
+    hosts = two_hosts(lab)
+    failure = ""
+    for ns, ifname in zip((hosts.server, hosts.client), hosts.links[0], strict=True):
+        result = lab.run(ns, ["tc", "qdisc", "add", "dev", ifname, "root", "netem",
+                              *impairment.netem_args()], check=False)
+        if result.returncode != 0:
+            failure = f"tc qdisc add dev {ifname} root netem: {result.stderr.strip()}"
+            break
+    if not failure:
+        yield LossyLink(hosts, None, "")
+        return
+    server, client = lab.ns("lsrv"), lab.ns("lcli")
+    relay = TunRelay(lab, server, f"{SERVER_IP}/24", client, f"{CLIENT_IP}/24", impairment)
+    try:
+        yield LossyLink(Hosts(lab, server, client, [relay.names]), relay, failure)
+    finally:
+        relay.stop()
+
+
+TUNSETIFF = 0x400454CA
+IFF_TUN, IFF_NO_PI = 0x0001, 0x1000
+
+
+class TunRelay:
+    """Userspace netem: IP packets between tun devices in two namespaces.
+
+    Each direction drops, duplicates and holds back (reorders) packets at the
+    given rates, from a fixed seed; a thread of this process does the work
+    until :meth:`stop`.
+    """
+
+    HOLD = 0.003  # a held packet goes after the next one, or after this long
+
+    def __init__(self, lab: NetLab, ns_a: str, cidr_a: str, ns_b: str, cidr_b: str,
+                 impairment: Impairment, seed: int = 7) -> None:
+        self.impairment = impairment
+        self.random = random.Random(seed)
+        self.names = (lab.ifname("ta"), lab.ifname("tb"))
+        self.fds = [self._tun(lab, ns_a, self.names[0], cidr_a),
+                    self._tun(lab, ns_b, self.names[1], cidr_b)]
+        self.counts = {"forwarded": 0, "dropped": 0, "duplicated": 0, "reordered": 0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tun-relay", daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _tun(lab: NetLab, ns: str, name: str, cidr: str) -> int:
+        lab.run(ns, ["ip", "tuntap", "add", "dev", name, "mode", "tun"])
+
+        def attach() -> int:
+            import fcntl
+            import struct
+
+            fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+            fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI))
+            return fd
+
+        fd = in_netns(ns, attach, timeout=10)
+        lab.run(ns, ["ip", "addr", "add", cidr, "dev", name])
+        lab.run(ns, ["ip", "link", "set", name, "up"])
+        return fd
+
+    def _run(self) -> None:
+        import select
+
+        held: list[tuple[float, int, bytes]] = []  # (due, output fd, packet)
+        while not self._stop.is_set():
+            readable, _, _ = select.select(self.fds, [], [], self.HOLD / 2)
+            now = time.monotonic()
+            for fd in readable:
+                packet = os.read(fd, 70000)
+                out = self.fds[1] if fd == self.fds[0] else self.fds[0]
+                self._forward(out, packet, held, now)
+            for item in [h for h in held if h[0] <= now]:
+                held.remove(item)
+                self._write(item[1], item[2])
+
+    def _forward(self, out: int, packet: bytes, held: list[tuple[float, int, bytes]],
+                 now: float) -> None:
+        rate = self.random.random() * 100
+        imp = self.impairment
+        if rate < imp.loss:
+            self.counts["dropped"] += 1
+            return
+        if rate < imp.loss + imp.held:
+            self.counts["reordered"] += 1
+            held.append((now + self.HOLD, out, packet))
+            return
+        self._write(out, packet)
+        for item in [h for h in held if h[1] == out]:
+            held.remove(item)
+            self._write(out, item[2])
+        if self.random.random() * 100 < imp.duplicate:
+            self.counts["duplicated"] += 1
+            self._write(out, packet)
+
+    def _write(self, fd: int, packet: bytes) -> None:
+        with contextlib.suppress(OSError):
+            os.write(fd, packet)
+            self.counts["forwarded"] += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
