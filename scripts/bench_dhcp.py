@@ -90,15 +90,20 @@ def perfdhcp(lab: NetLab, ns: str, ifname: str, rate: int, seconds: float,
 
 
 def bench(name: str, lab: NetLab, ns_perf: str, perf_if: str, rates: list[int],
-          seconds: float, clients: int) -> list[tuple[int, float, float]]:
+          seconds: float, clients: int, tries: int) -> list[tuple[int, float, float]]:
+    """Every rate in turn; a run over the loss limit is tried again (up to *tries*
+    times) so that a burst of load from elsewhere on the machine does not decide."""
     results = []
     perfdhcp(lab, ns_perf, perf_if, 200, 2, clients)  # warm up: every client leased once
     failures = 0
     for rate in rates:
-        achieved, lost = perfdhcp(lab, ns_perf, perf_if, rate, seconds, clients)
+        for _ in range(tries):
+            achieved, lost = perfdhcp(lab, ns_perf, perf_if, rate, seconds, clients)
+            print(f"  {name:8} target {rate:6d}/s: {achieved:8.0f} exchanges/s, "
+                  f"{lost * 100:6.2f} % lost", flush=True)
+            if lost < MAX_DROPS:
+                break
         results.append((rate, achieved, lost))
-        print(f"  {name:8} target {rate:6d}/s: {achieved:8.0f} exchanges/s, "
-              f"{lost * 100:6.2f} % lost", flush=True)
         failures = failures + 1 if lost >= MAX_DROPS else 0
         if failures >= 2:
             break
@@ -116,6 +121,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--servers", default="pybootd,dnsmasq")
     parser.add_argument("--pin", action="store_true", help="pin the server and perfdhcp")
+    parser.add_argument("--tries", type=int, default=2, help="runs per rate over the limit")
     args = parser.parse_args()
     if args.pin and (os.cpu_count() or 1) >= 2:
         cpus = os.cpu_count() or 2
@@ -137,7 +143,7 @@ def main() -> int:
                     else start_dnsmasq(lab, srv, work, srv_if))
             print(f"{name}:", flush=True)
             table[name] = best(bench(name, lab, perf, perf_if, rates, args.seconds,
-                                     args.clients))
+                                     args.clients, args.tries))
             lab.stop(proc)
     print()
     print(f"{'server':10} {'4-way exchanges/s (< 2.5 % lost, persistent leases)':>52}")
