@@ -32,17 +32,21 @@ Every received file is checked for its size, and for its sha256 on the first
 run of each cell. MB/s is 10^6 bytes per second, timed around the client
 process (its start-up is included, the same for every server).
 
-``--profile`` instead runs pybootd alone under ``py-spy record --native`` for
-the scenarios 512/ws1, 65464/ws1, 1468/ws64 and the 100 clients, and prints,
-for the event-loop thread, the share of time idle in epoll_wait and the top
-functions by own time (C and syscall frames included) and the Python lines
-that time is spent under.
+``--profile`` instead runs pybootd alone for the scenarios 512/ws1,
+1468/ws1, 65464/ws1, 1468/ws64 and the 100 clients: first without a profiler,
+printing MB/s and the server's CPU time per DATA block from /proc (beside
+tftpd-hpa's, children included, for the windowsize-1 scenarios), then under
+``py-spy record --native`` (``--spy-mode python`` for Python stacks only,
+without pausing pybootd), printing for the event-loop thread the top
+functions by own time (syscalls and C functions included), the Python lines
+that time is spent under, and what the thread pool's readers did.
 
 Usage (as root, from the repository)::
 
     python3 scripts/bench_tftp.py                 # the table, about 5 to 8 minutes
     python3 scripts/bench_tftp.py --runs 5        # steadier figures
-    python3 scripts/bench_tftp.py --profile       # where pybootd's time goes
+    python3 scripts/bench_tftp.py --profile       # where pybootd's time goes, 3-4 minutes
+    python3 scripts/bench_tftp.py --pybootd-cmd "/other/venv/bin/python -m pybootd"  # A/B
 
 Needs: curl, atftp, busybox (clients); in.tftpd (tftpd-hpa), dnsmasq
 (dnsmasq-base); atftpd unpacked beside the system, because the Debian package
@@ -65,12 +69,14 @@ import ctypes
 import hashlib
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -158,6 +164,9 @@ def free_udp_port() -> int:
         return int(probe.getsockname()[1])
 
 
+PYBOOTD_CMD = [sys.executable, "-m", "pybootd"]  # --pybootd-cmd replaces it (A/B tests)
+
+
 def server_argv(server: Server, root: Path, work: Path, atftpd: str) -> list[str] | None:
     """The command line that runs *server* in the foreground, or None if missing."""
     port = server.port
@@ -168,7 +177,7 @@ def server_argv(server: Server, root: Path, work: Path, atftpd: str) -> list[str
             f"[daemon]\nuser = root\nstate_dir = {work / 'pybootd-state'}\n"
             f"[tftp]\naddress = {HOST}\nport = {port}\nroot = {root}\n"
             "blocksize = 65464\nwindowsize = 64\nmax_sessions = 1000\n")
-        return [sys.executable, "-m", "pybootd", "-t", "-c", str(ini)]
+        return [*PYBOOTD_CMD, "-t", "-c", str(ini)]
     if server.name == "tftpd-hpa":
         exe = shutil.which("in.tftpd")
         if exe is None:
@@ -728,6 +737,67 @@ def print_profile(title: str, raw: Path, top: int) -> None:
           + ", ".join(f"{name} {n}" for name, n in leaves.most_common(3)))
 
 
+def _cpu_seconds(pid: int) -> float | None:
+    """utime + stime of *pid*, every thread, in seconds."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuWatch:
+    """CPU time a server process and its children (tftpd-hpa forks one per
+    transfer) spend during a ``with`` block: children are polled every 20 ms,
+    so the last 20 ms of a child's life may be missed."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.seconds = 0.0
+        self._last: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _children(self) -> list[int]:
+        try:
+            text = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text()
+        except OSError:
+            return []
+        return [int(p) for p in text.split()]
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.02):
+            for child in self._children():
+                used = _cpu_seconds(child)
+                if used is not None:
+                    self._last[child] = used
+
+    def __enter__(self) -> CpuWatch:
+        self._start = _cpu_seconds(self.pid) or 0.0
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        own = (_cpu_seconds(self.pid) or self._start) - self._start
+        self.seconds = own + sum(self._last.values())
+
+
+def measure_cpu(server: Server, action: Callable[[Server], float | str], runs: int,
+                ) -> tuple[float | str, float]:
+    """Best time of *runs* runs of *action*, and the server's CPU seconds in that run."""
+    best: tuple[float | str, float] = ("no run", 0.0)
+    for _ in range(runs):
+        with CpuWatch(server.pid) as watch:
+            got = action(server)
+        if isinstance(got, float) and (not isinstance(best[0], float) or got < best[0]):
+            best = (got, watch.seconds)
+        elif not isinstance(best[0], float):
+            best = (got, 0.0)
+    return best
+
+
 def profile(args: argparse.Namespace, work: Path) -> int:
     spy = shutil.which("py-spy")
     if spy is None:
@@ -735,36 +805,57 @@ def profile(args: argparse.Namespace, work: Path) -> int:
         return 1
     size, many_size = args.size * MIB, args.many_size * MIB
     root, big, small = prepare_root(work, size, many_size)
-    server = Server("pybootd", True)
+    pybootd = Server("pybootd", True)
+    servers = [pybootd] + [s for s in make_servers(["tftpd-hpa"]) if args.compare]
     out = work / "out.bin"
     ws1 = "atftp" if args.ws1_client == "auto" else args.ws1_client
     many_client = args.many_client or ws1
-    scenarios: list[tuple[str, Callable[[], float | str], int]] = [
-        (f"bs 512 ws 1 ({ws1})", lambda: fetch(ws1, server, big, out, 512, 1, False), size),
-        (f"bs 65464 ws 1 ({ws1})", lambda: fetch(ws1, server, big, out, 65464, 1, False),
-         size),
-        ("bs 1468 ws 64 (atftp)", lambda: fetch("atftp", server, big, out, 1468, 64, False),
-         size),
-        (f"{args.clients} clients x {args.many_size} MiB, bs {args.many_blksize} "
-         f"({many_client})",
-         lambda: fetch_many(many_client, server, small, work / "many", args.clients,
-                            args.many_blksize, args.many_timeout, args.client_nice),
-         many_size * args.clients),
+
+    def single(bs: int, ws: int, client: str) -> Scenario:
+        return Scenario(f"bs {bs} ws {ws} ({client})", size, size // bs + 1,
+                        lambda s: fetch(client, s, big, out, bs, ws, False), ws == 1)
+
+    scenarios = [
+        single(512, 1, ws1), single(1468, 1, ws1), single(65464, 1, ws1),
+        single(1468, 64, "atftp"),
+        Scenario(f"{args.clients} clients x {args.many_size} MiB, bs {args.many_blksize} "
+                 f"ws 1 ({many_client})", many_size * args.clients,
+                 (many_size // args.many_blksize + 1) * args.clients,
+                 lambda s: fetch_many(many_client, s, small, work / "many", args.clients,
+                                      args.many_blksize, args.many_timeout, args.client_nice),
+                 True),
     ]
-    with running([server], root, work, args.atftpd):
-        if not server.available:
-            print(f"pybootd: {server.why}", file=sys.stderr)
+    with running(servers, root, work, args.atftpd):
+        if not pybootd.available:
+            print(f"pybootd: {pybootd.why}", file=sys.stderr)
             return 1
-        for i, (title, action, total) in enumerate(scenarios):
+        print(f"pybootd profile: py-spy {args.rate} Hz, {args.spy_mode} stacks. Each scenario "
+              f"runs {args.profile_runs}x without py-spy first (best shown, with the server's "
+              "CPU time from /proc: utime+stime, children included). py-spy pauses pybootd "
+              "to sample (native mode) and its idle share is biased low on CPU: trust the "
+              "/proc CPU share for busy vs idle, the samples for where busy time goes.")
+        for i, scenario in enumerate(scenarios):
+            print(f"\n# {scenario.title}")
+            for server in servers:
+                if not server.available or (server.name != "pybootd" and not scenario.compare):
+                    continue
+                got, cpu = measure_cpu(server, scenario.action, args.profile_runs)
+                if isinstance(got, float):
+                    print(f"  {server.name:9} {_fmt(got, scenario.size)}, CPU {cpu:.2f} s "
+                          f"({100 * cpu / got:.0f}% of one core), "
+                          f"{1e6 * cpu / scenario.blocks:.1f} us per block")
+                else:
+                    print(f"  {server.name:9} {got}")
             raw = work / f"profile{i}.txt"
             spy_log = (work / f"py-spy{i}.log").open("wb")
+            mode = ["--native"] if args.spy_mode == "native" else ["--nonblocking"]
             recorder = subprocess.Popen(
-                [spy, "record", "--pid", str(server.pid), "--rate", str(args.rate),
-                 "--format", "raw", "--idle", "--threads", "--native", "--output", str(raw)],
+                [spy, "record", "--pid", str(pybootd.pid), "--rate", str(args.rate),
+                 "--format", "raw", "--idle", "--threads", *mode, "--output", str(raw)],
                 stdin=subprocess.DEVNULL, stdout=spy_log, stderr=subprocess.STDOUT)
             try:
                 time.sleep(1.0)  # py-spy attaches
-                results = [action() for _ in range(args.profile_runs)]
+                results = [scenario.action(pybootd) for _ in range(args.profile_runs)]
             finally:
                 recorder.send_signal(signal.SIGINT)  # py-spy writes its output on ^C
                 try:
@@ -773,15 +864,23 @@ def profile(args: argparse.Namespace, work: Path) -> int:
                     recorder.kill()
                     recorder.wait()
                 spy_log.close()
-            rates = ", ".join(_fmt(r, total) for r in results)
-            print(f"\n# {title}: {rates}")
+            print(f"  under py-spy: {', '.join(_fmt(r, scenario.size) for r in results)}")
             if raw.exists():
-                print_profile(title, raw, args.top)
+                print_profile(scenario.title, raw, args.top)
             else:
                 print((work / f"py-spy{i}.log").read_text(errors="replace"))
-        rss = vm_hwm_mb(server.pid)
-    print(f"\npybootd peak RSS under py-spy: {rss:.1f} MB" if rss else "")
+        rss = vm_hwm_mb(pybootd.pid)
+    print(f"\npybootd peak RSS: {rss:.1f} MB" if rss else "")
     return 0
+
+
+@dataclass
+class Scenario:
+    title: str
+    size: int  # bytes per run
+    blocks: int  # DATA blocks per run
+    action: Callable[[Server], float | str]
+    compare: bool  # also run it against tftpd-hpa (no windowsize there)
 
 
 # --- main ---------------------------------------------------------------------
@@ -814,11 +913,19 @@ def main() -> int:
     parser.add_argument("--servers", default=",".join(SERVER_NAMES),
                         help="comma-separated subset of " + ",".join(SERVER_NAMES))
     parser.add_argument("--atftpd", default=DEFAULT_ATFTPD, help="atftpd binary")
+    parser.add_argument("--pybootd-cmd", metavar="CMD",
+                        help="run pybootd as CMD -t -c INI (default: this python -m pybootd), "
+                             "e.g. another checkout's interpreter and module")
     parser.add_argument("--workdir", default="/dev/shm" if os.path.isdir("/dev/shm") else None,
                         help="where the files go (a tmpfs)")
     parser.add_argument("--profile", action="store_true",
                         help="profile pybootd under py-spy instead of the table")
     parser.add_argument("--profile-runs", type=int, default=2)
+    parser.add_argument("--no-compare", dest="compare", action="store_false",
+                        help="--profile: do not measure tftpd-hpa's CPU per block alongside")
+    parser.add_argument("--spy-mode", choices=("native", "python"), default="native",
+                        help="--profile: native stacks (syscalls and C functions show, but "
+                             "py-spy pauses pybootd per sample) or Python only (nonblocking)")
     parser.add_argument("--rate", type=int, default=100,
                         help="py-spy samples per second (each pauses pybootd: keep it low)")
     parser.add_argument("--keep", action="store_true",
@@ -834,6 +941,8 @@ def main() -> int:
     missing = [c for c in ("curl", "atftp") if shutil.which(c) is None]
     if missing:
         parser.error(f"missing client(s): {', '.join(missing)}")
+    if args.pybootd_cmd:
+        PYBOOTD_CMD[:] = shlex.split(args.pybootd_cmd)
     work = Path(tempfile.mkdtemp(prefix="bench_tftp.", dir=args.workdir))
     try:
         return profile(args, work) if args.profile else bench(args, work)
