@@ -401,6 +401,30 @@ def test_upload_over_max_size_leaves_nothing(uploads: Uploads) -> None:
     assert server.alive()
 
 
+def test_upload_netascii_is_stored_in_local_form(uploads: Uploads) -> None:
+    start_writer(uploads, allow_write="on")
+    local = write_text(uploads.base / "notes.txt", TEXT)
+    run = hpa_put(uploads.lab, uploads.hosts.client, local, "notes.txt", mode="ascii")
+    assert "Error" not in run.output, run
+    assert (uploads.upload_dir / "notes.txt").read_bytes() == TEXT
+
+
+@pytest.mark.parametrize("options", [("blksize 1428",), ("blksize 1428", "windowsize 8")],
+                         ids=lambda o: "+".join(x.replace(" ", "") for x in o))
+def test_upload_atftp_with_options(uploads: Uploads, options: tuple[str, ...]) -> None:
+    server = start_writer(uploads, allow_write="on")
+    local = uploads.base / "atftp.bin"
+    local.write_bytes(content(3 * MIB, "atftp-put"))
+    argv = ["atftp", *(a for o in options for a in ("--option", o)), "-p", "-l", str(local),
+            "-r", "atftp.bin", "192.0.2.1"]
+    ATFTP.require()
+    run = uploads.lab.run(uploads.hosts.client, argv, timeout=60, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert sha256_file(uploads.upload_dir / "atftp.bin") == sha256_file(local)
+    line = server.wait_log(r"WRQ atftp.bin octet.*")[0]
+    assert all(o.replace(" ", "=") in line for o in options), line
+
+
 def test_upload_escape_refused(uploads: Uploads) -> None:
     start_writer(uploads, allow_write="on")
     for name in ("../escaped.bin", "/../escaped.bin", "..\\escaped.bin"):

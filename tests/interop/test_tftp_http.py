@@ -9,6 +9,7 @@ mirror is a clean ERROR 0 within the timeout, and the daemon goes on serving.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -131,6 +132,25 @@ def test_upstream_404_is_error_1(mirrored: Mirrored) -> None:
                 mirrored.base / "missing")
     assert client_error(HPA, run) == 1, run
     server.wait_log(rf"{CLIENT_IP}:\d+: RRQ no-such.bin refused: ERROR 1")
+
+
+@pytest.mark.parametrize("name,code", [
+    ("../outside.bin", 2),
+    ("images/../../outside.bin", 2),
+    ("%2e%2e/outside.bin", 1),  # sent quoted: a literal "%2e%2e" folder, not found
+    ("..%2foutside.bin", 1),
+    ("big.bin?x=y", 1),  # "?" is quoted: no query string
+])
+def test_http_root_never_reaches_outside_its_prefix(mirrored: Mirrored, name: str,
+                                                     code: int) -> None:
+    write_file(mirrored.base / "mirror" / "outside.bin", 100)
+    mirrored.start(url=mirrored.mirror.url + "images/")
+    with ns_client(mirrored.hosts.client) as client, pytest.raises(TftpFailure) as failure:
+        client.get(name)
+    assert failure.value.code == code, failure.value
+    requests = re.findall(r'"GET (\S*) HTTP/1\.[01]" (\d+)', mirrored.mirror.log())
+    assert all(path.startswith("/images/") and status == "404" for path, status in requests), \
+        requests
 
 
 def test_admin_file_with_url_root_needs_no_mirror(mirrored: Mirrored) -> None:

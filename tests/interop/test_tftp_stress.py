@@ -19,7 +19,7 @@ import signal
 import socket
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -211,6 +211,10 @@ class Fetch(asyncio.DatagramProtocol):
         self.finish(f"socket error: {exc}")
 
 
+def _factory(protocol: Fetch) -> Callable[[], Fetch]:
+    return lambda: protocol
+
+
 async def swarm(count: int, name: str, blksize: int, windowsize: int, deadline: float,
                 timeout: float = 1.0) -> list[Fetch]:
     """*count* transfers, every socket opened first, then every RRQ sent at once."""
@@ -222,11 +226,11 @@ async def swarm(count: int, name: str, blksize: int, windowsize: int, deadline: 
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * 1024)
         sock.bind((CLIENT_IP, 0))
-        transport, _ = await loop.create_datagram_endpoint(lambda one=one: one, sock=sock)
+        transport, _ = await loop.create_datagram_endpoint(_factory(one), sock=sock)
         transports.append(transport)
     try:
         for one, transport in zip(fetches, transports, strict=True):
-            one.begin(transport)  # type: ignore[arg-type]
+            one.begin(transport)
         await asyncio.wait_for(asyncio.gather(*(f.done for f in fetches if f.done)), deadline)
         await asyncio.sleep(min(4 * timeout, 2.0))  # dally for lost final ACKs
     finally:

@@ -268,10 +268,10 @@ def fetch(lab: NetLab, ns: str, kind: ClientKind, remote: str, local: Path,
 
 
 def hpa_put(lab: NetLab, ns: str, local: Path, remote: str, timeout: float = 60,
-            host: str = SERVER_IP) -> Run:
+            host: str = SERVER_IP, mode: str = "binary") -> Run:
     require_tools("tftp")
     start = time.monotonic()
-    result = lab.run(ns, ["tftp", host, "-m", "binary", "-c", "put", str(local), remote],
+    result = lab.run(ns, ["tftp", host, "-m", mode, "-c", "put", str(local), remote],
                      timeout=timeout, check=False)
     return Run(result.returncode, result.stdout + result.stderr, time.monotonic() - start)
 
@@ -381,7 +381,8 @@ class HttpMirror:
         probe = ns_socket(self.ns, socket.AF_INET, socket.SOCK_STREAM)
         with probe:
             probe.settimeout(1)
-            return probe.connect_ex((self.address, self.port)) == 0
+            status: int = probe.connect_ex((self.address, self.port))
+        return status == 0
 
     def stop(self) -> None:
         if self.proc is not None:
