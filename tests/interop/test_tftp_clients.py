@@ -45,7 +45,7 @@ from tftp_support import (
 )
 from tftpclient import TftpFailure
 
-from pybootd.tftp.packets import Error
+from pybootd.tftp.packets import Data, Error, Oack, encode, encode_ack
 
 pytestmark = [pytest.mark.netns, pytest.mark.interop]
 
@@ -126,8 +126,9 @@ def served() -> Iterator[Served]:
         try:
             yield Served(lab, hosts, server, root, outside, downloads, sha)
         finally:
-            server.stop()
+            status = server.stop()
             print(server.log()[-20000:])
+        assert status == 0, f"pybootd exited {status} on SIGTERM"
 
 
 def get(s: Served, kind: ClientKind, remote: str, size: int | None = None,
@@ -299,6 +300,44 @@ def test_missing_file_error_1(served: Served) -> None:
         run = fetch(served.lab, served.hosts.client, kind, "nothing-here",
                     served.downloads / "missing")
         assert client_error(kind, run) == 1, f"{kind.name}: {run}"
+
+
+# --- protocol corners on the wire ---------------------------------------------------------
+def test_tsize_probe_then_client_error_8_ends_quietly(served: Served) -> None:
+    """EDK2's first RRQ: tsize only, read the OACK, answer ERROR 8, ask again."""
+    mark = served.server.mark()
+    with ns_client(served.hosts.client) as client:
+        client.request("one-mib.bin", "octet", (("tsize", "0"),))
+        oack, tid = client.receive()
+        assert isinstance(oack, Oack) and dict(oack.options) == {"tsize": str(MIB)}
+        client.sock.sendto(encode(Error(8, "User aborted the transfer")), tid)
+        data = client.get("one-mib.bin", options=(("tsize", "0"), ("blksize", "1468"))).data
+    assert sha256_bytes(data) == served.sha["one-mib.bin"]
+    line = served.server.wait_log(r".* read one-mib.bin aborted by client.*", since=mark)[0]
+    assert " INFO " in line, line
+
+
+def test_foreign_tid_gets_error_5_and_the_transfer_goes_on(served: Served) -> None:
+    mark = served.server.mark()
+    with ns_client(served.hosts.client) as client, ns_client(served.hosts.client) as intruder:
+        client.request("s513.bin", "octet")
+        first, tid = client.receive()
+        assert isinstance(first, Data) and first.block == 1
+        intruder.sock.sendto(encode_ack(1), tid)
+        reply, source = intruder.receive()
+        assert isinstance(reply, Error) and reply.code == 5 and source == tid, reply
+        client.sock.sendto(encode_ack(1), tid)
+        second, _ = client.receive()
+        assert isinstance(second, Data) and second.block == 2 and len(second.data) == 1
+        client.sock.sendto(encode_ack(2), tid)
+    served.server.wait_log(r"read s513.bin complete: 513 bytes", since=mark)
+
+
+@pytest.mark.parametrize("mode", ["mail", "binary", "image"])
+def test_unsupported_mode_is_error_4(served: Served, mode: str) -> None:
+    with ns_client(served.hosts.client) as client, pytest.raises(TftpFailure) as failure:
+        client.get("s511.bin", mode=mode)
+    assert failure.value.code == 4, failure.value
 
 
 # --- [filters] ------------------------------------------------------------------------------
