@@ -57,13 +57,14 @@ class BootTimes:
     dhcp_ack: float | None
     first_tftp: float | None
     kernel: float | None
+    initrd: float | None = None  # the initrd's transfer alone, RRQ to last block
 
     def text(self) -> str:
         def fmt(value: float | None) -> str:
             return "never" if value is None else f"{value:.1f} s"
 
         return (f"DHCP ACK {fmt(self.dhcp_ack)}, first TFTP byte {fmt(self.first_tftp)}, "
-                f"kernel {fmt(self.kernel)}")
+                f"kernel {fmt(self.kernel)} (initrd transfer {fmt(self.initrd)})")
 
 
 def to_vm(event: Event, mac: str) -> bool:
@@ -145,7 +146,9 @@ class BootNet:
         ack = first(lambda e: e.get("proto") == "dhcp" and e.get("type") == "ACK"
                     and to_vm(e, vm.mac))
         data = first(lambda e: e.get("op") == "DATA1" and to_vm(e, vm.mac))
-        return BootTimes(ack, data, kernel)
+        initrd = [float(e["seconds"]) for e in self.events(vm)
+                  if e.get("op") == "DONE" and e["file"].endswith("initrd.gz")]
+        return BootTimes(ack, data, kernel, initrd[-1] if initrd else None)
 
     def requested(self, vm: Vm) -> list[str]:
         """TFTP file names the VM asked for, in order."""

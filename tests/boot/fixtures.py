@@ -4,8 +4,9 @@ The tree (package ``debian-installer-12-netboot-amd64``) is never edited: it
 is mirrored into a temporary folder with hard links (copies across file
 systems) and symbolic links recreated as they are. Its own menus never boot
 unattended on a serial console (vesamenu waits for a key, GRUB uses gfxterm),
-so the tests serve ours through ``[filters]`` rules; dnsmasq, which has no
-filters, gets a second mirror with our menus in place of Debian's.
+so the tests serve ours (``etc/pxe-serial.cfg``, ``etc/grub-serial.cfg``,
+``etc/boot.ipxe``) through ``[filters]`` rules; dnsmasq, which has no filters,
+gets a second mirror with our menus in place of Debian's.
 
 Every folder is 0755 and every file 0644: the servers drop to ``nobody``.
 """
@@ -28,39 +29,9 @@ SHIM = "debian-installer/amd64/bootnetx64.efi"
 GRUB = "debian-installer/amd64/grubx64.efi"
 PXE_DEFAULT = "pxelinux.cfg/default"
 GRUB_CFG = "debian-installer/amd64/grub/grub.cfg"
-KERNEL_ARGS = "console=ttyS0,115200n8 priority=low"
-
-PXE_SERIAL_CFG = f"""\
-# pxelinux: boot the Debian installer at once, console on the first serial port.
-serial 0 115200
-console 0
-default install
-prompt 0
-timeout 0
-label install
-  kernel {KERNEL}
-  append initrd={INITRD} {KERNEL_ARGS} ---
-"""
-
-GRUB_SERIAL_CFG = f"""\
-# GRUB (UEFI): boot the Debian installer at once, console on the first serial port.
-set default=0
-set timeout=0
-menuentry 'Debian installer (serial console)' {{
-    linux /{KERNEL} {KERNEL_ARGS} ---
-    initrd /{INITRD}
-}}
-"""
-
-IPXE_SCRIPT = f"""\
-#!ipxe
-# iPXE (BIOS or UEFI): boot the Debian installer, console on the first serial port.
-# Relative names are fetched from where this script came from.
-echo pybootd: iPXE script on ${{platform}}
-kernel {KERNEL} initrd=initrd.gz {KERNEL_ARGS} ---
-initrd {INITRD}
-boot
-"""
+# Our menus and iPXE script are the samples users copy to /etc/pybootd.
+ETC = Path(__file__).resolve().parents[2] / "etc"
+MENUS = ("pxe-serial.cfg", "grub-serial.cfg", "boot.ipxe")
 
 
 @dataclass(frozen=True)
@@ -68,6 +39,7 @@ class BootFiles:
     """Everything the boot tests serve, under one 0755 folder."""
 
     base: Path
+    menus: Path  # our menus and iPXE script (copies of etc/)
     root: Path  # the Debian tree as shipped: pybootd's root
     dnsmasq_root: Path  # the same with our menus in place (dnsmasq has no filters)
     mirror: Path  # an HTTP document root laid out like a Debian mirror
@@ -113,11 +85,11 @@ def mirror_tree(src: Path, dst: Path) -> None:
         dirs[:] = [d for d in dirs if not (Path(folder) / d).is_symlink()]
 
 
-def write_text(path: Path, text: str) -> Path:
-    """Replace *path* (a link into the tree, maybe) by a new 0644 file."""
+def put_file(source: Path, path: Path) -> Path:
+    """Replace *path* (a link into the tree, maybe) by a 0644 copy of *source*."""
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
-    path.write_text(text, encoding="utf-8")
+    shutil.copyfile(source, path)
     os.chmod(path, 0o644)
     return path
 
@@ -126,9 +98,9 @@ def dnsmasq_tree(files: BootFiles) -> None:
     """The Debian tree with our menus in place, iPXE and its script beside."""
     mirror_tree(INSTALLER, files.dnsmasq_root)
     root = files.dnsmasq_root
-    write_text(root / "debian-installer/amd64/pxelinux.cfg/default", PXE_SERIAL_CFG)
-    write_text(root / GRUB_CFG, GRUB_SERIAL_CFG)
-    write_text(root / "boot.ipxe", IPXE_SCRIPT)
+    put_file(files.pxe_cfg, root / "debian-installer/amd64/pxelinux.cfg/default")
+    put_file(files.grub_cfg, root / GRUB_CFG)
+    put_file(files.ipxe_script, root / "boot.ipxe")
     for name in ("undionly.kpxe", "ipxe.efi"):
         link_file(IPXE_DIR / name, root / name)
     # dnsmasq names the boot file in option 67 only, and shim looks for grub
@@ -140,12 +112,12 @@ def build_boot_files(base: Path) -> BootFiles:
     """Lay out every boot file under *base* (created 0755)."""
     open_dir(base)
     menus = open_dir(base / "menus")
+    for name in MENUS:
+        put_file(ETC / name, menus / name)
     files = BootFiles(
-        base=base, root=base / "root", dnsmasq_root=base / "dnsmasq-root",
-        mirror=base / "mirror",
-        pxe_cfg=write_text(menus / "pxe-serial.cfg", PXE_SERIAL_CFG),
-        grub_cfg=write_text(menus / "grub-serial.cfg", GRUB_SERIAL_CFG),
-        ipxe_script=write_text(menus / "boot.ipxe", IPXE_SCRIPT))
+        base=base, menus=menus, root=base / "root", dnsmasq_root=base / "dnsmasq-root",
+        mirror=base / "mirror", pxe_cfg=menus / "pxe-serial.cfg",
+        grub_cfg=menus / "grub-serial.cfg", ipxe_script=menus / "boot.ipxe")
     mirror_tree(INSTALLER, files.root)
     dnsmasq_tree(files)
     parent = files.mirror

@@ -22,13 +22,13 @@ from boot.fixtures import (
     GRUB_CFG,
     INITRD,
     INSTALLER,
-    IPXE_DIR,
     KERNEL,
     MIRROR_PATH,
     PXE_DEFAULT,
     SHIM,
     BootFiles,
 )
+from boot.samples import sample_config
 from boot.servers import (
     POOL_START,
     SERVER_IP,
@@ -48,7 +48,6 @@ PXE_PROBE_LIMIT = 1.0  # seconds for a "file not found" (pxelinux tries ~9 names
 UNLISTED_WATCH = 45.0  # seconds an unlisted VM is watched, from its start
 OTHER_DHCP = "192.0.2.3"  # the LAN's own DHCP server in the proxy scenario
 IPXE_SCRIPT = "boot.ipxe"
-CHAIN_BOOTFILES = {"bios": "pxelinux.0", "efi-x64": "ipxe.efi", "ipxe": IPXE_SCRIPT}
 SHIM_PROBES = {"revocations_sku.efi", "revocations_sbat.efi", "shim_certificate_0.efi"}
 
 
@@ -69,6 +68,16 @@ def base_config(net: BootNet, files: BootFiles) -> dict[str, dict[str, str]]:
 
 def start_pybootd(net: BootNet, files: BootFiles, extra: Sections) -> Pybootd:
     server = Pybootd(net.lab, net.ns, net.workdir, merge(base_config(net, files), extra))
+    net.add(server)
+    server.start()
+    return server
+
+
+def start_sample(net: BootNet, files: BootFiles, name: str,
+                 mirror_url: str | None = None) -> Pybootd:
+    """pybootd with ``etc/NAME`` as a user would run it (our site's values)."""
+    config = sample_config(name, files, net.workdir / "state", mirror_url)
+    server = Pybootd(net.lab, net.ns, net.workdir, config)
     net.add(server)
     server.start()
     return server
@@ -145,7 +154,7 @@ def shim_checks(net: BootNet, vm: Vm, files: BootFiles) -> None:
 def test_bios_pxelinux(net: BootNet, boot_files: BootFiles, report_times: Report) -> None:
     """SeaBIOS + iPXE ROM -> DHCP -> pxelinux.0 -> ldlinux.c32 -> menu -> kernel."""
     needs("bios")
-    start_pybootd(net, boot_files, {"bootfile": {"bios": "pxelinux.0"}})
+    start_pybootd(net, boot_files, {})  # [bootp] boot_file defaults to pxelinux.0
     vm = net.vm("bios")
     kernel = booted(net, vm, net.boot([vm]))
     ack = replies(net, vm, "ACK")[-1]
@@ -157,10 +166,11 @@ def test_bios_pxelinux(net: BootNet, boot_files: BootFiles, report_times: Report
 # --- 2. UEFI ------------------------------------------------------------------
 def test_bios_and_uefi_from_one_server(net: BootNet, boot_files: BootFiles,
                                        report_times: Report) -> None:
-    """One pybootd, one config: a BIOS VM gets pxelinux.0 while a UEFI VM (OVMF's
-    own PXE, virtio-net) gets shim -> grubx64.efi -> GRUB -> kernel."""
+    """One pybootd, one config (etc/uefi-bios.ini): a BIOS VM gets pxelinux.0
+    while a UEFI VM (OVMF's own PXE, virtio-net) gets shim -> grubx64.efi ->
+    GRUB -> kernel."""
     needs("bios", "uefi")
-    start_pybootd(net, boot_files, {"bootfile": {"bios": "pxelinux.0", "efi-x64": SHIM}})
+    start_sample(net, boot_files, "uefi-bios.ini")
     bios, uefi = net.vm("bios"), net.vm("uefi")
     kernels = net.boot([bios, uefi])
     times = {vm.spec.name: net.times(vm, booted(net, vm, kernels)) for vm in (bios, uefi)}
@@ -187,14 +197,13 @@ def test_uefi_ipxe_rom_grub(net: BootNet, boot_files: BootFiles, report_times: R
 # --- 3. Debian mirror over HTTP -----------------------------------------------
 def test_debian_mirror_http_root(net: BootNet, boot_files: BootFiles,
                                  report_times: Report) -> None:
-    """root = http://.../netboot/ of a mirror; pxelinux.cfg/default is a local file."""
+    """etc/debian-mirror.ini: root = http://.../netboot/ of a mirror (a local
+    web server laid out like one); pxelinux.cfg/default is a local file."""
     needs("bios")
     mirror = HttpMirror(net.lab, net.ns, net.workdir, boot_files.mirror)
     net.add(mirror)
     mirror.start()
-    start_pybootd(net, boot_files, {"tftp": {"root": f"{mirror.url}{MIRROR_PATH}/"},
-                                    "bootfile": {"bios": "pxelinux.0"},
-                                    "filters": {GRUB_CFG: str(boot_files.grub_cfg)}})
+    start_sample(net, boot_files, "debian-mirror.ini", mirror_url=f"{mirror.url}debian/")
     vm = net.vm("bios")
     kernel = booted(net, vm, net.boot([vm]))
     pxelinux_checks(net, vm, boot_files)
@@ -208,7 +217,8 @@ def test_debian_mirror_http_root(net: BootNet, boot_files: BootFiles,
 def test_proxy_dhcp_next_to_dnsmasq(net: BootNet, boot_files: BootFiles,
                                     report_times: Report) -> None:
     """dnsmasq (another host) hands out addresses only; pybootd in proxy mode
-    answers the PXE clients with their boot files and serves them by TFTP.
+    (etc/proxy.ini) answers the PXE clients with their boot files and serves
+    them by TFTP. QEMU's BIOS ROM is iPXE, so it gets the iPXE script.
 
     UEFI goes through iPXE (ipxe.efi, then the script): GRUB 2.06 (Debian 12)
     reads only the firmware's DHCPACK, whose next-server is the other DHCP
@@ -221,13 +231,7 @@ def test_proxy_dhcp_next_to_dnsmasq(net: BootNet, boot_files: BootFiles,
     other = Dnsmasq(net.lab, ns, net.workdir, DnsmasqOptions(ifname))
     net.add(other)
     other.start()
-    config = merge(base_config(net, boot_files), {
-        "bootp": {"mode": "proxy"}, "bootfile": CHAIN_BOOTFILES, "filters": chain_filters(
-            boot_files)})
-    del config["bootp"]["pool_start"], config["bootp"]["pool_count"]
-    server = Pybootd(net.lab, net.ns, net.workdir, config)
-    net.add(server)
-    server.start()
+    start_sample(net, boot_files, "proxy.ini")
     bios, uefi = net.vm("bios"), net.vm("uefi")
     kernels = net.boot([bios, uefi])
     for vm in (bios, uefi):
@@ -250,16 +254,16 @@ def proxy_checks(net: BootNet, vm: Vm) -> None:
 
 # --- 5. iPXE chainload --------------------------------------------------------
 def test_ipxe_chainload(net: BootNet, boot_files: BootFiles, report_times: Report) -> None:
-    """A client that is not iPXE gets iPXE (undionly.kpxe / ipxe.efi); iPXE asks
-    again (option 77/175) and gets the [bootfile] ipxe script, never iPXE again.
+    """etc/ipxe-chainload.ini: a client that is not iPXE gets iPXE (undionly.kpxe
+    / ipxe.efi); iPXE asks again (option 77/175) and gets the [bootfile] ipxe
+    script, never iPXE again.
 
     QEMU's BIOS NIC ROM is iPXE itself, so the BIOS VM is an iPXE client from
     its first DISCOVER and goes straight to the script; OVMF's own PXE is not,
     so the UEFI VM shows the whole chain: ipxe.efi, then the script.
     """
     needs("bios", "uefi")
-    start_pybootd(net, boot_files, {"bootfile": {**CHAIN_BOOTFILES, "bios": "undionly.kpxe"},
-                                    "filters": chain_filters(boot_files)})
+    start_sample(net, boot_files, "ipxe-chainload.ini")
     bios, uefi = net.vm("bios"), net.vm("uefi")
     kernels = net.boot([bios, uefi])
     for vm in (bios, uefi):
@@ -267,12 +271,6 @@ def test_ipxe_chainload(net: BootNet, boot_files: BootFiles, report_times: Repor
         chain_checks(net, vm)
         report_times(f"{vm.spec.firmware} iPXE chain", net.times(vm, kernels[vm.spec.name]))
     assert net.completed(uefi).count("ipxe.efi") == 1, net.requested(uefi)
-
-
-def chain_filters(files: BootFiles) -> dict[str, str]:
-    """iPXE binaries from the ipxe package and our script: absolute targets."""
-    return {"undionly.kpxe": str(IPXE_DIR / "undionly.kpxe"),
-            "ipxe.efi": str(IPXE_DIR / "ipxe.efi"), IPXE_SCRIPT: str(files.ipxe_script)}
 
 
 def chain_checks(net: BootNet, vm: Vm, proxy: bool = False) -> None:

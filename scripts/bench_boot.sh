@@ -1,0 +1,4 @@
+#!/bin/sh
+# Boot benchmark, pybootd against dnsmasq (issue 4): see scripts/bench_boot.py.
+#   sudo scripts/bench_boot.sh [--runs 5] [--json out.json] [--keep]
+exec python3 "$(dirname "$0")/bench_boot.py" "$@"
