@@ -302,6 +302,35 @@ def test_missing_file_error_1(served: Served) -> None:
         assert client_error(kind, run) == 1, f"{kind.name}: {run}"
 
 
+LATIN1_NAME = os.fsdecode(b"caf\xe9.bin")  # not UTF-8: read with surrogateescape
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "pybootd bug: with [logger] type = file (or syslog) a file name that is not UTF-8 "
+    "(decoded with surrogateescape) makes every log line about the request fail with "
+    "UnicodeEncodeError 'surrogates not allowed': the RRQ, completion and refusal lines "
+    "are lost and '--- Logging error ---' tracebacks go to stderr"))
+def test_non_utf8_names_are_logged_to_a_log_file(lab: NetLab) -> None:
+    hosts = two_hosts(lab)
+    with public_tmpdir("latin1") as base:
+        root = base / "root"
+        sha = write_file(root / LATIN1_NAME, 2000, seed="latin1")
+        root.chmod(0o755)
+        server = Pybootd(lab, hosts.server, base)
+        server.log_path.touch(mode=0o666)
+        server.log_path.chmod(0o666)  # the daemon opens it after dropping to nobody
+        server.start({"root": root},
+                     logger={"type": "file", "file": server.log_path, "level": "info"})
+        with ns_client(hosts.client) as client:
+            assert sha256_bytes(client.get(LATIN1_NAME).data) == sha  # served all right
+            with pytest.raises(TftpFailure):
+                client.get(os.fsdecode(b"missing-\xff.bin"))
+        assert server.stop() == 0
+        log = server.log()
+        assert "RRQ caf" in log and "complete: 2000 bytes" in log, log
+        assert "RRQ missing-" in log, log
+
+
 # --- protocol corners on the wire ---------------------------------------------------------
 def test_tsize_probe_then_client_error_8_ends_quietly(served: Served) -> None:
     """EDK2's first RRQ: tsize only, read the OACK, answer ERROR 8, ask again."""

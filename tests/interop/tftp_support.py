@@ -136,9 +136,11 @@ class Pybootd:
 
     def start(self, tftp: dict[str, Any], *, filters: Sequence[tuple[str, str]] = (),
               daemon: dict[str, Any] | None = None, debug: bool = False,
-              ready_timeout: float = 20) -> Pybootd:
+              logger: dict[str, Any] | None = None, ready_timeout: float = 20) -> Pybootd:
+        """Start and wait until ready. With a *logger* of ``type = file``, pass
+        ``file = <self.log_path>`` so that the helpers read what it writes."""
         settings = {"address": SERVER_IP, "port": 69, **tftp}
-        sections: dict[str, Any] = {"tftp": settings, "logger": {"level": "info"}}
+        sections: dict[str, Any] = {"tftp": settings, "logger": logger or {"level": "info"}}
         if filters:
             sections["filters"] = list(filters)
         if daemon:
