@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -229,3 +230,36 @@ def test_revalidation_304_costs_no_download_and_a_change_is_fetched(mirrored: Mi
     assert mirrored.mirror.gets("small.bin", 200) == 1, log
     assert mirrored.mirror.gets("small.bin", 304) == 1, log
     assert mirrored.mirror.gets("other.bin", 200) == 2, log
+
+
+def test_mirror_dying_mid_download_is_error_0_and_nothing_truncated_is_kept(
+        mirrored: Mirrored) -> None:
+    mirrored.mirror.stop()
+    mirrored.mirror.start(chunk_delay=0.05)  # 20 MiB in about 4 s
+    server = mirrored.start()
+    mark = server.mark()
+    outcome: list[BaseException | bytes] = []
+
+    def fetch_big() -> None:
+        try:
+            with ns_client(mirrored.hosts.client, timeout=HTTP_TIMEOUT + 3) as client:
+                outcome.append(client.get(BIG, options=(("blksize", "1468"),)).data)
+        except BaseException as exc:  # handed to the test thread
+            outcome.append(exc)
+
+    worker = threading.Thread(target=fetch_big)
+    worker.start()
+    server.wait_log(r"downloading \(20971520 bytes\)", since=mark)
+    time.sleep(1.0)
+    mirrored.mirror.stop()  # the mirror goes away in the middle of the body
+    worker.join(HTTP_TIMEOUT + 20)
+    assert not worker.is_alive()
+    assert isinstance(outcome[0], TftpFailure) and outcome[0].code == 0, outcome[0]
+    server.wait_log(r"download failed", since=mark)
+    # Nothing truncated stays in the cache: with the mirror back, the whole file.
+    mirrored.mirror.start()
+    with ns_client(mirrored.hosts.client) as client:
+        data = client.get(BIG, options=(("blksize", "1468"), ("windowsize", "16"))).data
+    assert sha256_bytes(data) == mirrored.sha[BIG]
+    assert mirrored.mirror.gets(BIG, 200) == 2
+    assert not list((mirrored.base / "cache").glob("*.part"))
