@@ -287,6 +287,26 @@ def test_500_clients_at_once(lab: NetLab, enough_files: None) -> None:
         assert server.stop() == 0
 
 
+def test_over_max_sessions_is_server_busy_then_served(lab: NetLab) -> None:
+    hosts = two_hosts(lab)
+    with public_tmpdir("busy") as base:
+        sha = write_file(base / "root" / "one-mib.bin", MIB)
+        (base / "root").chmod(0o755)
+        server = Pybootd(lab, hosts.server, base).start(
+            {"root": base / "root", "max_sessions": 20})
+        fetches = in_netns(hosts.client, lambda: asyncio.run(
+            swarm(60, "one-mib.bin", 512, 1, deadline=60)), timeout=90)
+        busy = [f for f in fetches if f.error]
+        served = [f for f in fetches if not f.error]
+        assert {f.error for f in busy} <= {"ERROR 0: server busy"}, {f.error for f in busy}
+        assert busy and len(served) >= 20, (len(busy), len(served))
+        assert {f.digest.hexdigest() for f in served} == {sha}
+        assert server.log().count("sessions running") == len(busy)
+        again = in_netns(hosts.client, lambda: asyncio.run(
+            swarm(20, "one-mib.bin", 1468, 8, deadline=60)), timeout=90)
+        assert [f.error for f in again] == [""] * 20
+
+
 # --- SIGTERM while a transfer runs -------------------------------------------------------------
 def test_sigterm_lets_the_running_transfer_finish(lab: NetLab) -> None:
     hosts = two_hosts(lab)
