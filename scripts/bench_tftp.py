@@ -93,6 +93,7 @@ CLIENT_TIMEOUT = 120.0  # seconds one single-client transfer may take
 START_TIMEOUT = 10.0  # seconds a server may take to answer its first request
 WS1_CLIENTS = ("curl", "atftp", "busybox")
 SERVER_NAMES = ("pybootd", "tftpd-hpa", "atftpd", "dnsmasq")
+PREFER_MARGIN = 1.10  # calibration keeps atftp unless another client is 10 % faster
 
 
 # --- servers ------------------------------------------------------------------
@@ -419,7 +420,11 @@ def calibrate(server: Server, payload: Payload, out: Path, blksizes: tuple[int, 
             chosen[bs] = "atftp"
             report.append(f"{bs}: every client failed, atftp")
             continue
-        chosen[bs] = min(best, key=lambda c: best[c])
+        # atftp (the client of the windowsize rows) unless another is clearly faster:
+        # under load, best-of-3 differences of a few per cent are noise.
+        fastest = min(best, key=lambda c: best[c])
+        keep = "atftp" in best and best["atftp"] <= best[fastest] * PREFER_MARGIN
+        chosen[bs] = "atftp" if keep else fastest
         report.append(f"{bs}: " + ", ".join(
             f"{c} {payload.size / t / 1e6:.1f}" for c, t in sorted(best.items(),
                                                                    key=lambda kv: kv[1])))
@@ -499,7 +504,8 @@ def bench(args: argparse.Namespace, work: Path) -> int:
             reference = next((s for s in live if s.name == "tftpd-hpa"), live[0])
             ws1, report = calibrate(reference, small, out, args.blksizes, args.calibration_runs)
             calibration = [f"ws1 client: the fastest against {reference.name} "
-                           f"({small.size // MIB} MiB, best of {args.calibration_runs}, MB/s) "
+                           f"({small.size // MIB} MiB, best of {args.calibration_runs}, MB/s; "
+                           f"atftp unless another is {PREFER_MARGIN - 1:.0%} faster) "
                            f"at each blksize, {'; '.join(report)}"]
             print(f"# {calibration[0]}", file=sys.stderr)
         else:
@@ -540,6 +546,13 @@ def bench(args: argparse.Namespace, work: Path) -> int:
     args.many_client = many_client
     print_table(args, servers, table, many, big, small, rss, elapsed, calibration)
     return 0
+
+
+def _load() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
 
 
 def _fmt(got: float | str, size: int) -> str:
@@ -596,7 +609,8 @@ def print_table(args: argparse.Namespace, servers: list[Server],
         print(line)
     print()
     print_targets(table, many, rss, args.clients)
-    print(f"\none run took {elapsed:.0f} s")
+    print(f"\none run took {elapsed:.0f} s; load average at the start {args.load_before}, "
+          f"at the end {_load()} (2 cores: other work slows the figures down)")
 
 
 def print_targets(table: dict[Row, dict[str, Cell]], many: dict[str, Cell],
@@ -831,9 +845,10 @@ def profile(args: argparse.Namespace, work: Path) -> int:
             return 1
         print(f"pybootd profile: py-spy {args.rate} Hz, {args.spy_mode} stacks. Each scenario "
               f"runs {args.profile_runs}x without py-spy first (best shown, with the server's "
-              "CPU time from /proc: utime+stime, children included). py-spy pauses pybootd "
-              "to sample (native mode) and its idle share is biased low on CPU: trust the "
-              "/proc CPU share for busy vs idle, the samples for where busy time goes.")
+              "CPU time from /proc: utime+stime, children included), then under py-spy, "
+              f"repeated for at least {args.profile_seconds:g} s. In native mode py-spy "
+              "pauses pybootd for each sample, which slows it down: the /proc CPU time is "
+              "the undisturbed figure, the samples say where busy time goes.")
         for i, scenario in enumerate(scenarios):
             print(f"\n# {scenario.title}")
             for server in servers:
@@ -854,8 +869,12 @@ def profile(args: argparse.Namespace, work: Path) -> int:
                  "--format", "raw", "--idle", "--threads", *mode, "--output", str(raw)],
                 stdin=subprocess.DEVNULL, stdout=spy_log, stderr=subprocess.STDOUT)
             try:
-                time.sleep(1.0)  # py-spy attaches
-                results = [scenario.action(pybootd) for _ in range(args.profile_runs)]
+                _wait_for_text(work / f"py-spy{i}.log", "Sampling process", 10.0)
+                results: list[float | str] = []
+                began = time.monotonic()
+                while len(results) < args.profile_runs or (
+                        time.monotonic() - began < args.profile_seconds and len(results) < 50):
+                    results.append(scenario.action(pybootd))
             finally:
                 recorder.send_signal(signal.SIGINT)  # py-spy writes its output on ^C
                 try:
@@ -864,7 +883,10 @@ def profile(args: argparse.Namespace, work: Path) -> int:
                     recorder.kill()
                     recorder.wait()
                 spy_log.close()
-            print(f"  under py-spy: {', '.join(_fmt(r, scenario.size) for r in results)}")
+            shown = [r for r in results if not isinstance(r, float)] + sorted(
+                r for r in results if isinstance(r, float))[:3]
+            print(f"  under py-spy, {len(results)} runs, best: "
+                  f"{', '.join(_fmt(r, scenario.size) for r in shown)}")
             if raw.exists():
                 print_profile(scenario.title, raw, args.top)
             else:
@@ -872,6 +894,15 @@ def profile(args: argparse.Namespace, work: Path) -> int:
         rss = vm_hwm_mb(pybootd.pid)
     print(f"\npybootd peak RSS: {rss:.1f} MB" if rss else "")
     return 0
+
+
+def _wait_for_text(path: Path, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if text in path.read_text(errors="replace"):
+                return
+        time.sleep(0.05)
 
 
 @dataclass
@@ -921,6 +952,8 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true",
                         help="profile pybootd under py-spy instead of the table")
     parser.add_argument("--profile-runs", type=int, default=2)
+    parser.add_argument("--profile-seconds", type=float, default=5.0,
+                        help="--profile: repeat a scenario under py-spy for at least this long")
     parser.add_argument("--no-compare", dest="compare", action="store_false",
                         help="--profile: do not measure tftpd-hpa's CPU per block alongside")
     parser.add_argument("--spy-mode", choices=("native", "python"), default="native",
@@ -943,6 +976,7 @@ def main() -> int:
         parser.error(f"missing client(s): {', '.join(missing)}")
     if args.pybootd_cmd:
         PYBOOTD_CMD[:] = shlex.split(args.pybootd_cmd)
+    args.load_before = _load()
     work = Path(tempfile.mkdtemp(prefix="bench_tftp.", dir=args.workdir))
     try:
         return profile(args, work) if args.profile else bench(args, work)
