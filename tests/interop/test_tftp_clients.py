@@ -155,10 +155,13 @@ def test_small_files(served: Served, kind: ClientKind, name: str) -> None:
     assert sha256_file(local) == served.sha[name], report
 
 
-@pytest.mark.parametrize("kind", [ClientKind("curl-blksize512", "curl", blksize=512),
-                                  ClientKind("atftp-blksize512-ws8", "atftp",
-                                                      blksize=512, windowsize=8)],
-                         ids=lambda k: k.name)
+ROLLOVER_CLIENTS = [ClientKind("curl-blksize512", "curl", blksize=512),
+                    ClientKind("atftp-blksize512-ws8", "atftp", blksize=512, windowsize=8)]
+HUGE_CLIENTS = [ClientKind("curl-blksize65464", "curl", blksize=65464),
+                ClientKind("atftp-blksize65464", "atftp", blksize=65464)]
+
+
+@pytest.mark.parametrize("kind", ROLLOVER_CLIENTS, ids=lambda k: k.name)
 def test_rollover_40mib_blksize_512(served: Served, kind: ClientKind) -> None:
     mark = served.server.mark()
     local, report = get(served, kind, ROLLOVER, SIZES[ROLLOVER])
@@ -171,10 +174,7 @@ def test_rollover_40mib_blksize_512(served: Served, kind: ClientKind) -> None:
     assert int(done[2]) >= 81921 > 65535  # block numbers wrapped past 65535
 
 
-@pytest.mark.parametrize("kind", [ClientKind("curl-blksize65464", "curl", blksize=65464),
-                                  ClientKind("atftp-blksize65464", "atftp",
-                                                  blksize=65464)],
-                         ids=lambda k: k.name)
+@pytest.mark.parametrize("kind", HUGE_CLIENTS, ids=lambda k: k.name)
 def test_100mib_blksize_65464(served: Served, kind: ClientKind) -> None:
     mark = served.server.mark()
     local, report = get(served, kind, HUGE, SIZES[HUGE])
