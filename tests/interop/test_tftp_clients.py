@@ -239,10 +239,6 @@ def test_escape_refused_with_error_2(served: Served, name: str) -> None:
 LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ +pybootd")
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "pybootd bug: a refused request's log line prints the client's file name raw "
-    "(tftp.py _refuse: 'RRQ %s refused'), so a name with LF forges log lines and one "
-    "with ESC writes terminal escapes into the log; only the message part uses repr()"))
 def test_log_lines_carry_no_raw_control_characters(served: Served) -> None:
     forged = "x\n2026-01-01 00:00:00,000 INFO    pybootd.tftp: 192.0.2.99:1: forged"
     mark = served.server.mark()
@@ -305,11 +301,6 @@ def test_missing_file_error_1(served: Served) -> None:
 LATIN1_NAME = os.fsdecode(b"caf\xe9.bin")  # not UTF-8: read with surrogateescape
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "pybootd bug: with [logger] type = file (or syslog) a file name that is not UTF-8 "
-    "(decoded with surrogateescape) makes every log line about the request fail with "
-    "UnicodeEncodeError 'surrogates not allowed': the RRQ, completion and refusal lines "
-    "are lost and '--- Logging error ---' tracebacks go to stderr"))
 def test_non_utf8_names_are_logged_to_a_log_file(lab: NetLab) -> None:
     hosts = two_hosts(lab)
     with public_tmpdir("latin1") as base:

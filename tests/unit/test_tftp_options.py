@@ -56,3 +56,17 @@ def test_upload_over_limit_is_disk_full() -> None:
     assert info.value.code == 3
     ok = negotiate((("tsize", "1000"),), LIMITS, size=None, is_write=True)
     assert ok.tsize == 1000 and ok.oack == (("tsize", "1000"),)
+
+
+def test_window_bursts_fit_a_default_receive_buffer() -> None:
+    limits = Limits(blksize=65464, windowsize=64)
+    big = negotiate((("blksize", "65464"), ("windowsize", "64")), limits, size=1,
+                    is_write=False)
+    assert big.windowsize == 2 and big.oack == (("blksize", "65464"), ("windowsize", "2"))
+    # The cap applies whatever the order of the options.
+    first = negotiate((("windowsize", "64"), ("blksize", "8192")), limits, size=1,
+                      is_write=False)
+    assert first.windowsize == 16 and first.oack[0] == ("windowsize", "16")
+    normal = negotiate((("blksize", "1468"), ("windowsize", "64")), limits, size=1,
+                       is_write=False)
+    assert normal.windowsize == 64
