@@ -199,7 +199,7 @@ def _inform(packet: DhcpPacket, client: ClientInfo, pool: LeasePool, settings: S
     """RFC 2131 4.3.5: parameters only; no yiaddr, no lease time."""
     if packet.ciaddr == ZERO and packet.giaddr == ZERO:
         return ignore("INFORM without ciaddr")
-    return _answer(packet, client, settings, MessageType.ACK, ZERO, inform=True)
+    return _answer(packet, client, settings, MessageType.ACK, ZERO, no_lease=True)
 
 
 def _bootp(packet: DhcpPacket, client: ClientInfo, pool: LeasePool, settings: Settings,
@@ -232,7 +232,7 @@ def _proxy(packet: DhcpPacket, client: ClientInfo, settings: Settings,
         return ignore("proxy mode serves PXE clients only")
     if kind != MessageType.DISCOVER:
         return ignore("proxy mode answers DISCOVER only on this port")
-    return _answer(packet, client, settings, MessageType.OFFER, ZERO, inform=True)
+    return _answer(packet, client, settings, MessageType.OFFER, ZERO, no_lease=True)
 
 
 def _boot_service(packet: DhcpPacket, client: ClientInfo, settings: Settings,
@@ -242,7 +242,7 @@ def _boot_service(packet: DhcpPacket, client: ClientInfo, settings: Settings,
         return ignore("boot service serves PXE clients only")
     if kind not in (MessageType.REQUEST, MessageType.INFORM):
         return ignore("boot service answers REQUEST only")
-    decision = _answer(packet, client, settings, MessageType.ACK, ZERO, inform=True)
+    decision = _answer(packet, client, settings, MessageType.ACK, ZERO, no_lease=True)
     host = str(packet.ciaddr) if packet.ciaddr != ZERO else source[0]
     return replace(decision, destination=(host, source[1]), broadcast=False)
 
@@ -266,12 +266,12 @@ def bootfile_for(client: ClientInfo, settings: Settings) -> str | None:
 
 
 def _answer(packet: DhcpPacket, client: ClientInfo, settings: Settings,
-            kind: MessageType | None, yiaddr: IPv4Address, *, inform: bool = False) -> Decision:
+            kind: MessageType | None, yiaddr: IPv4Address, *, no_lease: bool = False) -> Decision:
     """An OFFER, ACK or BOOTREPLY (RFC 2131 table 3)."""
     wanted = param_request_list(packet.options)
     give_file = kind is None or client.netboot or DhcpOption.BOOTFILE in wanted
     bootfile = bootfile_for(client, settings) if give_file else None
-    options = _options(packet, client, settings, kind, bootfile, wanted, inform)
+    options = _options(packet, client, settings, kind, bootfile, wanted, no_lease)
     file = (bootfile or "").encode()[:127]
     sname = (settings.servername or "").encode()[:63]
     reply = DhcpPacket(
@@ -290,12 +290,12 @@ def _answer(packet: DhcpPacket, client: ClientInfo, settings: Settings,
 
 def _options(packet: DhcpPacket, client: ClientInfo, settings: Settings,
              kind: MessageType | None, bootfile: str | None, wanted: frozenset[int],
-             inform: bool) -> list[tuple[int, bytes]]:
+             no_lease: bool) -> list[tuple[int, bytes]]:
     opts: list[tuple[int, bytes]] = []
     if kind is not None:
         opts.append((DhcpOption.MESSAGE_TYPE, bytes((kind,))))
         opts.append((DhcpOption.SERVER_ID, settings.server_id.packed))
-    if not inform and kind is not None:
+    if not no_lease and kind is not None:  # INFORM, proxy and boot service: no lease
         opts.extend(settings.lease_options)
     opts.extend(settings.network_options)
     if bootfile:
