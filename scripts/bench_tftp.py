@@ -27,7 +27,8 @@ construction) to the same client, over loopback:
 
 Each figure is the best of ``--runs`` runs (best, not median: other work on
 the machine only ever slows a run down). The runs are interleaved (run 1 of
-every cell, then run 2 ...) so a noisy moment does not hit one server only.
+every cell, then run 2 ..., the servers in a rotated order each run) so a noisy
+moment does not hit one server only; the footer gives the load average.
 Every received file is checked for its size, and for its sha256 on the first
 run of each cell. MB/s is 10^6 bytes per second, timed around the client
 process (its start-up is included, the same for every server).
@@ -518,11 +519,12 @@ def bench(args: argparse.Namespace, work: Path) -> int:
                              skip="no ws" if ws > 1 and not s.windowsize else "")
                 for s in servers}
         for run in range(args.runs):
+            order = live[run % len(live):] + live[:run % len(live)]  # no server always first
             for (bs, ws, client), cells in table.items():
                 limited = client_limited(bs, ws)
                 if limited and run >= args.limited_runs:
                     continue
-                for server in live:
+                for server in order:
                     cell = cells[server.name]
                     if cell.skip:
                         continue
@@ -533,7 +535,7 @@ def bench(args: argparse.Namespace, work: Path) -> int:
                           f"{_fmt(got, cell.size)}", file=sys.stderr)
         many_client = args.many_client or ws1.get(args.many_blksize, "atftp")
         for run in range(args.many_runs):
-            for server in live:
+            for server in live[run % len(live):] + live[:run % len(live)]:
                 cell = many[server.name]
                 cell.add(fetch_many(many_client, server, small, work / "many", args.clients,
                                     args.many_blksize, args.many_timeout, args.client_nice))
