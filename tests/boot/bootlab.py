@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from boot.servers import SERVER_CIDR, SERVER_IP, Process
 from boot.vm import Vm, VmSpec, wait_kernels
 
 SNIFF = Path(__file__).resolve().parent / "sniff.py"
+WATCHER_START = 10.0  # seconds
 Event = dict[str, Any]
 
 
@@ -38,9 +40,10 @@ class Watcher:
                                    str(self.events_path), "--pcap", str(self.pcap)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().decode(errors="replace").strip()
-        if line != "ready":
-            raise AssertionError(f"packet watcher did not start: {line}")
+        readable, _, _ = select.select([self.proc.stdout], [], [], WATCHER_START)
+        line = self.proc.stdout.readline().decode(errors="replace") if readable else ""
+        if line.strip() != "ready":
+            raise AssertionError(f"packet watcher did not start in {WATCHER_START:g} s: {line}")
 
     def events(self) -> list[Event]:
         try:

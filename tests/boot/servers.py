@@ -13,7 +13,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ POOL_START = "192.0.2.100"
 POOL_END = "192.0.2.149"
 HTTP_PORT = 8080
 START_LIMIT = 20.0
+MIRROR_HTTP = Path(__file__).resolve().parent / "mirror_http.py"
 
 Sections = Mapping[str, Mapping[str, str]]
 
@@ -200,30 +200,27 @@ class Dnsmasq(Process):
 
 
 class HttpMirror(Process):
-    """A plain HTTP server over *docroot* on 192.0.2.1:8080 (logs every GET)."""
+    """A static web server over *docroot* on 192.0.2.1:8080 (logs every GET);
+    *delay* seconds before each answer make it a far mirror."""
 
     name = "http"
 
-    def __init__(self, lab: NetLab, ns: str, workdir: Path, docroot: Path) -> None:
+    def __init__(self, lab: NetLab, ns: str, workdir: Path, docroot: Path,
+                 delay: float = 0.0) -> None:
         super().__init__(lab, ns, workdir)
-        self.docroot = docroot
+        self.docroot, self.delay = docroot, delay
 
     @property
     def url(self) -> str:
         return f"http://{SERVER_IP}:{HTTP_PORT}/"
 
     def start(self) -> None:
-        self.spawn([sys.executable, "-m", "http.server", str(HTTP_PORT), "--bind", SERVER_IP,
-                    "--directory", str(self.docroot)], env={**os.environ,
-                                                             "PYTHONUNBUFFERED": "1"})
+        self.spawn([sys.executable, str(MIRROR_HTTP), str(self.docroot), "--bind", SERVER_IP,
+                    "--port", str(HTTP_PORT), "--delay", str(self.delay)],
+                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.wait_ready(lambda: HTTP_PORT in listening_tcp(self.lab, self.ns))
 
     def requests(self) -> list[str]:
         """Paths fetched, in order."""
         return [line.split('"GET ', 1)[1].split(" ", 1)[0]
                 for line in self.log().splitlines() if '"GET ' in line]
-
-
-def settle(seconds: float) -> None:
-    """A deliberate pause (kept in one place so it is easy to find)."""
-    time.sleep(seconds)

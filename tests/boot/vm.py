@@ -161,13 +161,6 @@ class Vm:
     def exited(self) -> bool:
         return self.proc is not None and self.proc.poll() is not None
 
-    def wait_console(self, needle: str, timeout: float) -> float | None:
-        """Seconds from start until *needle* is on the console; None on timeout/exit."""
-        return wait_all([self], needle, timeout)[self.spec.name]
-
-    def wait_kernel(self, timeout: float | None = None) -> float | None:
-        return self.wait_console(KERNEL_MARK, timeout or BOOT_LIMIT[self.accel])
-
     def stop(self) -> None:
         if self.proc is not None:
             self.lab.stop(self.proc, timeout=5)
