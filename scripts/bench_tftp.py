@@ -12,10 +12,13 @@ construction) to the same client, over loopback:
   run (``--ws1-client`` fixes one instead); curl's start-up alone takes about
   15 ms, the others' about 2 ms. A server without windowsize (tftpd-hpa,
   dnsmasq) is not asked for it: its cell says "no ws" and its windowsize-1
-  figure is the one to compare with. Where a window (blksize x windowsize)
-  exceeds the client's socket receive buffer (net.core.rmem_default), atftp
-  drops blocks whatever the server: those cells (+) use the 8 MiB file and
-  one run, and tell how a server recovers, not its throughput;
+  figure is the one to compare with. Before the runs, one atftp ``--trace``
+  request per cell reads the server's OACK: a cell shows [bN] or [wN] where
+  the server granted another blksize or windowsize than asked. Where the
+  granted window (blksize x windowsize) exceeds the client's socket receive
+  buffer (net.core.rmem_default), atftp drops blocks whatever the server:
+  those cells (+) use the 8 MiB file and one run, and tell how a server
+  recovers, not its throughput;
 * dnsmasq's TFTP listens on port 69 only, so it runs in a network namespace
   of its own (loopback only) and its clients join that namespace (setns, no
   extra process); the others run on the host loopback on free high ports;
@@ -376,6 +379,8 @@ class Cell:
     errors: list[str] = field(default_factory=list)
     skip: str = ""
     mark: str = ""  # footnote sign
+    note: str = ""  # what the server granted, where it is not what was asked
+    granted: dict[str, int] = field(default_factory=dict)
 
     def add(self, got: float | str) -> None:
         if isinstance(got, float):
@@ -392,7 +397,7 @@ class Cell:
             return self.skip
         if self.mbps is None:
             return self.errors[0] if self.errors else "-"
-        return f"{self.mbps:.1f}{'*' if self.errors else ''}{self.mark}"
+        return f"{self.mbps:.1f}{self.note}{'*' if self.errors else ''}{self.mark}"
 
 
 Row = tuple[int, int, str]  # blksize, windowsize, client
@@ -445,6 +450,24 @@ def client_limited(blksize: int, windowsize: int) -> bool:
     return windowsize > 1 and blksize * windowsize > rmem_default()
 
 
+def probe_options(server: Server, blksize: int, windowsize: int, out: Path) -> dict[str, int]:
+    """The options *server* grants (its OACK), asked by atftp as in the row."""
+    argv = ["atftp", "--trace", "--option", f"blksize {blksize}"]
+    if windowsize > 1:
+        argv += ["--option", f"windowsize {windowsize}"]
+    argv += ["-g", "-r", "ready.txt", "-l", str(out), HOST, str(server.port)]
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=10,
+                                preexec_fn=server.enter())
+    except subprocess.TimeoutExpired:
+        return {}
+    match = re.search(r"received OACK <([^>]*)>", result.stdout + result.stderr)
+    if match is None:
+        return {}  # no OACK: the server ignored every option (512, lock-step)
+    return {name.strip(): int(value) for name, value in
+            re.findall(r"(\w+): (\d+)", match.group(1))}
+
+
 @contextlib.contextmanager
 def running(servers: list[Server], root: Path, work: Path, atftpd: str) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
@@ -466,8 +489,7 @@ def make_servers(names: list[str]) -> list[Server]:
         "atftpd": Server("atftpd", True),
         "dnsmasq": Server("dnsmasq", False,
                           note="dnsmasq runs in a namespace of its own (its TFTP port is "
-                               "69), on that namespace's loopback; it grants a blksize of at "
-                               "most 2263 there"),
+                               "69), on that namespace's loopback"),
     }
     return [catalogue[name] for name in names]
 
@@ -513,26 +535,38 @@ def bench(args: argparse.Namespace, work: Path) -> int:
             ws1 = dict.fromkeys(args.blksizes, args.ws1_client)
         table: dict[Row, dict[str, Cell]] = {}
         for bs, ws, client in rows(ws1, args.blksizes, args.windowsizes):
-            limited = client_limited(bs, ws)
-            table[bs, ws, client] = {
-                s.name: Cell(small.size if limited else big.size, mark="+" if limited else "",
-                             skip="no ws" if ws > 1 and not s.windowsize else "")
-                for s in servers}
+            cells: dict[str, Cell] = {}
+            for server in servers:
+                cell = cells[server.name] = Cell(big.size)
+                if ws > 1 and not server.windowsize:
+                    cell.skip = "no ws"
+                    continue
+                if not server.available:
+                    continue
+                # What the server grants decides whether atftp can keep up.
+                granted = probe_options(server, bs, ws, work / "probe.out")
+                cell.granted = granted
+                gbs, gws = granted.get("blksize", 512), granted.get("windowsize", 1)
+                if gbs != bs:
+                    cell.note = f"[b{gbs}]"
+                elif gws != ws:
+                    cell.note = f"[w{gws}]"
+                if client_limited(gbs, gws):
+                    cell.size, cell.mark = small.size, "+"
+            table[bs, ws, client] = cells
         for run in range(args.runs):
             order = live[run % len(live):] + live[:run % len(live)]  # no server always first
             for (bs, ws, client), cells in table.items():
-                limited = client_limited(bs, ws)
-                if limited and run >= args.limited_runs:
-                    continue
                 for server in order:
                     cell = cells[server.name]
-                    if cell.skip:
+                    limited = bool(cell.mark)
+                    if cell.skip or (limited and run >= args.limited_runs):
                         continue
                     got = fetch(client, server, small if limited else big, out, bs, ws,
                                 verify=run == 0, timeout=60.0 if limited else CLIENT_TIMEOUT)
                     cell.add(got)
                     print(f"# run {run + 1} {server.name:9} bs {bs:5} ws {ws:2} {client:7} "
-                          f"{_fmt(got, cell.size)}", file=sys.stderr)
+                          f"{_fmt(got, cell.size)} {cell.note}", file=sys.stderr)
         many_client = args.many_client or ws1.get(args.many_blksize, "atftp")
         for run in range(args.many_runs):
             for server in live[run % len(live):] + live[:run % len(live)]:
@@ -567,7 +601,7 @@ def print_table(args: argparse.Namespace, servers: list[Server],
                 calibration: list[str]) -> None:
     names = [s.name for s in servers]
     unavailable = {s.name: s.why for s in servers if not s.available}
-    width = 12
+    width = 13
     print(f"TFTP read throughput, MB/s (10^6 B/s), best of {args.runs} runs; "
           f"{big.size // MIB} MiB file on tmpfs, one client, loopback")
     head = f"{'blksize':>7} {'ws':>3} {'client':<8}" + "".join(f"{n:>{width}}" for n in names)
@@ -601,9 +635,11 @@ def print_table(args: argparse.Namespace, servers: list[Server],
         if server.note and server.available:
             print(f"note: {server.note}")
     print("no ws: the server has no windowsize (RFC 7440): compare with its ws 1 row.")
-    if any(client_limited(bs, ws) for bs, ws, _ in table):
+    print("[bN], [wN]: the server granted blksize N, windowsize N (not what was asked)")
+    if any(c.mark for cells in table.values() for c in cells.values()):
         print(f"+ : client-limited, {small.size // MIB} MiB file, best of "
-              f"{min(args.limited_runs, args.runs)}: a window of blksize x windowsize bytes "
+              f"{min(args.limited_runs, args.runs)}: a granted window of blksize x windowsize "
+              "bytes "
               f"overflows atftp's receive buffer (net.core.rmem_default = {rmem_default()}), "
               "so this measures recovery from the client's drops, not throughput.")
     print("* : some runs failed (best of the others shown)")
