@@ -61,13 +61,15 @@ class BootTimes:
     first_tftp: float | None
     kernel: float | None
     initrd: float | None = None  # the initrd's transfer alone, RRQ to last block
+    initrd_server: float | None = None  # its sum of ACK -> next DATA (the server's share)
 
     def text(self) -> str:
         def fmt(value: float | None) -> str:
             return "never" if value is None else f"{value:.1f} s"
 
         return (f"DHCP ACK {fmt(self.dhcp_ack)}, first TFTP byte {fmt(self.first_tftp)}, "
-                f"kernel {fmt(self.kernel)} (initrd transfer {fmt(self.initrd)})")
+                f"kernel {fmt(self.kernel)} (initrd transfer {fmt(self.initrd)}, "
+                f"server's share {fmt(self.initrd_server)})")
 
 
 def to_vm(event: Event, mac: str) -> bool:
@@ -149,9 +151,11 @@ class BootNet:
         ack = first(lambda e: e.get("proto") == "dhcp" and e.get("type") == "ACK"
                     and to_vm(e, vm.mac))
         data = first(lambda e: e.get("op") == "DATA1" and to_vm(e, vm.mac))
-        initrd = [float(e["seconds"]) for e in self.events(vm)
+        initrd = [e for e in self.events(vm)
                   if e.get("op") == "DONE" and e["file"].endswith("initrd.gz")]
-        return BootTimes(ack, data, kernel, initrd[-1] if initrd else None)
+        if not initrd:
+            return BootTimes(ack, data, kernel)
+        return BootTimes(ack, data, kernel, initrd[-1]["seconds"], initrd[-1]["server_s"])
 
     def requested(self, vm: Vm) -> list[str]:
         """TFTP file names the VM asked for, in order."""

@@ -52,6 +52,10 @@ class Transfer:
     bytes: int = 0
     last_block: int = -1
     done: bool = False
+    last_ack: float | None = None  # the client's last ACK, not yet answered
+    last_data: float | None = None  # the server's last DATA, not yet acknowledged
+    server_s: float = 0.0  # sum of ACK -> next DATA: the server's share
+    client_s: float = 0.0  # sum of DATA -> ACK: the client's (and the wire's)
 
 
 class PcapWriter:
@@ -197,6 +201,9 @@ class Sniffer:
             self.emit(t, {**event, "code": code, "message": cstring(payload[4:])})
         elif op == "DATA":
             self.data(t, event, tr, payload)
+        elif op == "ACK" and tr.last_data is not None:
+            tr.client_s += t - tr.last_data
+            tr.last_data, tr.last_ack = None, t
 
     def data(self, t: float, event: dict[str, Any], tr: Transfer, payload: bytes) -> None:
         block, size = int.from_bytes(payload[2:4], "big"), len(payload) - 4
@@ -205,11 +212,15 @@ class Sniffer:
             return  # a retransmission (lock-step or a resent window)
         if tr.last_block < 0:
             self.emit(t, {**event, "op": "DATA1", "size": size})
+        if tr.last_ack is not None:
+            tr.server_s += t - tr.last_ack
+        tr.last_ack, tr.last_data = None, t
         tr.last_block, tr.bytes = block, tr.bytes + size
         if size < tr.blksize:
             tr.done = True
             self.emit(t, {**event, "op": "DONE", "bytes": tr.bytes,
-                          "seconds": round(t - tr.start, 3)})
+                          "seconds": round(t - tr.start, 3), "server_s": round(tr.server_s, 3),
+                          "client_s": round(tr.client_s, 3)})
 
     def icmp(self, t: float, wall_ns: int, frame: bytes, offset: int) -> None:
         if len(frame) < offset + 8 + 28 or frame[offset] != 3:
