@@ -155,7 +155,7 @@ def shim_checks(net: BootNet, vm: Vm, files: BootFiles) -> None:
 def test_bios_pxelinux(net: BootNet, boot_files: BootFiles, report_times: Report) -> None:
     """SeaBIOS + iPXE ROM -> DHCP -> pxelinux.0 -> ldlinux.c32 -> menu -> kernel."""
     needs("bios")
-    start_pybootd(net, boot_files, {})  # [bootp] boot_file defaults to pxelinux.0
+    server = start_pybootd(net, boot_files, {})  # [bootp] boot_file defaults to pxelinux.0
     vm = net.vm("bios")
     kernel = booted(net, vm, net.boot([vm]))
     ack = replies(net, vm, "ACK")[-1]
@@ -163,6 +163,7 @@ def test_bios_pxelinux(net: BootNet, boot_files: BootFiles, report_times: Report
     assert ack["yiaddr"] in POOL, ack
     pxelinux_checks(net, vm, boot_files)
     report_times("bios", net.times(vm, kernel))
+    assert server.stop() == 0, f"SIGTERM: not a clean exit\n{server.log_tail()}"
 
 
 # --- 2. UEFI ------------------------------------------------------------------
@@ -205,7 +206,8 @@ def test_debian_mirror_http_root(net: BootNet, boot_files: BootFiles,
     mirror = HttpMirror(net.lab, net.ns, net.workdir, boot_files.mirror)
     net.add(mirror)
     mirror.start()
-    start_sample(net, boot_files, "debian-mirror.ini", mirror_url=f"{mirror.url}debian/")
+    server = start_sample(net, boot_files, "debian-mirror.ini",
+                          mirror_url=f"{mirror.url}debian/")
     vm = net.vm("bios")
     kernel = booted(net, vm, net.boot([vm]))
     pxelinux_checks(net, vm, boot_files)
@@ -213,6 +215,7 @@ def test_debian_mirror_http_root(net: BootNet, boot_files: BootFiles,
     assert {"pxelinux.0", "ldlinux.c32", KERNEL, INITRD} <= fetched, mirror.log_tail()
     assert PXE_DEFAULT not in fetched, "the local filter was bypassed"
     report_times("bios from HTTP mirror (cold cache)", net.times(vm, kernel))
+    assert server.stop() == 0, f"SIGTERM: not a clean exit\n{server.log_tail()}"
 
 
 # --- 4. proxyDHCP -------------------------------------------------------------
