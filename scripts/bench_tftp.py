@@ -47,7 +47,7 @@ that time is spent under, and what the thread pool's readers did.
 
 Usage (as root, from the repository)::
 
-    python3 scripts/bench_tftp.py                 # the table, about 6 to 9 minutes
+    python3 scripts/bench_tftp.py                 # the table, about 4 to 7 minutes
     python3 scripts/bench_tftp.py --runs 3        # quicker, noisier
     python3 scripts/bench_tftp.py --profile       # where pybootd's time goes, 3-4 minutes
     python3 scripts/bench_tftp.py --pybootd-cmd "/other/venv/bin/python -m pybootd"  # A/B
