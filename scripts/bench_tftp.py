@@ -2,8 +2,8 @@
 """TFTP throughput: pybootd beside tftpd-hpa, atftpd and dnsmasq (issue 2, "Benchmark").
 
 One run prints one table. The servers serve the same 100 MiB file from a
-tmpfs (``/dev/shm``, always in memory, so the page cache is warm by
-construction) to the same client, over loopback:
+folder on disk (``/var/tmp``, where TFTP roots live; the file is read once
+first, so the page cache is warm) to the same client, over loopback:
 
 * one client, blksize 512, 1468 and 65464, windowsize 1, 8 and 64.
   Windowsize > 1 uses atftp, the only client here with RFC 7440 windowsize.
@@ -985,8 +985,10 @@ def main() -> int:
     parser.add_argument("--pybootd-cmd", metavar="CMD",
                         help="run pybootd as CMD -t -c INI (default: this python -m pybootd), "
                              "e.g. another checkout's interpreter and module")
-    parser.add_argument("--workdir", default="/dev/shm" if os.path.isdir("/dev/shm") else None,
-                        help="where the files go (a tmpfs)")
+    parser.add_argument("--workdir", default="/var/tmp",
+                        help="where the files go (default /var/tmp: a disk file system; "
+                             "on tmpfs pybootd cannot read with RWF_NOWAIT and uses its "
+                             "thread pool for every chunk)")
     parser.add_argument("--profile", action="store_true",
                         help="profile pybootd under py-spy instead of the table")
     parser.add_argument("--profile-runs", type=int, default=2)

