@@ -139,20 +139,22 @@ def alternate(runs: int, first: Callable[[], BootTimes], second: Callable[[], Bo
 
 
 def fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:6.1f} s"
+    return "-" if value is None else f"{value:6.2f} s"
 
 
 def table(rows: list[Series]) -> str:
     rows = [s for s in rows if s.times]
     lines = [f"{'scenario / server':30} {'boots':>5} {'kernel':>9} {'DHCP ACK':>9} "
-             f"{'1st TFTP':>9} {'initrd':>9} {'server':>9}",
+             f"{'1st TFTP':>9} {'initrd':>9} {'server':>9} {'answers':>9}",
              "  (medians from VM start; initrd: its transfer alone; server: the server's "
-             "share of it, the sum of its ACK -> next DATA delays)"]
+             "share of it, the sum of its ACK -> next DATA delays;",
+             "   answers: the sum over the TFTP requests of the wait for a first answer)"]
     for s in rows:
         ok = len(s.times) - s.failures()
         lines.append(f"{s.label:30} {ok:>2}/{len(s.times):<2} {fmt(s.median('kernel')):>9} "
                      f"{fmt(s.median('dhcp_ack')):>9} {fmt(s.median('first_tftp')):>9} "
-                     f"{fmt(s.median('initrd')):>9} {fmt(s.median('initrd_server')):>9}")
+                     f"{fmt(s.median('initrd')):>9} {fmt(s.median('initrd_server')):>9} "
+                     f"{fmt(s.median('answers')):>9}")
     return "\n".join(lines)
 
 

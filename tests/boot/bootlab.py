@@ -62,6 +62,7 @@ class BootTimes:
     kernel: float | None
     initrd: float | None = None  # the initrd's transfer alone, RRQ to last block
     initrd_server: float | None = None  # its sum of ACK -> next DATA (the server's share)
+    answers: float | None = None  # sum over the TFTP requests of RRQ -> first answer
 
     def text(self) -> str:
         def fmt(value: float | None) -> str:
@@ -154,8 +155,20 @@ class BootNet:
         initrd = [e for e in self.events(vm)
                   if e.get("op") == "DONE" and e["file"].endswith("initrd.gz")]
         if not initrd:
-            return BootTimes(ack, data, kernel)
-        return BootTimes(ack, data, kernel, initrd[-1]["seconds"], initrd[-1]["server_s"])
+            return BootTimes(ack, data, kernel, answers=self.answer_waits(vm))
+        return BootTimes(ack, data, kernel, initrd[-1]["seconds"], initrd[-1]["server_s"],
+                         self.answer_waits(vm))
+
+    def answer_waits(self, vm: Vm) -> float:
+        """The time the VM waited for the first answer to each of its TFTP requests."""
+        pending: dict[str, float] = {}
+        total = 0.0
+        for e in self.events(vm):
+            if e.get("op") == "RRQ":
+                pending[e["src"]] = float(e["t"])
+            elif e.get("op") in ("OACK", "ERROR", "DATA1") and e["dst"] in pending:
+                total += float(e["t"]) - pending.pop(e["dst"])
+        return total
 
     def requested(self, vm: Vm) -> list[str]:
         """TFTP file names the VM asked for, in order."""
