@@ -603,7 +603,7 @@ def print_table(args: argparse.Namespace, servers: list[Server],
     unavailable = {s.name: s.why for s in servers if not s.available}
     width = 13
     print(f"TFTP read throughput, MB/s (10^6 B/s), best of {args.runs} runs; "
-          f"{big.size // MIB} MiB file on tmpfs, one client, loopback")
+          f"{big.size // MIB} MiB file in {args.workdir}, one client, loopback")
     head = f"{'blksize':>7} {'ws':>3} {'client':<8}" + "".join(f"{n:>{width}}" for n in names)
     print(head + f"{'pybootd/hpa':>{width}}")
     print("-" * (len(head) + width))

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from netlab import NetLab, netlab  # noqa: E402
+from netlab import NetLab, netlab
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from boot.servers import POOL_START
 from pybootd.ini import parse_ini
 
 SAMPLES = ("uefi-bios.ini", "debian-mirror.ini", "proxy.ini", "ipxe-chainload.ini")
-PUBLIC_MIRROR = "http://deb.debian.org/debian/"
+PUBLIC_MIRROR = "http://debian-mirror.example/debian/"
 SITE_KEYS = ("interface", "netmask", "gateway", "dns", "address")
 
 Config = dict[str, dict[str, str]]
