@@ -46,18 +46,28 @@ from boot.servers import Dnsmasq, DnsmasqOptions, HttpMirror, Pybootd
 from boot.vm import accelerator
 from netlab import netlab
 
+
+@dataclass
+class Boot:
+    times: BootTimes
+    cpu: float  # seconds of CPU the server used during the boot
+
+
 BIOS_TARGET = 1.05  # pybootd / dnsmasq, BIOS boot
 MIRROR_TARGET = 1.00  # pybootd from a warm HTTP cache / dnsmasq
 
 
 @dataclass
 class Series:
-    """The boots of one server in one scenario."""
+    """The boots of one server in one scenario, and the server's CPU time for each."""
 
     label: str
     times: list[BootTimes] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
 
     def median(self, attr: str) -> float | None:
+        if attr == "cpu":
+            return statistics.median(self.cpu) if self.cpu else None
         values = [getattr(t, attr) for t in self.times if getattr(t, attr) is not None]
         return statistics.median(values) if values else None
 
@@ -77,15 +87,18 @@ class Bench:
         self.count += 1
         return open_dir(self.base / "runs" / f"{self.count:02d}-{label}")
 
-    def boot_once(self, net: BootNet) -> BootTimes:
+    def boot_once(self, net: BootNet) -> Boot:
+        """One BIOS VM to its kernel; the CPU the server spent meanwhile."""
         vm = net.vm("bios")
+        server = net.servers[-1]
+        before = server.cpu_seconds() or 0.0
         kernel = net.boot([vm])[vm.spec.name]
         times = net.times(vm, kernel)
         if kernel is None:
             print(net.evidence(vm, packets=20), file=sys.stderr)
-        return times
+        return Boot(times, (server.cpu_seconds() or 0.0) - before)
 
-    def pybootd_boot(self) -> BootTimes:
+    def pybootd_boot(self) -> Boot:
         with netlab() as lab:
             net = BootNet(lab, self.workdir("pybootd"), self.accel)
             try:
@@ -95,7 +108,7 @@ class Bench:
             finally:
                 net.close()
 
-    def dnsmasq_boot(self) -> BootTimes:
+    def dnsmasq_boot(self) -> Boot:
         with netlab() as lab:
             net = BootNet(lab, self.workdir("dnsmasq"), self.accel)
             try:
@@ -106,7 +119,7 @@ class Bench:
                 net.close()
 
     @contextlib.contextmanager
-    def mirror_server(self) -> Iterator[Callable[[], BootTimes]]:
+    def mirror_server(self) -> Iterator[Callable[[], Boot]]:
         """pybootd over the local mirror, kept running: yields "boot once"."""
         with netlab() as lab:
             net = BootNet(lab, self.workdir("mirror"), self.accel)
@@ -127,15 +140,20 @@ def start(net: BootNet, server: Pybootd | Dnsmasq | HttpMirror) -> None:
     server.start()
 
 
-def alternate(runs: int, first: Callable[[], BootTimes], second: Callable[[], BootTimes],
+def record(series: Series, boot: Boot, what: str) -> None:
+    series.times.append(boot.times)
+    series.cpu.append(boot.cpu)
+    print(f"  {series.label:28} {what}: {boot.times.text()}, server CPU {boot.cpu:.2f} s",
+          flush=True)
+
+
+def alternate(runs: int, first: Callable[[], Boot], second: Callable[[], Boot],
               a: Series, b: Series) -> None:
     """a, b, b, a, a, b, ...: neither server always boots on a fresher machine."""
     for run in range(runs):
         order = [(first, a), (second, b)] if run % 2 == 0 else [(second, b), (first, a)]
         for boot, series in order:
-            times = boot()
-            series.times.append(times)
-            print(f"  {series.label:28} run {run + 1}: {times.text()}", flush=True)
+            record(series, boot(), f"run {run + 1}")
 
 
 def fmt(value: float | None) -> str:
@@ -145,16 +163,17 @@ def fmt(value: float | None) -> str:
 def table(rows: list[Series]) -> str:
     rows = [s for s in rows if s.times]
     lines = [f"{'scenario / server':30} {'boots':>5} {'kernel':>9} {'DHCP ACK':>9} "
-             f"{'1st TFTP':>9} {'initrd':>9} {'server':>9} {'answers':>9}",
+             f"{'1st TFTP':>9} {'initrd':>9} {'server':>9} {'answers':>9} {'CPU':>9}",
              "  (medians from VM start; initrd: its transfer alone; server: the server's "
              "share of it, the sum of its ACK -> next DATA delays;",
-             "   answers: the sum over the TFTP requests of the wait for a first answer)"]
+             "   answers: the sum over the TFTP requests of the wait for a first answer; "
+             "CPU: the server's, during the boot)"]
     for s in rows:
         ok = len(s.times) - s.failures()
         lines.append(f"{s.label:30} {ok:>2}/{len(s.times):<2} {fmt(s.median('kernel')):>9} "
                      f"{fmt(s.median('dhcp_ack')):>9} {fmt(s.median('first_tftp')):>9} "
                      f"{fmt(s.median('initrd')):>9} {fmt(s.median('initrd_server')):>9} "
-                     f"{fmt(s.median('answers')):>9}")
+                     f"{fmt(s.median('answers')):>9} {fmt(s.median('cpu')):>9}")
     return "\n".join(lines)
 
 
@@ -183,9 +202,7 @@ def run(args: argparse.Namespace, base: Path) -> dict[str, Series]:
     if args.only != "bios":
         print("HTTP mirror scenario", flush=True)
         with bench.mirror_server() as mirror_boot:
-            series["cold"].times.append(mirror_boot())
-            print(f"  {series['cold'].label:28} fills the cache: "
-                  f"{series['cold'].times[0].text()}", flush=True)
+            record(series["cold"], mirror_boot(), "fills the cache")
             alternate(args.runs, mirror_boot, bench.dnsmasq_boot, series["warm"],
                       series["dnsmasq2"])
     return series
@@ -222,7 +239,8 @@ def main() -> int:
     print()
     print(report(series))
     if args.json:
-        args.json.write_text(json.dumps({k: [asdict(t) for t in s.times]
+        args.json.write_text(json.dumps({k: [{**asdict(t), "cpu": c}
+                                             for t, c in zip(s.times, s.cpu, strict=True)]
                                          for k, s in series.items()}, indent=2))
     return 0 if all(s.failures() == 0 for s in series.values()) else 1
 

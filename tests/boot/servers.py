@@ -82,6 +82,17 @@ class Process:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time the server has used (``ip netns exec`` execs it)."""
+        if not self.alive():
+            return None
+        assert self.proc is not None
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def log(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")
