@@ -6,6 +6,7 @@ Addresses: 198.51.100.0/24 (RFC 5737) inside namespaces only.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,6 +155,24 @@ class DhcpLab:
         script.write_text(textwrap.dedent(CLIENT_SCRIPT.format(log=log)))
         script.chmod(0o755)
         return script, log
+
+
+@contextlib.contextmanager
+def lab_session(lab: NetLab, workdir: Path, *, start: bool = True,
+                log_tail: int = 20000) -> Iterator[DhcpLab]:
+    """A DhcpLab set up (and its server started when *start*); the server is
+    stopped and its log printed whatever the test did."""
+    d = DhcpLab(lab, workdir)
+    d.setup()
+    if start:
+        d.write_config()
+        d.start_server()
+    try:
+        yield d
+    finally:
+        if d.server is not None:
+            d.stop_server()
+        print(d.server_log()[-log_tail:])
 
 
 def events(log: Path) -> list[str]:

@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from dhcplab import DhcpLab, Prober
+from dhcplab import DhcpLab, Prober, lab_session
 from netlab import NetLab, ns_socket
 
 from pybootd.dhcp.options import DhcpOption, MessageType
@@ -80,14 +80,8 @@ class AclHttp:
 
 @pytest.fixture
 def dlab(lab: NetLab, tmp_path: Path) -> Iterator[DhcpLab]:
-    d = DhcpLab(lab, tmp_path / "dhcp")
-    d.setup()
-    try:
+    with lab_session(lab, tmp_path / "dhcp", start=False) as d:
         yield d
-    finally:
-        if d.server is not None:
-            d.stop_server()
-        print(d.server_log())
 
 
 @pytest.fixture

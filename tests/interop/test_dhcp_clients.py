@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dhcplab import POOL_START, DhcpLab, events, wait_event
+from dhcplab import POOL_START, DhcpLab, events, lab_session, wait_event
 from netlab import NetLab, require_tools, wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.interop]
@@ -24,16 +24,8 @@ pytestmark = [pytest.mark.netns, pytest.mark.interop]
 
 @pytest.fixture
 def dlab(lab: NetLab, tmp_path: Path) -> Iterator[DhcpLab]:
-    d = DhcpLab(lab, tmp_path / "dhcp")
-    d.setup()
-    d.write_config()
-    d.start_server()
-    try:
+    with lab_session(lab, tmp_path / "dhcp") as d:
         yield d
-    finally:
-        if d.server is not None:
-            d.stop_server()
-        print(d.server_log())
 
 
 def in_pool(ip: str) -> bool:

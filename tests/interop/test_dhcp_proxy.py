@@ -15,7 +15,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
-from dhcplab import DhcpLab, Prober
+from dhcplab import DhcpLab, Prober, lab_session
 from netlab import NetLab, require_tools
 
 from pybootd.dhcp.options import DhcpOption, MessageType
@@ -33,20 +33,14 @@ BROADCAST = 0x8000  # RFC 2131 flags: reply by broadcast
 @pytest.fixture
 def dlab(lab: NetLab, tmp_path: Path) -> Iterator[DhcpLab]:
     require_tools("dnsmasq")
-    d = DhcpLab(lab, tmp_path / "dhcp")
-    d.setup()
-    d.write_config(bootp={"mode": "proxy", "boot_file": "pxelinux.0"},
-                   bootfile={"efi-x64": "grubx64.efi"})
-    text = (d.workdir / "pybootd.ini").read_text().replace(
-        "pool_start = 198.51.100.100\n", "")
-    (d.workdir / "pybootd.ini").write_text(text)
-    d.start_server()
-    try:
+    with lab_session(lab, tmp_path / "dhcp", start=False) as d:
+        d.write_config(bootp={"mode": "proxy", "boot_file": "pxelinux.0"},
+                       bootfile={"efi-x64": "grubx64.efi"})
+        text = (d.workdir / "pybootd.ini").read_text().replace(
+            "pool_start = 198.51.100.100\n", "")
+        (d.workdir / "pybootd.ini").write_text(text)
+        d.start_server()
         yield d
-    finally:
-        if d.server is not None:
-            d.stop_server()
-        print(d.server_log())
 
 
 def test_proxy_offer_and_boot_service(dlab: DhcpLab) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dhcplab import DhcpLab, Prober
+from dhcplab import DhcpLab, Prober, lab_session
 from tests_vectors import vector_bytes
 
 from pybootd.dhcp.options import MessageType
@@ -18,16 +18,8 @@ pytestmark = [pytest.mark.netns, pytest.mark.interop]
 
 @pytest.fixture
 def dlab(lab: object, tmp_path: Path) -> Iterator[DhcpLab]:
-    d = DhcpLab(lab, tmp_path / "dhcp")  # type: ignore[arg-type]
-    d.setup()
-    d.write_config()
-    d.start_server()
-    try:
+    with lab_session(lab, tmp_path / "dhcp", log_tail=5000) as d:  # type: ignore[arg-type]
         yield d
-    finally:
-        if d.server is not None:
-            d.stop_server()
-        print(d.server_log()[-5000:])
 
 
 def test_garbage_flood_then_a_real_client_is_served(dlab: DhcpLab) -> None:
