@@ -27,6 +27,7 @@ from pybootd.tftp.packets import (
     Error,
     ErrorCode,
     Opcode,
+    Packet,
     encode_ack,
     encode_error,
     encode_oack,
@@ -109,6 +110,34 @@ class Transfer:
     def on_timer(self) -> None:
         raise NotImplementedError
 
+    # --- receiving: plain add_reader callback, a bounded batch per wake-up ----
+    def _readable(self) -> None:
+        sock, peer = self.sock, self.peer
+        for _ in range(RECV_BATCH):
+            try:
+                data, addr = sock.recvfrom(65536 + 4)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue
+            if addr[1] != peer[1] or addr[0] != peer[0]:
+                self.foreign(addr)
+                continue
+            if not self.datagram(data) or self.finished:
+                return
+
+    def datagram(self, data: bytes) -> bool:
+        """Handle one datagram from the peer; False: stop reading for now."""
+        raise NotImplementedError
+
+    def parse(self, data: bytes) -> Packet | None:
+        """A packet from the peer, or None (logged) if it is malformed."""
+        try:
+            return parse_packet_untrusted(data)
+        except BadPacket as exc:
+            log.debug("%s: ignored malformed packet: %s", self.label, exc)
+            return None
+
     # --- sending ------------------------------------------------------------
     def send(self, packet: bytes, to: tuple[str, int] | None = None) -> None:
         try:
@@ -178,36 +207,18 @@ class ReadTransfer(Transfer):
         self._fill()
         self._act(self.session.start(self.loop.time()))
 
-    def _readable(self) -> None:
-        sock, peer, session = self.sock, self.peer, self.session
-        for _ in range(RECV_BATCH):
-            try:
-                data, addr = sock.recvfrom(65536)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                continue
-            if addr[1] != peer[1] or addr[0] != peer[0]:
-                self.foreign(addr)
-            elif len(data) == 4 and data[1] == _ACK and data[0] == 0:
-                self._act(session.on_ack((data[2] << 8) | data[3], self.loop.time()))
-                if self.lockstep:
-                    # In lock-step the client sends nothing more before our
-                    # DATA: another recvfrom would only raise EAGAIN (the
-                    # reader is level-triggered, so a queued packet still
-                    # gets read on the next turn of the loop).
-                    return
-            else:
-                self._other(data)
-            if self.finished:
-                return
+    def datagram(self, data: bytes) -> bool:
+        if len(data) == 4 and data[1] == _ACK and data[0] == 0:
+            self._act(self.session.on_ack((data[2] << 8) | data[3], self.loop.time()))
+            # In lock-step the client sends nothing more before our DATA:
+            # another recvfrom would only raise EAGAIN (the reader is
+            # level-triggered, so a queued packet is read on the next turn).
+            return not self.lockstep
+        self._other(data)
+        return True
 
     def _other(self, data: bytes) -> None:
-        try:
-            packet = parse_packet_untrusted(data)
-        except BadPacket as exc:
-            log.debug("%s: ignored malformed packet: %s", self.label, exc)
-            return
+        packet = self.parse(data)
         if isinstance(packet, Ack):
             self._act(self.session.on_ack(packet.block, self.loop.time()))
         elif isinstance(packet, Error):
@@ -327,27 +338,12 @@ class WriteTransfer(Transfer):
         self.loop.add_reader(self.sock.fileno(), self._readable)
         self._act(self.session.start(self.loop.time()), b"")
 
-    def _readable(self) -> None:
-        for _ in range(RECV_BATCH):
-            try:
-                data, addr = self.sock.recvfrom(65536 + 4)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                continue
-            if addr[1] != self.peer[1] or addr[0] != self.peer[0]:
-                self.foreign(addr)
-                continue
-            self._packet(data)
-            if self.finished:
-                return
+    def datagram(self, data: bytes) -> bool:
+        self._packet(data)
+        return True
 
     def _packet(self, data: bytes) -> None:
-        try:
-            packet = parse_packet_untrusted(data)
-        except BadPacket as exc:
-            log.debug("%s: ignored malformed packet: %s", self.label, exc)
-            return
+        packet = self.parse(data)
         if isinstance(packet, Data):
             if len(packet.data) > self.session.blksize:
                 self.fail(Outcome.FAILED, "DATA larger than the block size",
