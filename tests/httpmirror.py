@@ -3,21 +3,34 @@
 from __future__ import annotations
 
 import email.utils
+import gzip
 import hashlib
 import http.server
+import os
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
 
 class Mirror:
-    """Serves a folder; logs GETs; answers conditional GETs with 304."""
+    """Serves a folder; logs GETs; answers conditional GETs with 304.
 
-    def __init__(self, folder: Path, host: str = "127.0.0.1", delay: float = 0.0) -> None:
+    With *gzip*, every body is sent gzip-encoded (``Content-Encoding: gzip``,
+    Content-Length of the encoded bytes), whatever the client accepts: a
+    misconfigured mirror.
+    """
+
+    def __init__(self, folder: Path, host: str = "127.0.0.1", delay: float = 0.0,
+                 gzip: bool = False, header_delay: float = 0.0) -> None:
         self.folder = folder
         self.delay = delay  # seconds to sleep between 64 KiB pieces
+        self.gzip = gzip
+        self.header_delay = header_delay  # seconds the header lines take to come
         self.gets: list[tuple[str, int]] = []  # (path, status)
+        self.broken: list[str] = []  # paths whose client closed the connection mid-body
+        self.accept_encodings: list[str | None] = []  # Accept-Encoding of each GET
         mirror = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -35,7 +48,10 @@ class Mirror:
         self.thread.start()
 
     def handle(self, request: http.server.BaseHTTPRequestHandler) -> None:
-        path = self.folder / request.path.lstrip("/").split("?")[0]
+        self.accept_encodings.append(request.headers.get("Accept-Encoding"))
+        # The request path is percent-encoded bytes (RFC 3986 section 2.1).
+        raw = urllib.parse.unquote_to_bytes(request.path.split("?")[0].lstrip("/"))
+        path = self.folder / os.fsdecode(raw)
         if not path.is_file():
             self.gets.append((request.path, 404))
             request.send_error(404)
@@ -48,11 +64,21 @@ class Mirror:
             request.end_headers()
             return
         self.gets.append((request.path, 200))
+        headers = {"Content-Length": str(len(data)), "ETag": etag,
+                   "Last-Modified": email.utils.formatdate(path.stat().st_mtime, usegmt=True)}
+        if self.gzip:
+            data = gzip.compress(data)
+            headers["Content-Encoding"] = "gzip"
+            headers["Content-Length"] = str(len(data))
         request.send_response(200)
-        request.send_header("Content-Length", str(len(data)))
-        request.send_header("ETag", etag)
-        request.send_header("Last-Modified", email.utils.formatdate(path.stat().st_mtime,
-                                                                    usegmt=True))
+        # With header_delay the header lines trickle in: each one within a
+        # client's read timeout, all of them late.
+        pause = self.header_delay / (len(headers) + 1)
+        for name, value in headers.items():
+            request.flush_headers()
+            time.sleep(pause)
+            request.send_header(name, value)
+        time.sleep(pause)
         request.end_headers()
         for i in range(0, len(data), 65536):
             if self.delay:
@@ -60,6 +86,7 @@ class Mirror:
             try:
                 request.wfile.write(data[i:i + 65536])
             except OSError:
+                self.broken.append(request.path)
                 return
 
     def downloads(self, path: str) -> int:

@@ -8,8 +8,9 @@ import logging
 import socket
 import struct
 from ipaddress import ip_address
+from pathlib import Path
 
-from pybootd.config import TftpConfig
+from pybootd.config import Config, TftpConfig
 from pybootd.errors import BadPacket, PybootdError, SourceError, TftpError
 from pybootd.server.runtime import Runtime
 from pybootd.server.tftp_transfer import ReadTransfer, Transfer, WriteTransfer
@@ -38,6 +39,25 @@ _IN_PKTINFO = struct.Struct("=i4s4s")  # ifindex, spec_dst, addr (linux/in.h)
 _IN6_PKTINFO = struct.Struct("=16sI")  # addr, ifindex (RFC 3542 section 6.1)
 SOCKET_BUFFER = 4 * 1024 * 1024
 MODES = ("octet", "netascii")
+SHUTDOWN_ABORT_WAIT = 2.0  # seconds an upload's abort waits for a write running in the pool
+
+
+def check_folders(config: Config) -> None:
+    """A local ``root``, and ``upload_dir`` when uploads are on, must be
+    existing folders, or every request would get ERROR 1. Blocks (the disk);
+    raises ConfigError naming the key."""
+    tftp = config.tftp
+    if tftp.root_url is None and tftp.root_path is not None:
+        _require_folder(config, "root", tftp.root_path)
+    if tftp.allow_write and tftp.upload_dir is not None:
+        _require_folder(config, "upload_dir", tftp.upload_dir)
+
+
+def _require_folder(config: Config, key: str, path: Path) -> None:
+    if path.is_dir():
+        return
+    what = "is not a folder" if path.exists() else "does not exist"
+    raise config.error("tftp", key, f"{path} {what} (expected an existing folder)")
 
 
 class TftpService:
@@ -71,6 +91,10 @@ class TftpService:
 
     # --- lifecycle ------------------------------------------------------------
     async def start(self) -> None:
+        """Raises PybootdError (a missing root or upload_dir, a port taken)."""
+        await self.runtime.blocking(DISK_TIMEOUT, check_folders, self.runtime.config)
+        if self.conf.allow_write and self.conf.upload_dir is not None:
+            await self._sweep_uploads(self.conf.upload_dir)
         if self.http is not None:
             await self.runtime.blocking(DISK_TIMEOUT, self.http.load)
         for family, host in self._bind_targets():
@@ -81,6 +105,13 @@ class TftpService:
         root = self.conf.root_url or self.conf.root_path
         log.info("TFTP serving %s on %s", root, where)
         self._schedule_stats()
+
+    async def _sweep_uploads(self, upload_dir: Path) -> None:
+        """Temporary files of uploads a previous run could not remove."""
+        removed = await self.runtime.blocking(DISK_TIMEOUT, local.sweep_stale_uploads,
+                                              upload_dir)
+        if removed:
+            log.info("removed %d stale temporary upload file(s) in %s", removed, upload_dir)
 
     def _bind_targets(self) -> list[tuple[int, str]]:
         if self.address:
@@ -110,7 +141,10 @@ class TftpService:
     def close(self) -> None:
         self.stop_accepting()
         for transfer in list(self.active.values()):
-            if transfer is not None:
+            if isinstance(transfer, WriteTransfer):
+                # Now, not in the pool: the daemon drops queued pool work as it exits.
+                transfer.abort_now(SHUTDOWN_ABORT_WAIT)
+            elif transfer is not None:
                 transfer.fail(Outcome.FAILED, "server shutting down", ErrorCode.NOT_DEFINED)
         if self._stats_timer is not None:
             self._stats_timer.cancel()
@@ -314,22 +348,22 @@ def _listener(family: int, host: str, port: int) -> socket.socket:
 
 
 def _local_address(ancdata: list[tuple[int, int, bytes]]) -> tuple[str, int] | None:
-    """The address a request came to, and the interface (IP_PKTINFO)."""
+    """The local address to answer from, and the interface (IP_PKTINFO)."""
     for level, kind, data in ancdata:
         if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= _IN_PKTINFO.size:
-            ifindex, spec_dst, dst = _IN_PKTINFO.unpack_from(data)
-            # A request to a broadcast address is answered from our own address.
-            chosen = dst if not _is_broadcast(dst) else spec_dst
-            return socket.inet_ntop(socket.AF_INET, chosen), ifindex
+            # ipi_spec_dst, not ipi_addr: Linux sets it to the destination of
+            # a unicast to us and, for a broadcast or multicast (whatever the
+            # netmask), to the receiving interface's preferred address (ip(7)).
+            # It is 0.0.0.0 only without a route (then: the fallback below).
+            ifindex, spec_dst, _dst = _IN_PKTINFO.unpack_from(data)
+            if spec_dst == bytes(4):
+                return None
+            return socket.inet_ntop(socket.AF_INET, spec_dst), ifindex
         if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO \
                 and len(data) >= _IN6_PKTINFO.size:
             dst, ifindex = _IN6_PKTINFO.unpack_from(data)
             return socket.inet_ntop(socket.AF_INET6, dst), ifindex
     return None
-
-
-def _is_broadcast(addr: bytes) -> bool:
-    return addr == b"\xff\xff\xff\xff" or addr[3] == 255 or addr[0] >= 224
 
 
 def _transfer_socket(family: int, local: tuple[str, int] | str,

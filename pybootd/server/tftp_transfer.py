@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from pybootd.errors import BadPacket, PybootdError, SourceError, TftpError
 from pybootd.sources.api import TransferStats
-from pybootd.sources.chunks import ChunkSource
+from pybootd.sources.chunks import DISK_TIMEOUT, ChunkSource
 from pybootd.tftp.blocks import BlockStore
 from pybootd.tftp.netascii import NetasciiDecoder
 from pybootd.tftp.packets import (
@@ -343,6 +343,8 @@ class WriteTransfer(Transfer):
         return True
 
     def _packet(self, data: bytes) -> None:
+        if self.session.committing:
+            return  # every byte is in: nothing the client sends changes that now
         packet = self.parse(data)
         if isinstance(packet, Data):
             if len(packet.data) > self.session.blksize:
@@ -376,28 +378,36 @@ class WriteTransfer(Transfer):
             payload = self.decoder.feed(payload) + (self.decoder.flush() if action.last else b"")
         self._queue.append(payload)
         if action.last:
-            self._flush(commit_ack=action.block)
+            self._flush(commit=True)
             return
         if sum(map(len, self._queue)) >= FLUSH_BYTES:
             self._flush()
         if action.ack is not None:
             self.send(encode_ack(action.ack))
 
-    def _flush(self, commit_ack: int | None = None) -> None:
+    def _flush(self, commit: bool = False) -> None:
+        """Queue a write (and the commit) after the ones before it: one file,
+        written in order, by one pool thread at a time."""
         previous = self._flushing
-        self._flushing = self.loop.create_task(self._write(previous, commit_ack))
+        self._flushing = self.loop.create_task(self._write(previous, commit))
 
-    async def _write(self, previous: asyncio.Task[None] | None, commit_ack: int | None) -> None:
+    async def _write(self, previous: asyncio.Task[None] | None, commit: bool) -> None:
         if previous is not None:
-            await previous
+            await asyncio.wait([previous])
+        if self.finished:
+            return  # ended meanwhile: the abort comes after this task
         chunk, self._queue = b"".join(self._queue), []
         try:
             if chunk:
-                await self.runtime.blocking(30.0, self.upload.write, chunk)
-            if commit_ack is not None and not self.finished:
-                await self.runtime.blocking(30.0, self.upload.commit)
-                # ACK only once the file is in place: the client then knows it is stored.
-                self.send(encode_ack(commit_ack))
+                await self.runtime.blocking(DISK_TIMEOUT, self.upload.write, chunk)
+            if commit and not self.finished:
+                await self.runtime.blocking(DISK_TIMEOUT, self.upload.commit)
+                if self.finished:  # the server stopped meanwhile
+                    log.info("%s: %s was stored, but the transfer had ended", self.label,
+                             self.served)
+                    return
+                # Only now may the last block be ACKed (RFC 1350 section 6).
+                self._act(self.session.committed(self.loop.time()), b"")
         except TftpError as exc:
             self.fail(Outcome.FAILED, exc.message, exc.code)
         except (SourceError, OSError) as exc:
@@ -409,9 +419,27 @@ class WriteTransfer(Transfer):
     def finish(self, outcome: Outcome, detail: str = "") -> None:
         if self.finished:
             return
-        if not outcome.succeeded:
-            self.runtime.executor.submit(self.upload.abort)
         super().finish(outcome, detail)
+        if not outcome.succeeded:
+            _background(self.loop.create_task(self._abort(self._flushing)))
+
+    async def _abort(self, flushing: asyncio.Task[None] | None) -> None:
+        """Remove the temporary file once the queued writes have stopped."""
+        if flushing is not None:
+            await asyncio.wait([flushing])
+        try:
+            await self.runtime.blocking(DISK_TIMEOUT, self.upload.abort)
+        except (SourceError, OSError) as exc:
+            log.warning("%s: removing %s failed: %s", self.label, self.upload.temp, exc)
+
+    def abort_now(self, wait: float) -> None:
+        """At shutdown: fail, and remove the temporary file right away (the
+        pool may never run the queued abort)."""
+        self.fail(Outcome.FAILED, "server shutting down", ErrorCode.NOT_DEFINED)
+        try:
+            self.upload.abort(wait)
+        except OSError as exc:
+            log.warning("%s: removing %s failed: %s", self.label, self.upload.temp, exc)
 
     def release(self) -> None:
         pass
@@ -421,6 +449,15 @@ class WriteTransfer(Transfer):
 
     def retransmits(self) -> int:
         return self.session.retransmits
+
+
+_tasks: set[asyncio.Task[None]] = set()
+
+
+def _background(task: asyncio.Task[None]) -> None:
+    """Keep a reference to a task nobody awaits (asyncio holds it weakly)."""
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
 
 
 def _label(peer: tuple[str, int]) -> str:

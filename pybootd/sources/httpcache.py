@@ -8,8 +8,13 @@
   download).
 * The cache is bounded by ``cache_size``: least recently used files that no
   transfer reads are removed first. ``cache_size = 0`` keeps nothing.
+* The file is asked for as it is stored (``Accept-Encoding: identity``); a
+  mirror that encodes it anyway is decoded, and its Content-Length, which
+  counts encoded bytes (RFC 9110 section 8.6), is not taken as the size.
 
-Blocking work (requests, the disk) runs in threads, never on the loop.
+Blocking work runs in threads, never on the loop: the requests in one small
+pool, the downloads in another (a long download never delays a request),
+the disk in the runtime's pool.
 """
 
 from __future__ import annotations
@@ -23,22 +28,25 @@ import logging
 import os
 import time
 import urllib.parse
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import requests
+from urllib3.response import HTTPResponse
 
 from pybootd.errors import SourceError, TftpError
 from pybootd.server.runtime import Runtime
 from pybootd.sources.chunks import DISK_TIMEOUT
+from pybootd.sources.local import write_all
 from pybootd.tftp.packets import ErrorCode
 
 log = logging.getLogger("pybootd.http")
 
 FRESH_SECONDS = 10.0
 DOWNLOAD_CHUNK = 64 * 1024
-MAX_DOWNLOADS = 8
+MAX_REQUESTS = 8  # threads waiting for a mirror's answer (headers)
+MAX_DOWNLOADS = 32  # files downloading at once, one thread each
 _versions = itertools.count()
 
 
@@ -122,7 +130,9 @@ class HttpCache:
         self.timeout = timeout
         self.entries: dict[str, Entry] = {}
         self._opening: dict[str, asyncio.Future[Entry]] = {}
-        self._threads = ThreadPoolExecutor(MAX_DOWNLOADS, thread_name_prefix="pybootd-http")
+        self._requests = ThreadPoolExecutor(MAX_REQUESTS, thread_name_prefix="pybootd-http")
+        self._downloads = ThreadPoolExecutor(MAX_DOWNLOADS, thread_name_prefix="pybootd-dl")
+        self._running = 0  # downloads submitted and not yet done
         self.downloads = 0  # complete upstream downloads (for tests and stats)
 
     # --- start and stop ---------------------------------------------------
@@ -146,13 +156,18 @@ class HttpCache:
             self._remove_files(stray)
 
     def close(self) -> None:
-        self._threads.shutdown(wait=False, cancel_futures=True)
+        self._requests.shutdown(wait=False, cancel_futures=True)
+        self._downloads.shutdown(wait=False, cancel_futures=True)
         for entry in self.entries.values():
             self._close_fd(entry)
 
     # --- opening ------------------------------------------------------------
     def url_for(self, relative: str) -> str:
-        return self.base_url + urllib.parse.quote(relative, safe="/~-._")
+        # The name's bytes, as the client sent them (the packet parser keeps
+        # bytes that are not UTF-8 as surrogates), percent-encoded (RFC 3986
+        # section 2.1).
+        raw = relative.encode("utf-8", "surrogateescape")
+        return self.base_url + urllib.parse.quote(raw, safe="/~-._")
 
     async def open(self, relative: str) -> CachedSource:
         """Start (or join) the download of *relative*. Raises TftpError."""
@@ -187,22 +202,31 @@ class HttpCache:
                 headers["If-None-Match"] = stale.etag
             if stale.last_modified:
                 headers["If-Modified-Since"] = stale.last_modified
-        future = self.runtime.loop.run_in_executor(self._threads, self._get, url, headers)
+        request = self._requests.submit(self._get, url, headers)
         try:
-            response = await asyncio.wait_for(future, self.timeout + 1)
-        except TimeoutError:
-            raise TftpError(ErrorCode.NOT_DEFINED, f"mirror did not answer in "
-                            f"{self.timeout:g}s: {url}") from None
+            response = await asyncio.wait_for(asyncio.wrap_future(request), self.timeout + 1)
+        except BaseException as exc:
+            # An answer that comes after we gave up must not keep its connection.
+            request.add_done_callback(_close_late_answer)
+            if isinstance(exc, TimeoutError):
+                raise TftpError(ErrorCode.NOT_DEFINED, f"mirror did not answer in "
+                                f"{self.timeout:g}s: {url}") from None
+            raise
         if response.status_code == 304 and stale is not None:
             response.close()
             await self._reopen(stale)
             stale.validated_at = time.monotonic()
             log.debug("%s: not modified", url)
             return stale
-        return self._start_download(url, response, stale)
+        try:
+            return await self._start_download(url, response, stale)
+        except BaseException:
+            response.close()
+            raise
 
     def _get(self, url: str, headers: dict[str, str]) -> requests.Response:
         try:
+            headers = {**headers, "Accept-Encoding": "identity"}
             return requests.get(url, headers=headers, stream=True,
                                 timeout=(self.timeout, self.timeout))
         except requests.RequestException as exc:
@@ -214,30 +238,29 @@ class HttpCache:
             entry.fd = await self.runtime.blocking(
                 DISK_TIMEOUT, os.open, str(entry.data_path), os.O_RDONLY | os.O_CLOEXEC)
 
-    def _start_download(self, url: str, response: requests.Response, stale: Entry | None) -> Entry:
-        status = response.status_code
-        if status != 200:
-            response.close()
-            if status in (404, 410):
-                raise TftpError(ErrorCode.FILE_NOT_FOUND, f"file not found on the mirror: {url}")
-            if status in (401, 403):
-                raise TftpError(ErrorCode.ACCESS_VIOLATION, f"mirror refused access ({status})")
-            raise TftpError(ErrorCode.NOT_DEFINED, f"mirror answered HTTP {status} for {url}")
-        length = response.headers.get("Content-Length")
+    async def _start_download(self, url: str, response: requests.Response,
+                              stale: Entry | None) -> Entry:
+        """Create the cache file and start the download thread. The caller
+        closes *response* if this raises."""
+        _check_status(url, response.status_code)
+        if self._running >= MAX_DOWNLOADS:
+            raise TftpError(ErrorCode.NOT_DEFINED,
+                            f"{MAX_DOWNLOADS} downloads from the mirror already running")
         digest = hashlib.sha256(url.encode()).hexdigest()[:32]
         path = self.cache_dir / f"{digest}-{os.getpid()}-{next(_versions)}"
-        entry = Entry(url, path, int(length) if length and length.isdigit() else None)
+        entry = Entry(url, path, _file_size(url, response))
         entry.etag = response.headers.get("ETag")
         entry.last_modified = response.headers.get("Last-Modified")
         entry.validated_at = time.monotonic()
         temp = path.with_suffix(".part")
-        write_fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        entry.fd = os.open(temp, os.O_RDONLY | os.O_CLOEXEC)
+        write_fd, entry.fd = await self.runtime.blocking(DISK_TIMEOUT, _create_part, temp)
         if stale is not None:
             self._retire(stale)
         self.entries[url] = entry
-        self._threads.submit(self._download, entry, response, write_fd, temp)
-        log.info("%s: downloading (%s bytes)", url, length or "unknown")
+        self._running += 1
+        self._downloads.submit(self._download, entry, response, write_fd, temp)
+        log.info("%s: downloading (%s bytes)", url,
+                 "unknown" if entry.size is None else entry.size)
         return entry
 
     # --- the download thread -------------------------------------------------
@@ -245,8 +268,8 @@ class HttpCache:
         loop = self.runtime.loop
         try:
             with response:
-                for chunk in response.iter_content(DOWNLOAD_CHUNK):
-                    os.write(fd, chunk)
+                for chunk in response.iter_content(DOWNLOAD_CHUNK):  # decoded
+                    write_all(fd, chunk)
                     entry.available += len(chunk)
                     loop.call_soon_threadsafe(entry.notify)
             if entry.size is not None and entry.available != entry.size:
@@ -265,6 +288,7 @@ class HttpCache:
                 loop.call_soon_threadsafe(self._download_done, entry)
 
     def _download_done(self, entry: Entry) -> None:
+        self._running -= 1
         entry.notify()
         if entry.error is not None:
             log.warning("%s: download failed: %s", entry.url, entry.error)
@@ -311,7 +335,11 @@ class HttpCache:
     def _drop(self, entry: Entry) -> None:
         self._close_fd(entry)
         if entry.complete or entry.error is not None:
-            self._remove_files(entry.data_path, entry.data_path.with_suffix(".json"))
+            paths = (entry.data_path, entry.data_path.with_suffix(".json"))
+            try:
+                self.runtime.executor.submit(self._remove_files, *paths)
+            except RuntimeError:  # the pool is shut down: we are exiting
+                self._remove_files(*paths)
 
     @staticmethod
     def _close_fd(entry: Entry) -> None:
@@ -325,6 +353,53 @@ class HttpCache:
         for path in paths:
             with contextlib.suppress(OSError):
                 path.unlink()
+
+
+def _check_status(url: str, status: int) -> None:
+    if status == 200:
+        return
+    if status in (404, 410):
+        raise TftpError(ErrorCode.FILE_NOT_FOUND, f"file not found on the mirror: {url}")
+    if status in (401, 403):
+        raise TftpError(ErrorCode.ACCESS_VIOLATION, f"mirror refused access ({status})")
+    raise TftpError(ErrorCode.NOT_DEFINED, f"mirror answered HTTP {status} for {url}")
+
+
+def _file_size(url: str, response: requests.Response) -> int | None:
+    """The size of the file, if the mirror said it. With a Content-Encoding
+    (sent although we asked for identity) Content-Length counts the encoded
+    bytes, not the decoded ones we serve: unknown then (RFC 9110 section 8.6)."""
+    header = response.headers.get("Content-Encoding", "")
+    codings = [c.strip().lower() for c in header.split(",") if c.strip()]
+    if codings and codings != ["identity"]:
+        if not all(c in HTTPResponse.CONTENT_DECODERS for c in codings):
+            raise TftpError(ErrorCode.NOT_DEFINED,
+                            f"mirror sent Content-Encoding {header!r}, which cannot be "
+                            f"decoded: {url}")
+        return None
+    length = response.headers.get("Content-Length", "")
+    return int(length) if length.isdigit() else None
+
+
+def _create_part(temp: Path) -> tuple[int, int]:
+    """The download's file, open for writing and for reading (blocks)."""
+    try:
+        write_fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise TftpError(ErrorCode.NOT_DEFINED, f"cannot create {temp}: {exc.strerror}") \
+            from None
+    try:
+        return write_fd, os.open(temp, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        os.close(write_fd)
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise TftpError(ErrorCode.NOT_DEFINED, f"cannot open {temp}: {exc.strerror}") from None
+
+
+def _close_late_answer(request: Future[requests.Response]) -> None:
+    if not request.cancelled() and request.exception() is None:
+        request.result().close()
 
 
 def _reason(exc: BaseException) -> str:

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
+import re
 import stat
+import threading
 from pathlib import Path
 
 from pybootd.errors import TftpError
 from pybootd.sources.api import FileResponse
 from pybootd.tftp.packets import ErrorCode
+
+log = logging.getLogger("pybootd.tftp")
 
 _FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK  # NONBLOCK: a FIFO must not hang us
 
@@ -81,11 +86,26 @@ def read_small_text(path: str, limit: int = 4096) -> str:
         os.close(fd)
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is written (it may write fewer, write(2))."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+# Upload's temporary files: ".NAME.pybootd-PID-ID.part".
+_TEMP_NAME = re.compile(r"\..+\.pybootd-(\d+)-[0-9a-f]+\.part", re.DOTALL)
+SWEEP_MAX_ENTRIES = 100_000  # a bounded walk, whatever upload_dir holds
+SWEEP_MAX_DEPTH = 16
+
+
 class Upload:
     """A WRQ's file: a temporary file renamed into place at the end.
 
     An interrupted upload leaves nothing behind; an existing file is never
-    replaced unless *overwrite*.
+    replaced unless *overwrite*. The methods may run in different pool
+    threads: a lock keeps :meth:`abort` from closing the file under a
+    write or a commit still running.
     """
 
     def __init__(self, upload_dir: Path, relative: str, overwrite: bool) -> None:
@@ -105,33 +125,118 @@ class Upload:
             raise TftpError(ErrorCode.ACCESS_VIOLATION, f"cannot create upload: {exc.strerror}") \
                 from None
         self.size = 0
+        self.done = False  # committed or aborted: the temporary file is gone
+        self._lock = threading.Lock()
 
     def write(self, data: bytes) -> None:
-        try:
-            os.write(self.fd, data)
-        except OSError as exc:
-            code = ErrorCode.DISK_FULL if exc.errno in (errno.ENOSPC, errno.EDQUOT) else 0
-            raise TftpError(code, f"write failed: {exc.strerror}") from None
-        self.size += len(data)
+        with self._lock:
+            if self.done:
+                raise TftpError(ErrorCode.NOT_DEFINED, "upload already ended")
+            try:
+                write_all(self.fd, data)
+            except OSError as exc:
+                code = ErrorCode.DISK_FULL if exc.errno in (errno.ENOSPC, errno.EDQUOT) else 0
+                raise TftpError(code, f"write failed: {exc.strerror}") from None
+            self.size += len(data)
 
     def commit(self) -> None:
-        """Put the file in place (atomically)."""
+        """Put the file in place (atomically). Raises TftpError."""
+        with self._lock:
+            if self.done:
+                raise TftpError(ErrorCode.NOT_DEFINED, "upload already ended")
+            try:
+                self._commit()
+            except OSError as exc:
+                self._abort()
+                code = ErrorCode.DISK_FULL if exc.errno in (errno.ENOSPC, errno.EDQUOT) else 0
+                raise TftpError(code, f"cannot store the file: {exc.strerror}") from None
+
+    def _commit(self) -> None:
         os.fsync(self.fd)
-        os.close(self.fd)
-        self.fd = -1
+        fd, self.fd = self.fd, -1
+        os.close(fd)
         if self.overwrite:
             os.replace(self.temp, self.target)
-            return
-        try:
-            os.link(self.temp, self.target)  # fails if the name appeared meanwhile
-        except FileExistsError:
-            self.abort()
-            raise TftpError(ErrorCode.FILE_EXISTS, "file already exists") from None
-        os.unlink(self.temp)
-
-    def abort(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-        with contextlib.suppress(FileNotFoundError):
+        else:
+            try:
+                os.link(self.temp, self.target)  # fails if the name appeared meanwhile
+            except FileExistsError:
+                self._abort()
+                raise TftpError(ErrorCode.FILE_EXISTS, "file already exists") from None
             os.unlink(self.temp)
+        self.done = True
+
+    def abort(self, wait: float = -1) -> None:
+        """Close and remove the temporary file; nothing once committed.
+
+        With *wait* >= 0 (at shutdown), wait at most that long for a write
+        running in another thread, then remove the file anyway (the fd is
+        left to that thread: closing it under a write is worse)."""
+        if self._lock.acquire(timeout=wait):
+            try:
+                self._abort()
+            finally:
+                self._lock.release()
+        elif not self.done:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.temp)
+
+    def _abort(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+        if not self.done:
+            self.done = True
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.temp)
+
+
+def sweep_stale_uploads(upload_dir: Path) -> int:
+    """Remove temporary upload files a previous run left (a crash, or a
+    shutdown that could not wait); returns how many. Only regular files
+    named like :class:`Upload`'s, of a process no longer running (or of
+    this one: it has not started any upload yet); symlinks are not
+    followed; the walk is bounded."""
+    removed = seen = 0
+    for top, dirs, files, dir_fd in os.fwalk(upload_dir, follow_symlinks=False):
+        seen += len(dirs) + len(files)
+        if seen > SWEEP_MAX_ENTRIES:
+            log.warning("%s: more than %d entries, stale uploads not all checked",
+                        upload_dir, SWEEP_MAX_ENTRIES)
+            break
+        if os.path.relpath(top, upload_dir).count(os.sep) + 1 >= SWEEP_MAX_DEPTH:
+            dirs.clear()
+        for name in files:
+            if not _is_stale_temp(name, dir_fd):
+                continue
+            try:
+                os.unlink(name, dir_fd=dir_fd)
+                removed += 1
+            except OSError as exc:
+                log.warning("cannot remove stale upload %s: %s", os.path.join(top, name),
+                            exc.strerror)
+    return removed
+
+
+def _is_stale_temp(name: str, dir_fd: int) -> bool:
+    match = _TEMP_NAME.fullmatch(name)
+    if match is None:
+        return False
+    try:
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return False
+    return stat.S_ISREG(info.st_mode) and not _other_process_alive(int(match[1]))
+
+
+def _other_process_alive(pid: int) -> bool:
+    """Another pybootd sharing upload_dir may still be writing its file."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether it exists (kill(2))
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        return True  # it exists, as another user
+    return True

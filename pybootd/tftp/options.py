@@ -41,9 +41,14 @@ class Negotiated:
     oack: tuple[tuple[str, str], ...] = ()
 
 
+_MAX_DIGITS = 20  # a 64-bit tsize; blksize, timeout, windowsize need far fewer
+
+
 def _number(name: str, value: str) -> int:
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses,
+    # and a value of thousands of digits is refused by int() too.
     text = value.strip()
-    if not text.isdigit():
+    if not 0 < len(text) <= _MAX_DIGITS or text.strip("0123456789"):
         raise TftpError(ErrorCode.OPTION_REFUSED, f"option {name}={value!r} is not a number")
     return int(text)
 

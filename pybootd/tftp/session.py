@@ -61,7 +61,10 @@ class SendAck:
 
 @dataclass(frozen=True)
 class Store:
-    """Write the DATA payload just received; then send ACK *ack* if set."""
+    """Write the DATA payload just received; then send ACK *ack* if set.
+
+    With *last*, the I/O layer puts the file in place and then calls
+    :meth:`WriteSession.committed`, which gives the final ACK."""
 
     block: int
     ack: int | None
@@ -202,7 +205,14 @@ class ReadSession:
 
 
 class WriteSession:
-    """The server side of a WRQ: reads DATA, sends ACKs."""
+    """The server side of a WRQ: reads DATA, sends ACKs.
+
+    After the final (short) DATA block the session is *committing*: the I/O
+    layer stores the file while nothing is sent, not even to a repeated
+    DATA, since an ACK of the last block tells the client the file is stored
+    (RFC 1350 section 6). :meth:`committed` then sends that ACK and the
+    session dallies one timeout to answer a repeated final DATA.
+    """
 
     def __init__(self, negotiated: Negotiated, retries: int) -> None:
         self.blksize = negotiated.blksize
@@ -210,8 +220,8 @@ class WriteSession:
         self.oack = negotiated.oack
         self.retry = _Retry(negotiated.timeout, retries)
         self.received = 0  # highest block received in order
-        self.last_ack = 0
-        self.complete = False  # the short block arrived; dallying for duplicates
+        self.committing = False  # the short block arrived; the file is being stored
+        self.complete = False  # the file is stored; dallying for duplicates
         self.deadline: float | None = None
         self.finished: Outcome | None = None
         self._gap_acked = -1
@@ -227,7 +237,7 @@ class WriteSession:
         return SendAck(0)
 
     def on_data(self, block: int, size: int, now: float) -> Action:
-        if self.finished is not None:
+        if self.finished is not None or self.committing:
             return WAIT
         if block == self.received & MAX_BLOCK and self.received > 0:
             # Our ACK was lost and the sender repeated itself: ACK again.
@@ -236,27 +246,37 @@ class WriteSession:
             return self._gap(now)
         self.received += 1
         self.retry.reset()
+        if size < self.blksize:
+            # No timer while the file is stored: the I/O layer bounds that
+            # work and calls committed() or ends the transfer.
+            self.committing = True
+            self.deadline = None
+            return Store(self.received, None, True)
         self.deadline = now + self.retry.timeout
-        last = size < self.blksize
-        if last:
-            # Dally one timeout to re-ACK a lost final ACK (RFC 1350 section 6).
-            self.complete = True
-        ack_now = last or self.received % self.windowsize == 0
-        if ack_now:
-            self.last_ack = self.received
-        return Store(self.received, self.received if ack_now else None, last)
+        ack_now = self.received % self.windowsize == 0
+        return Store(self.received, self.received if ack_now else None, False)
+
+    def committed(self, now: float) -> Action:
+        """The file is in place: ACK the last block, then dally one timeout
+        to re-ACK a repeated final DATA (RFC 1350 section 6)."""
+        if self.finished is not None or not self.committing:
+            return WAIT
+        self.committing = False
+        self.complete = True
+        self.deadline = now + self.retry.timeout
+        return SendAck(self.received)
 
     def _gap(self, now: float) -> Action:
         """An out-of-order block: ACK what we have, once per gap (RFC 7440 section 4)."""
         if self.complete or self._gap_acked == self.received:
             return WAIT
         self._gap_acked = self.received
-        self.last_ack = self.received
         self.deadline = now + self.retry.timeout
         return SendAck(self.received, retransmit=True)
 
     def on_error(self, code: int, message: str) -> Action:
-        if self.finished is not None:
+        if self.finished is not None or self.committing:
+            # Every byte arrived: the commit, not the client, decides now.
             return WAIT
         if self.complete:
             return self._finish(Outcome.COMPLETE)

@@ -1,5 +1,5 @@
 """HTTP root on loopback against a real http.server: shared download,
-404, a dead mirror, revalidation."""
+404, a dead mirror, revalidation, encodings, odd names, many downloads."""
 
 from __future__ import annotations
 
@@ -131,15 +131,107 @@ def test_cache_survives_restart(mirror: Mirror, tmp_path: Path) -> None:
 
 def test_zero_cache_size_keeps_nothing(mirror: Mirror, tmp_path: Path) -> None:
     srv = http_server(mirror, tmp_path, "cache_size = 0\n")
+
+    def cache_empty() -> bool:
+        return not list((tmp_path / "cache").iterdir())
+
     try:
         with Client("127.0.0.1", srv.port) as client:
             client.get("small")
+            # The client has the file before the server has read its last ACK;
+            # until then the entry is still in use and a second request would
+            # rightly share it, so wait for the server to let it go.
+            wait_for(cache_empty, 5, what="the cache to empty")
             client.get("small")
+            wait_for(cache_empty, 5, what="the cache to empty")
         assert mirror.downloads("/netboot/small") == 2
-
-        def cache_empty() -> bool:
-            return not list((tmp_path / "cache").iterdir())
-
-        wait_for(cache_empty, 5, what="the cache to empty")  # the last ACK is processed async
     finally:
         srv.stop()
+
+
+def test_gzip_encoding_mirror_serves_the_decoded_file(tmp_path: Path) -> None:
+    folder = tmp_path / "mirror"
+    text = b"".join(b"line %d of a kernel command line\n" % i for i in range(40000))
+    (folder / "netboot").mkdir(parents=True)
+    (folder / "netboot" / "text").write_bytes(text)
+    mirror = Mirror(folder, gzip=True)
+    srv = http_server(mirror, tmp_path)
+    try:
+        with Client("127.0.0.1", srv.port) as client:
+            first = client.get("text", options=(("tsize", "0"), ("blksize", "1468")))
+            again = client.get("text")  # from the cache
+        assert first.data == text and again.data == text
+        # Content-Length counted the gzip bytes: no tsize rather than a wrong one.
+        assert first.oack == {"blksize": "1468"}
+        assert mirror.accept_encodings == ["identity"]
+        assert mirror.downloads("/netboot/text") == 1
+    finally:
+        srv.stop()
+        mirror.stop()
+
+
+def test_name_that_is_not_utf8_is_fetched(mirror: Mirror, tmp_path: Path) -> None:
+    name = os.fsdecode(b"caf\xff.bin")  # as the packet parser keeps it
+    (mirror.folder / "netboot" / name).write_bytes(b"latin-1 name")
+    srv = http_server(mirror, tmp_path)
+    try:
+        with Client("127.0.0.1", srv.port) as client:
+            assert client.get(name).data == b"latin-1 name"
+            with pytest.raises(TftpFailure) as info:
+                client.get(os.fsdecode(b"missing-\xfe"))
+            assert info.value.code == ErrorCode.FILE_NOT_FOUND
+        assert [path for path, _ in mirror.gets] == ["/netboot/caf%FF.bin",
+                                                     "/netboot/missing-%FE"]
+    finally:
+        srv.stop()
+
+
+def test_many_slow_distinct_downloads_at_once_all_succeed(tmp_path: Path) -> None:
+    # More long downloads than request threads: none may starve a request.
+    folder = tmp_path / "mirror"
+    (folder / "netboot").mkdir(parents=True)
+    files = {f"f{i}": os.urandom(1024 * 1024 + i) for i in range(httpcache.MAX_REQUESTS + 3)}
+    for name, data in files.items():
+        (folder / "netboot" / name).write_bytes(data)
+    mirror = Mirror(folder, delay=0.15)  # 17 pieces: ~2.5 s each, beyond http_timeout + 1
+    srv = http_server(mirror, tmp_path)
+    results: dict[str, bytes] = {}
+    errors: list[BaseException] = []
+
+    def fetch(name: str) -> None:
+        try:
+            with Client("127.0.0.1", srv.port, timeout=5) as client:
+                results[name] = client.get(name, options=(("blksize", "1468"),
+                                                          ("windowsize", "8"))).data
+        except BaseException as exc:
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=fetch, args=(name,)) for name in files]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert not errors
+        assert results == files
+    finally:
+        srv.stop()
+        mirror.stop()
+
+
+def test_late_answer_after_the_timeout_is_closed(tmp_path: Path) -> None:
+    folder = tmp_path / "mirror"
+    (folder / "netboot").mkdir(parents=True)
+    (folder / "netboot" / "late").write_bytes(bytes(16 * 1024 * 1024))  # beyond socket buffers
+    mirror = Mirror(folder, header_delay=3.0)  # http_timeout = 1: we give up at 2 s
+    srv = http_server(mirror, tmp_path)
+    try:
+        with Client("127.0.0.1", srv.port, timeout=5) as client, \
+                pytest.raises(TftpFailure) as info:
+            client.get("late")
+        assert info.value.code == ErrorCode.NOT_DEFINED and "did not answer" in info.value.message
+        # The answer came after all: its connection is closed, not left open.
+        wait_for(lambda: mirror.broken == ["/netboot/late"], 10, what="the connection closed")
+    finally:
+        srv.stop()
+        mirror.stop()

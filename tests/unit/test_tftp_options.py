@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pybootd.errors import TftpError
 from pybootd.tftp.options import Limits, negotiate
@@ -43,6 +45,7 @@ def test_timeout_granted() -> None:
 @pytest.mark.parametrize("option", [
     ("blksize", "7"), ("blksize", "abc"), ("windowsize", "0"), ("timeout", "0"),
     ("timeout", "256"), ("tsize", "-1"), ("blksize", ""),
+    ("blksize", "\u00b2"), ("windowsize", "\u0661"), ("tsize", "9" * 5000),
 ])
 def test_values_that_cannot_be_honoured_get_error_8(option: tuple[str, str]) -> None:
     with pytest.raises(TftpError) as info:
@@ -70,3 +73,11 @@ def test_window_bursts_fit_a_default_receive_buffer() -> None:
     normal = negotiate((("blksize", "1468"), ("windowsize", "64")), limits, size=1,
                        is_write=False)
     assert normal.windowsize == 64
+
+
+@given(st.sampled_from(["blksize", "tsize", "timeout", "windowsize"]), st.text(max_size=40))
+def test_any_value_is_granted_or_refused_with_a_tftp_error(name: str, value: str) -> None:
+    try:
+        negotiate(((name, value),), LIMITS, size=1, is_write=False)
+    except TftpError as exc:
+        assert exc.code == 8

@@ -1,4 +1,5 @@
-"""The TFTP service on loopback, in process: API, stats, TIDs, uploads."""
+"""The TFTP service on loopback, in process: API, stats, TIDs, uploads,
+start-up checks."""
 
 from __future__ import annotations
 
@@ -6,21 +7,26 @@ import asyncio
 import hashlib
 import os
 import socket
+import struct
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
+from netlab import wait_for
 from tftpclient import Client, TftpFailure
 
 from pybootd.config import parse_config
-from pybootd.errors import TftpError
+from pybootd.errors import PybootdError, TftpError
+from pybootd.server import tftp
 from pybootd.server.runtime import Runtime
 from pybootd.server.tftp import TftpService
+from pybootd.sources import local
 from pybootd.sources.api import BytesResponse, ServerStats, TftpRequest, TransferStats
-from pybootd.tftp.packets import Ack, Error, ErrorCode, encode_ack
+from pybootd.tftp.packets import Ack, Data, Error, ErrorCode, encode, encode_ack
 
 
 def free_port() -> int:
@@ -316,3 +322,218 @@ def test_reply_leaves_from_the_address_the_request_came_to(root: Path, tmp_path:
             assert result.server[0] == address
     finally:
         srv.stop()
+
+
+def test_broadcast_request_answered_from_our_own_address(root: Path, tmp_path: Path) -> None:
+    port = free_port()
+    srv = Server(f"[tftp]\naddress = 0.0.0.0\nport = {port}\nroot = {root}\n", tmp_path / "t.ini")
+    try:
+        with Client("127.255.255.255", port) as client:
+            client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            result = client.get("small")
+        assert result.data == b"hello" and result.server[0] == "127.0.0.1"
+    finally:
+        srv.stop()
+
+
+def pktinfo(ifindex: int, spec_dst: str, dst: str) -> list[tuple[int, int, bytes]]:
+    data = struct.pack("=i4s4s", ifindex, socket.inet_aton(spec_dst), socket.inet_aton(dst))
+    return [(socket.IPPROTO_IP, tftp.IP_PKTINFO, data)]
+
+
+def test_reply_address_is_ipi_spec_dst() -> None:
+    # ip(7): the destination for a unicast to us; the interface's address for
+    # a broadcast, whatever the netmask (192.0.2.127 is a /25's broadcast).
+    assert tftp._local_address(pktinfo(3, "192.0.2.10", "192.0.2.10")) == ("192.0.2.10", 3)
+    assert tftp._local_address(pktinfo(3, "192.0.2.1", "192.0.2.127")) == ("192.0.2.1", 3)
+    assert tftp._local_address(pktinfo(3, "192.0.2.1", "255.255.255.255")) == ("192.0.2.1", 3)
+    assert tftp._local_address(pktinfo(3, "10.0.0.255", "10.0.0.255")) == ("10.0.0.255", 3)
+    assert tftp._local_address(pktinfo(0, "0.0.0.0", "192.0.2.1")) is None  # no route
+    assert tftp._local_address([]) is None
+
+
+# --- uploads: commit, abort, leftovers -----------------------------------------------
+@pytest.fixture
+def upload_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "up"
+    folder.mkdir()
+    return folder
+
+
+def upload_ini(root: Path, upload_dir: Path) -> str:
+    return ini(root, f"allow_write = on\nupload_dir = {upload_dir}\n")
+
+
+def test_final_ack_only_once_the_upload_is_stored(root: Path, tmp_path: Path, upload_dir: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # An fsync slower than the dally (timeout 0.2 s): the final ACK waits
+    # for the file, and a repeated final DATA gets no early ACK.
+    commit = local.Upload.commit
+
+    def slow_commit(upload: local.Upload) -> None:
+        time.sleep(1.0)
+        commit(upload)
+
+    monkeypatch.setattr(local.Upload, "commit", slow_commit)
+    seen: list[TransferStats] = []
+    srv = Server(upload_ini(root, upload_dir), tmp_path / "t.ini", session_stats=seen.append)
+    target = upload_dir / "slow.bin"
+    try:
+        with Client("127.0.0.1", srv.port) as client:
+            client.request("slow.bin", write=True)
+            _ack0, tid = client.receive()
+            client.sock.sendto(encode(Data(1, b"x" * 512)), tid)
+            assert client.receive()[0] == Ack(1)
+            client.sock.settimeout(0.15)
+            for _ in range(30):
+                client.sock.sendto(encode(Data(2, b"end")), tid)
+                try:
+                    reply, _ = client.receive()
+                    break
+                except TimeoutError:
+                    pass
+            assert reply == Ack(2)
+            assert target.read_bytes() == b"x" * 512 + b"end"  # stored before the ACK
+        wait_for(lambda: seen, 5, what="the transfer to end")
+    finally:
+        srv.stop()
+    assert seen[0].outcome == "complete" and seen[0].bytes == 515
+    assert sorted(p.name for p in upload_dir.iterdir()) == ["slow.bin"]
+
+
+def test_commit_failure_sends_the_error(root: Path, tmp_path: Path, upload_dir: Path) -> None:
+    srv = Server(upload_ini(root, upload_dir), tmp_path / "t.ini")
+    try:
+        with Client("127.0.0.1", srv.port) as client:
+            client.request("late.bin", write=True)
+            _ack0, tid = client.receive()
+            (upload_dir / "late.bin").write_bytes(b"appeared meanwhile")
+            client.sock.sendto(encode(Data(1, b"new")), tid)
+            reply, _ = client.receive()
+        assert isinstance(reply, Error) and reply.code == ErrorCode.FILE_EXISTS
+    finally:
+        srv.stop()
+    assert (upload_dir / "late.bin").read_bytes() == b"appeared meanwhile"
+    assert sorted(p.name for p in upload_dir.iterdir()) == ["late.bin"]
+
+
+def test_abort_waits_for_a_running_write(root: Path, tmp_path: Path, upload_dir: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # The client gives up while a write runs in the pool: the abort comes
+    # after it, so no write ever meets a closed file.
+    write = local.Upload.write
+    failures: list[BaseException] = []
+
+    def slow_write(upload: local.Upload, data: bytes) -> None:
+        time.sleep(0.5)
+        try:
+            write(upload, data)
+        except BaseException as exc:
+            failures.append(exc)
+            raise
+
+    monkeypatch.setattr(local.Upload, "write", slow_write)
+    seen: list[TransferStats] = []
+    srv = Server(upload_ini(root, upload_dir), tmp_path / "t.ini", session_stats=seen.append)
+    try:
+        with Client("127.0.0.1", srv.port) as client:
+            client.request("gone.bin", options=(("blksize", "1468"),), write=True)
+            _oack, tid = client.receive()
+            for block in range(1, 200):  # 285 KiB: one write of 256 KiB starts
+                client.sock.sendto(encode(Data(block, bytes(1468))), tid)
+                client.receive()
+            client.sock.sendto(encode(Error(0, "changed my mind")), tid)
+        wait_for(lambda: seen and not list(upload_dir.iterdir()), 5,
+                 what="the temporary file removed")
+        time.sleep(0.6)  # any queued write would have run by now
+    finally:
+        srv.stop()
+    assert seen[0].outcome == "aborted by client"
+    assert failures == []
+    assert list(upload_dir.iterdir()) == []
+
+
+def test_shutdown_removes_a_running_upload_at_once(root: Path, tmp_path: Path,
+                                                   upload_dir: Path) -> None:
+    srv = Server(upload_ini(root, upload_dir), tmp_path / "t.ini")
+    with Client("127.0.0.1", srv.port) as client:
+        client.request("half.bin", write=True)
+        _ack0, tid = client.receive()
+        client.sock.sendto(encode(Data(1, bytes(512))), tid)
+        client.receive()
+        assert len(list(upload_dir.iterdir())) == 1  # the temporary file
+        srv.stop()
+        assert list(upload_dir.iterdir()) == []  # not left to the pool
+
+
+def test_start_sweeps_stale_temporary_uploads(root: Path, tmp_path: Path,
+                                              upload_dir: Path) -> None:
+    dead = ".vmlinuz.pybootd-999999999-7f0a1b2c.part"  # no such process
+    ours = f".a b.pybootd-{os.getpid()}-1.part"  # this process has not uploaded yet
+    alive = ".c.pybootd-1-2.part"  # pid 1 runs: another pybootd may be writing it
+    (upload_dir / "sub").mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for path in (upload_dir / dead, upload_dir / ours, upload_dir / "sub" / dead,
+                 upload_dir / alive, outside / dead):
+        path.write_bytes(b"partial")
+    keep = ["keep.bin", ".keep.part", ".x.pybootd-12-zz.part", "x.pybootd-1-2.part"]
+    for name in keep:
+        (upload_dir / name).write_bytes(b"data")
+    (upload_dir / ".l.pybootd-999999999-1.part").symlink_to(outside / dead)
+    (upload_dir / "linked").symlink_to(outside)  # not followed
+    srv = Server(upload_ini(root, upload_dir), tmp_path / "t.ini")
+    srv.stop()
+    assert sorted(p.name for p in upload_dir.iterdir()) == sorted(
+        [*keep, alive, ".l.pybootd-999999999-1.part", "linked", "sub"])
+    assert list((upload_dir / "sub").iterdir()) == []
+    assert (outside / dead).read_bytes() == b"partial"
+
+
+def test_upload_write_loops_on_partial_writes(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    real_write = os.write
+    monkeypatch.setattr(local.os, "write", lambda fd, data: real_write(fd, bytes(data[:3])))
+    upload = local.Upload(tmp_path, "file", overwrite=False)
+    upload.write(b"0123456789")
+    upload.commit()
+    assert (tmp_path / "file").read_bytes() == b"0123456789"
+
+
+# --- start-up checks ----------------------------------------------------------------------
+def start_error(text: str, path: Path) -> str:
+    """TftpService.start's error for the configuration *text*."""
+    config = parse_config(text, path)
+
+    async def start() -> None:
+        with ThreadPoolExecutor(2) as executor:
+            service = TftpService(Runtime(config, asyncio.get_running_loop(), executor))
+            try:
+                await service.start()
+            finally:
+                service.close()
+
+    with pytest.raises(PybootdError) as info:
+        asyncio.run(start())
+    return str(info.value)
+
+
+def test_start_fails_on_a_missing_root(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    text = f"[tftp]\naddress = 127.0.0.1\nport = {free_port()}\nroot = {missing}\n"
+    assert start_error(text, tmp_path / "t.ini") == \
+        f"{tmp_path / 't.ini'}:4: tftp.root: {missing} does not exist (expected an existing folder)"
+    (tmp_path / "file").write_bytes(b"")
+    text = f"[tftp]\naddress = 127.0.0.1\nport = {free_port()}\nroot = file\n"
+    assert "tftp.root: " + str(tmp_path / "file") + " is not a folder" in \
+        start_error(text, tmp_path / "t.ini")
+
+
+def test_start_fails_on_a_missing_upload_dir(root: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "up"
+    text = upload_ini(root, missing)
+    message = start_error(text, tmp_path / "t.ini")
+    assert f"tftp.upload_dir: {missing} does not exist" in message
+    # Without allow_write, upload_dir is not used: no error.
+    srv = Server(ini(root, f"upload_dir = {missing}\n"), tmp_path / "t.ini")
+    srv.stop()

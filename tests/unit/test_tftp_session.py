@@ -174,11 +174,56 @@ def test_write_lock_step() -> None:
     s = write_session()
     assert s.start(0.0) == SendAck(0)
     assert s.on_data(1, 512, 0.1) == Store(1, 1, False)
-    assert s.on_data(2, 100, 0.2) == Store(2, 2, True)
+    # The last block: stored first, ACKed only once committed.
+    assert s.on_data(2, 100, 0.2) == Store(2, None, True)
+    assert s.committed(0.3) == SendAck(2)
     # Dally: a repeated last DATA (our ACK was lost) gets ACKed again.
-    assert s.on_data(2, 100, 0.3) == SendAck(2, retransmit=True)
-    result = s.on_timer(2.0)
+    assert s.on_data(2, 100, 0.4) == SendAck(2, retransmit=True)
+    assert s.on_timer(1.2) is WAIT  # one timeout after the commit, not after the DATA
+    result = s.on_timer(1.3)
     assert isinstance(result, Finish) and result.outcome == Outcome.COMPLETE
+
+
+def test_write_committing_sends_nothing_until_committed() -> None:
+    # A slow fsync: no timer runs out and no repeated final DATA is ACKed
+    # while the file is not yet stored (the ACK says it is, RFC 1350 section 6).
+    s = write_session(retries=1)
+    s.start(0.0)
+    s.on_data(1, 512, 0.1)
+    assert s.on_data(2, 7, 0.2) == Store(2, None, True)
+    assert s.committing and s.deadline is None
+    for now in (1.2, 5.0, 60.0):
+        assert s.on_data(2, 7, now) is WAIT
+        assert s.on_data(1, 512, now) is WAIT
+        assert s.on_timer(now) is WAIT
+    assert s.on_error(0, "bored") is WAIT  # every byte arrived: the commit decides
+    assert s.finished is None
+    assert s.committed(61.0) == SendAck(2)
+    assert s.deadline == 62.0
+    assert s.committed(61.5) is WAIT  # only once
+    result = s.on_timer(62.0)
+    assert isinstance(result, Finish) and result.outcome == Outcome.COMPLETE
+
+
+def test_write_empty_file_is_committed_before_its_ack() -> None:
+    s = write_session(windowsize=4)
+    s.start(0.0)
+    assert s.on_data(1, 0, 0.1) == Store(1, None, True)
+    assert s.on_timer(10.0) is WAIT
+    assert s.committed(10.0) == SendAck(1)
+
+
+def test_write_window_last_block_waits_for_the_commit() -> None:
+    s = write_session(windowsize=4)
+    s.start(0.0)
+    assert [s.on_data(b, 512, 0.0) for b in (1, 2)] == [Store(1, None, False),
+                                                        Store(2, None, False)]
+    assert s.on_data(3, 10, 0.0) == Store(3, None, True)
+    assert s.on_data(3, 10, 0.1) is WAIT
+    assert s.on_data(4, 10, 0.1) is WAIT  # nothing after the last block either
+    assert s.committed(0.2) == SendAck(3)
+    assert s.on_data(4, 10, 0.3) is WAIT  # past the end: no gap ACK
+    assert s.on_error(0, "done") == Finish(Outcome.COMPLETE)
 
 
 def test_write_duplicate_data_reacked_not_stored() -> None:
@@ -192,7 +237,7 @@ def test_write_oack_then_data() -> None:
     s = write_session(oack=True)
     assert isinstance(s.start(0.0), SendOack)
     assert s.on_timer(1.0) == SendOack(s.oack, retransmit=True)
-    assert s.on_data(1, 0, 1.5) == Store(1, 1, True)
+    assert s.on_data(1, 0, 1.5) == Store(1, None, True)
 
 
 def test_write_timeout_resends_ack_then_gives_up() -> None:
