@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pybootd import configvalues as v
-from pybootd.dhcp.arch import BOOTFILE_NAMES, IPXE_BOOTFILE_KEY
+from pybootd.dhcp.arch import BOOTFILE_NAMES, HTTP_BOOT_ARCHES, IPXE_BOOTFILE_KEY, arch_name
 from pybootd.errors import ConfigError
 from pybootd.ini import Entry, Section, parse_ini
 
@@ -90,6 +90,7 @@ class BootpConfig:
     boot_file: str | None = "pxelinux.0"
     next_server: IPv4Address | None = None
     allow_simple_dhcp: bool = False
+    ipxe_rom: str = "script"  # script | chainload: what an iPXE firmware gets first
     access: str = "none"  # none | mac | uuid | http
     notify: tuple[tuple[str, int], ...] = ()
     timeout: float = 1.5
@@ -112,11 +113,12 @@ class Config:
     filters: tuple[FilterRule, ...] = ()
     bootp: BootpConfig | None = None
     mac: Mapping[str, bool] = field(default_factory=dict)  # "aa:bb:..." -> allowed
-    uuid: Mapping[str, bool] = field(default_factory=dict)  # canonical UUID -> allowed
+    uuid: Mapping[str, bool] = field(default_factory=dict)  # upper-case UUID -> allowed
     http: HttpAclConfig | None = None
     static_dhcp: Mapping[str, IPv4Address] = field(default_factory=dict)
     bootfiles: Mapping[int, str] = field(default_factory=dict)  # option 93 value -> file
     ipxe_bootfile: str | None = None
+    ipxe_bootfiles: Mapping[int, str] = field(default_factory=dict)  # ipxe-ARCH keys
     lines: Mapping[tuple[str, str], int] = field(default_factory=dict)
 
     def error(self, section: str, key: str | None, message: str) -> ConfigError:
@@ -182,9 +184,10 @@ _SCHEMA: dict[str, dict[str, Parser]] = {
         "domain": v.hostname,
         "lease_time": v.integer(60, 2**31 - 1),
         "servername": v.hostname,
-        "boot_file": v.text,
+        "boot_file": v.boot_file,
         "next_server": v.ipv4,
         "allow_simple_dhcp": v.boolean,
+        "ipxe_rom": v.choice("script", "chainload"),
         "access": v.choice("none", "mac", "uuid", "http"),
         "notify": v.host_port_list,
         "timeout": v.real(0.05, 60),
@@ -280,7 +283,7 @@ def parse_config(text: str, path: Path) -> Config:
     daemon = _daemon(reader)
     tftp = _tftp(reader)
     bootp = _bootp(reader, daemon)
-    bootfiles, ipxe = _bootfiles(reader)
+    bootfiles, ipxe, ipxe_files = _bootfiles(reader, tftp.root_url)
     config = Config(
         path=reader.path,
         logger=logger,
@@ -294,6 +297,7 @@ def parse_config(text: str, path: Path) -> Config:
         static_dhcp=_static(reader),
         bootfiles=bootfiles,
         ipxe_bootfile=ipxe,
+        ipxe_bootfiles=ipxe_files,
         lines=reader.lines,
     )
     _cross_check(config, reader)
@@ -422,30 +426,90 @@ def _static(reader: _Reader) -> dict[str, IPv4Address]:
     return static
 
 
-def _bootfiles(reader: _Reader) -> tuple[dict[int, str], str | None]:
-    files: dict[int, str] = {}
+_IPXE_PREFIX = IPXE_BOOTFILE_KEY + "-"
+
+
+class _ArchFiles:
+    """Boot files by option 93 value, from ``[bootfile]`` keys in file order.
+
+    A name's first architecture is named explicitly, the others are implied
+    (``efi-x64`` implies ``efi-bc``): an explicit one overrides an implied one
+    whatever the order; the same architecture named twice is an error.
+    """
+
+    def __init__(self, reader: _Reader) -> None:
+        self.reader = reader
+        self.files: dict[int, str] = {}
+        self.explicit: dict[int, int] = {}  # architecture -> line
+
+    def put(self, arches: tuple[int, ...], value: str, entry: Entry) -> None:
+        first, *implied = arches
+        if first in self.explicit:
+            raise self.reader.fail(
+                f"architecture {first} ({arch_name(first)}) is already set at line "
+                f"{self.explicit[first]} (expected one file per architecture)",
+                entry.line, "bootfile", entry.key)
+        self.files[first] = value
+        self.explicit[first] = entry.line
+        for arch in implied:
+            if arch not in self.explicit and arch not in self.files:
+                self.files[arch] = value
+
+
+def _arches_of(name: str) -> tuple[int, ...] | None:
+    """``efi-x64`` -> (7, 9); ``16`` -> (16,); anything else -> None."""
+    if name in BOOTFILE_NAMES:
+        return tuple(int(arch) for arch in BOOTFILE_NAMES[name])
+    if name.isdigit() and int(name) < 65536:
+        return (int(name),)
+    return None
+
+
+def _bootfiles(reader: _Reader, root_url: str | None
+               ) -> tuple[dict[int, str], str | None, dict[int, str]]:
+    """``[bootfile]``: files by architecture, the iPXE file, iPXE files by architecture."""
+    files, ipxe_files = _ArchFiles(reader), _ArchFiles(reader)
     ipxe = None
     for entry in reader.entries("bootfile"):
         key = entry.key.strip().lower()
-        value = reader.parse(v.text, entry, "bootfile")
+        value = reader.parse(v.boot_file, entry, "bootfile")
         reader.lines[("bootfile", key)] = entry.line
         if key == IPXE_BOOTFILE_KEY:
             ipxe = value
-        elif key in BOOTFILE_NAMES:
-            for arch in BOOTFILE_NAMES[key]:
-                files.setdefault(int(arch), value)
-        elif key.isdigit() and int(key) < 65536:
-            files[int(key)] = value
-        else:
-            names = [*BOOTFILE_NAMES, IPXE_BOOTFILE_KEY]
-            raise reader.fail(
-                f"unknown architecture{_hint(key, names)} "
-                f"(expected an option 93 number or one of {', '.join(names)})",
-                entry.line,
-                "bootfile",
-                entry.key,
-            )
-    return files, ipxe
+            continue
+        is_ipxe = key.startswith(_IPXE_PREFIX)
+        arches = _arches_of(key[len(_IPXE_PREFIX):] if is_ipxe else key)
+        if arches is None:
+            raise _unknown_arch(reader, entry, key, is_ipxe)
+        _check_http_url(reader, entry, arches, value, root_url)
+        (ipxe_files if is_ipxe else files).put(arches, value, entry)
+    return files.files, ipxe, ipxe_files.files
+
+
+def _unknown_arch(reader: _Reader, entry: Entry, key: str, is_ipxe: bool) -> ConfigError:
+    names = list(BOOTFILE_NAMES)
+    if is_ipxe:
+        choices = [_IPXE_PREFIX + name for name in names]
+        expected = f"ipxe-ARCH, ARCH an option 93 number or one of {', '.join(names)}"
+    else:
+        choices = [*names, IPXE_BOOTFILE_KEY]
+        expected = (f"an option 93 number or one of {', '.join(choices)}, "
+                    "or ipxe-ARCH for iPXE clients of that architecture")
+    return reader.fail(f"unknown architecture{_hint(key, choices)} (expected {expected})",
+                       entry.line, "bootfile", entry.key)
+
+
+def _check_http_url(reader: _Reader, entry: Entry, arches: tuple[int, ...], value: str,
+                    root_url: str | None) -> None:
+    """UEFI HTTP boot gets ``root_url`` + a relative name: it must fit the file field."""
+    if root_url is None or not set(arches) & HTTP_BOOT_ARCHES or "://" in value:
+        return
+    size = len((root_url + value.lstrip("/")).encode())
+    if size > v.BOOT_FILE_MAX:
+        raise reader.fail(
+            f"[tftp] root + this name is {size} bytes long (expected at most "
+            f"{v.BOOT_FILE_MAX} bytes: the URL goes into the BOOTP file field)",
+            entry.line, "bootfile", entry.key)
 
 
 def _cross_check(config: Config, reader: _Reader) -> None:

@@ -160,9 +160,9 @@ def mac(value: str) -> str:
 
 
 def uuid(value: str) -> str:
-    """A UUID as dmidecode prints it -> lower-case canonical form."""
+    """A UUID, any case -> the canonical form dmidecode prints (upper case)."""
     try:
-        return str(uuidlib.UUID(value.strip()))
+        return str(uuidlib.UUID(value.strip())).upper()
     except ValueError:
         raise ValueError(
             f"{value!r} is not a UUID (expected xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"
@@ -175,6 +175,21 @@ def http_url(value: str) -> str:
     if not re.match(r"^https?://[^/\s]+", text, re.IGNORECASE):
         raise ValueError(f"{value!r} is not an HTTP URL (expected http://host/path)")
     return text
+
+
+BOOT_FILE_MAX = 127  # RFC 951: the 128-byte BOOTP ``file`` field, NUL-terminated
+
+
+def boot_file(value: str) -> str:
+    """A boot file name or URL that fits the BOOTP ``file`` field (shim reads only it)."""
+    name = text(value)
+    size = len(name.encode())
+    if size > BOOT_FILE_MAX:
+        raise ValueError(
+            f"the name is {size} bytes long (expected at most {BOOT_FILE_MAX} bytes: "
+            "the BOOTP file field holds no more, and shim reads only that field)"
+        )
+    return name
 
 
 def text(value: str) -> str:

@@ -44,9 +44,12 @@ def local_networks() -> list[LocalNetwork]:
 
 
 def find_network(
-    address: IPv4Address, interface: str | None = None, netmask: IPv4Address | None = None
+    address: IPv4Address, interface: str | None = None, netmask: IPv4Address | None = None,
+    what: str = "pool_start",
 ) -> LocalNetwork:
-    """The local network that holds *address* (a pool start or a relay address).
+    """The local network that holds *address* (a pool start, a listen address).
+
+    *what* names the configuration key *address* came from, for the error.
 
     Raises :class:`NetworkConfigError` listing what was found when none does.
     """
@@ -60,7 +63,7 @@ def find_network(
     found = ", ".join(str(n) for n in networks) or "no IPv4 address at all"
     where = f" on interface {interface}" if interface else ""
     raise NetworkConfigError(
-        f"Unable to detect network configuration: pool_start {address} is in no local "
+        f"Unable to detect network configuration: {what} {address} is in no local "
         f"network{where} (found: {found})"
     )
 

@@ -15,7 +15,11 @@ Rules:
   oldest first (RFC 2131 section 4.3.1, "previous address");
 * a declined address is quarantined for ``quarantine`` seconds
   (RFC 2131 section 4.3.3);
-* static reservations bind one MAC to one address, outside the dynamic pool.
+* a BOOTP client never renews, so its binding never expires (RFC 1534
+  section 2, RFC 951: a BOOTP address is permanent);
+* static reservations bind one MAC to one address, outside the dynamic pool,
+  but never while another MAC still holds that address (a reservation added
+  after the address was leased): the reserved MAC gets it when that ends.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 OFFER_HOLD = 30.0
 QUARANTINE = 600.0
+PERMANENT = float("inf")  # the expiry of a BOOTP binding (RFC 1534 section 2)
 
 
 class LeaseState(StrEnum):
@@ -41,7 +46,7 @@ class Lease:
     ip: IPv4Address
     mac: str | None
     state: LeaseState
-    expires: float
+    expires: float  # seconds since the epoch; PERMANENT for a BOOTP binding
     pxe: bool = False  # the MAC was seen booting by PXE
 
     def active(self, now: float) -> bool:
@@ -101,6 +106,15 @@ class LeasePool:
         """Has *mac* a record here (lease, affinity or reservation)?"""
         return mac in self._by_mac or mac in self.static
 
+    def static_blocker(self, mac: str, now: float) -> Lease | None:
+        """What keeps *mac* from its reserved address: another MAC's live lease
+        or a quarantine; None when it has no reservation or may have it."""
+        static = self.static.get(mac)
+        lease = None if static is None else self._by_ip.get(static)
+        if lease is None or lease.mac == mac or not lease.active(now):
+            return None
+        return lease
+
     def seen_pxe(self, mac: str) -> bool:
         if mac in self._pxe:
             return True
@@ -130,14 +144,20 @@ class LeasePool:
         ip = self._choose(mac, requested, current, now)
         if ip is None:
             return None
-        if current is not None and current.ip == ip and current.state == LeaseState.BOUND \
+        if current is not None and current.ip != ip:
+            self._orphan(current)  # out of the pool now, or not its reservation: it moves
+        elif current is not None and current.state == LeaseState.BOUND \
                 and current.expires > now:
             return current  # a bound client asking again keeps its lease
         return self._set(Lease(ip, mac, LeaseState.OFFERED, now + self.offer_hold,
                                self.seen_pxe(mac)), persist=False)
 
-    def request(self, mac: str, ip: IPv4Address, now: float) -> Lease | None:
-        """Bind *ip* to *mac* for ``lease_time``; None means NAK (RFC 2131 4.3.2)."""
+    def request(self, mac: str, ip: IPv4Address, now: float, *,
+                permanent: bool = False) -> Lease | None:
+        """Bind *ip* to *mac* for ``lease_time``; None means NAK (RFC 2131 4.3.2).
+
+        *permanent*: a BOOTP binding, which never expires (RFC 1534 section 2).
+        """
         if not self._may_bind(mac, ip, now):
             return None
         current = self.lease_of(mac)
@@ -145,8 +165,9 @@ class LeasePool:
             if current.active(now):
                 return None  # it holds another address: "requested address incorrect"
             self._orphan(current)
-        return self._set(Lease(ip, mac, LeaseState.BOUND, now + self.lease_time,
-                               self.seen_pxe(mac)), persist=True)
+        expires = PERMANENT if permanent else now + self.lease_time
+        return self._set(Lease(ip, mac, LeaseState.BOUND, expires, self.seen_pxe(mac)),
+                         persist=True)
 
     def forget_offer(self, mac: str, now: float) -> None:
         """The client chose another server (RFC 2131 section 4.3.2, SELECTING)."""
@@ -192,7 +213,7 @@ class LeasePool:
                 now: float) -> IPv4Address | None:
         static = self.static.get(mac)
         if static is not None:
-            return static
+            return None if self.static_blocker(mac, now) else static
         if current is not None and current.state != LeaseState.DECLINED \
                 and self.in_range(current.ip):
             return current.ip
@@ -215,7 +236,7 @@ class LeasePool:
     def _may_bind(self, mac: str, ip: IPv4Address, now: float) -> bool:
         static = self.static.get(mac)
         if static is not None:
-            return ip == static
+            return ip == static and self.static_blocker(mac, now) is None
         return self.in_range(ip) and self._free_for(mac, ip, now)
 
     def _never_used(self) -> IPv4Address | None:
@@ -261,6 +282,12 @@ class LeasePool:
     def _set(self, lease: Lease, *, persist: bool) -> Lease:
         if lease.state == LeaseState.FREE:  # freed: worth a new reclaim scan
             self._no_reclaim_until = 0.0
+        else:  # a hold or quarantine that ends sooner: scan again then
+            self._no_reclaim_until = min(self._no_reclaim_until, lease.expires)
+        previous = self._by_ip.get(lease.ip)
+        if previous is not None and previous.mac is not None and previous.mac != lease.mac \
+                and self._by_mac.get(previous.mac) == lease.ip:
+            del self._by_mac[previous.mac]  # a reservation takes over an old affinity
         self._by_ip[lease.ip] = lease
         if lease.mac is not None:
             self._by_mac[lease.mac] = lease.ip

@@ -32,7 +32,7 @@ class ClientInfo:
     """The client as described by its request options."""
 
     mac: str
-    uuid: str | None = None  # as dmidecode prints it
+    uuid: str | None = None  # as dmidecode prints it (upper case)
     uuid_option: bytes | None = None  # option 97 as received, to echo
     arches: tuple[int, ...] = ()  # option 93, most preferred first
     vendor_class: bytes | None = None  # option 60 as received
@@ -80,6 +80,7 @@ def parse_uuid(raw: bytes | None) -> str | None:
 
     Type 0 then 16 bytes in SMBIOS order: the first three fields are stored
     little-endian (SMBIOS 2.6 section 7.2.1), which ``UUID(bytes_le=...)`` reads.
+    dmidecode prints upper-case hex digits (``4C4C4544-0042-3510-8051-B4C04F4D3132``).
     """
     if raw is None:
         return None
@@ -87,7 +88,7 @@ def parse_uuid(raw: bytes | None) -> str | None:
         raw = raw[1:]
     if len(raw) != 16:
         return None
-    return str(uuidlib.UUID(bytes_le=raw))
+    return str(uuidlib.UUID(bytes_le=raw)).upper()
 
 
 def client_info(packet: DhcpPacket) -> ClientInfo:

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network
 
+from pybootd.dhcp.chain import ChainTracker
 from pybootd.dhcp.options import DhcpOption, MessageType, param_request_list
 from pybootd.dhcp.packet import (
     BOOTREPLY,
@@ -26,13 +27,15 @@ from pybootd.dhcp.packet import (
     DhcpPacket,
     encode_packet,
 )
-from pybootd.dhcp.pool import Lease, LeasePool
+from pybootd.dhcp.pool import PERMANENT, Lease, LeasePool
 from pybootd.dhcp.pxe import HTTP_CLIENT, PXE_CLIENT, ClientInfo, pxe_vendor_options
 
 CLIENT_PORT = 68
 SERVER_PORT = 67
 BROADCAST = IPv4Address("255.255.255.255")
+FILE_FIELD_MAX = 127  # RFC 951: the 128-byte ``file`` field, NUL-terminated
 _U32 = struct.Struct("!I")
+_HTTP_SCHEMES = ("http://", "https://")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +54,9 @@ class Settings:
     boot_file: str | None = None
     bootfiles: Mapping[int, str] = field(default_factory=dict)
     ipxe_bootfile: str | None = None
+    ipxe_bootfiles: Mapping[int, str] = field(default_factory=dict)  # [bootfile] ipxe-ARCH
     allow_simple_dhcp: bool = False
+    http_root: str | None = None  # [tftp] root when an http(s) URL: for UEFI HTTP boot
     # Encoded once: the options that are the same in every reply.
     lease_options: tuple[tuple[int, bytes], ...] = field(init=False, repr=False, compare=False)
     network_options: tuple[tuple[int, bytes], ...] = field(init=False, repr=False,
@@ -81,7 +86,7 @@ class Settings:
 class Decision:
     """What to do about one request. ``reply`` None means stay silent."""
 
-    event: str  # offer, ack, nak, release, decline, inform, ignore
+    event: str  # offer, ack (also the reply to INFORM), nak, release, decline, ignore
     reply: bytes | None = None
     destination: tuple[str, int] | None = None
     broadcast: bool = False  # destination is 255.255.255.255
@@ -90,27 +95,42 @@ class Decision:
     persist: tuple[Lease, ...] = ()  # store these before sending the reply
     note: str = ""  # why, for the log line
     warning: bool = False  # worth a warning (pool exhausted, bad static)
+    topic: str = ""  # the kind of warning, for rate-limiting its log lines
+    once: str = ""  # log the note once per MAC and this key (a lasting condition)
 
 
-def ignore(note: str, *, warning: bool = False, persist: tuple[Lease, ...] = ()) -> Decision:
-    return Decision("ignore", note=note, warning=warning, persist=persist)
+def ignore(note: str, *, warning: bool = False, persist: tuple[Lease, ...] = (),
+           topic: str = "", once: str = "") -> Decision:
+    return Decision("ignore", note=note, warning=warning, persist=persist, topic=topic,
+                    once=once)
 
 
 def respond(packet: DhcpPacket, client: ClientInfo, pool: LeasePool | None,
             settings: Settings, now: float, *,
-            boot_service: bool = False, source: tuple[str, int] = ("0.0.0.0", 68)) -> Decision:
+            boot_service: bool = False, source: tuple[str, int] = ("0.0.0.0", 68),
+            chains: ChainTracker | None = None) -> Decision:
     """Decide the answer to *packet* (already access-checked) at time *now*.
 
     *boot_service* is True for requests that came to the PXE port (4011),
-    which are answered to their *source*.
+    which are answered to their *source*. With *chains* (``ipxe_rom =
+    chainload``) an iPXE firmware's own exchange is served as plain PXE.
     """
     if packet.op != BOOTREQUEST:
         return ignore("not a BOOTREQUEST")
     if not packet.chaddr:
         return ignore("no hardware address")
     if packet.giaddr != ZERO and packet.giaddr not in settings.network:
-        return ignore(f"relay {packet.giaddr} is outside {settings.network}", warning=True)
+        return ignore(f"relay {packet.giaddr} is outside {settings.network}", warning=True,
+                      topic="relay outside the network")
     kind = packet.message_type
+    if client.netboot and chains is not None and kind not in (MessageType.RELEASE,
+                                                               MessageType.DECLINE) \
+            and chains.is_firmware(client.mac, packet.xid, now) and client.ipxe:
+        client = replace(client, ipxe=False)  # an iPXE ROM: it loads our iPXE first
+    if client.netboot and kind not in (MessageType.RELEASE, MessageType.DECLINE):
+        refused = _unservable(client, settings)
+        if refused is not None:
+            return refused
     if boot_service:
         return _boot_service(packet, client, settings, kind, source)
     if settings.mode == "proxy" or pool is None:
@@ -132,11 +152,16 @@ def respond(packet: DhcpPacket, client: ClientInfo, pool: LeasePool | None,
 def _discover(packet: DhcpPacket, client: ClientInfo, pool: LeasePool, settings: Settings,
               now: float) -> Decision:
     """RFC 2131 4.3.1: choose an address, hold it, OFFER it."""
+    conflict = _static_conflict(client, pool, now)
+    if conflict is not None:
+        return conflict
     lease = pool.offer(client.mac, packet.address_option(DhcpOption.REQUESTED_IP), now)
     if lease is None:
-        return ignore(f"pool exhausted ({pool.count} addresses), no offer", warning=True)
+        return ignore(f"pool exhausted ({pool.count} addresses), no offer", warning=True,
+                      topic="pool exhausted")
     if lease.ip not in settings.network:
-        return ignore(f"reserved {lease.ip} is outside {settings.network}", warning=True)
+        return ignore(f"reserved {lease.ip} is outside {settings.network}", warning=True,
+                      topic="reservation outside the network")
     return _answer(packet, client, settings, MessageType.OFFER, lease.ip)
 
 
@@ -167,7 +192,9 @@ def _request(packet: DhcpPacket, client: ClientInfo, pool: LeasePool, settings: 
         return _nak(packet, settings, f"{ip} is not on {settings.network}")
     lease = pool.request(client.mac, ip, now)
     if lease is None:
-        return _nak(packet, settings, f"{ip} is not available to this client")
+        holder = pool.static_blocker(client.mac, now)
+        why = f" ({_held(holder, now)})" if holder is not None and holder.ip == ip else ""
+        return _nak(packet, settings, f"{ip} is not available to this client{why}")
     decision = _answer(packet, client, settings, MessageType.ACK, lease.ip)
     return _with_persist(decision, pool.take_dirty())
 
@@ -196,7 +223,7 @@ def _release(packet: DhcpPacket, client: ClientInfo, pool: LeasePool, settings: 
 
 def _inform(packet: DhcpPacket, client: ClientInfo, pool: LeasePool, settings: Settings,
             now: float) -> Decision:
-    """RFC 2131 4.3.5: parameters only; no yiaddr, no lease time."""
+    """RFC 2131 4.3.5: parameters only; no yiaddr, no lease time; the reply is an ACK."""
     if packet.ciaddr == ZERO and packet.giaddr == ZERO:
         return ignore("INFORM without ciaddr")
     return _answer(packet, client, settings, MessageType.ACK, ZERO, no_lease=True)
@@ -204,15 +231,42 @@ def _inform(packet: DhcpPacket, client: ClientInfo, pool: LeasePool, settings: S
 
 def _bootp(packet: DhcpPacket, client: ClientInfo, pool: LeasePool, settings: Settings,
            now: float) -> Decision:
-    """RFC 951 / RFC 1534: a BOOTP request gets an address at once."""
+    """RFC 951 / RFC 1534 section 2: a BOOTP request gets an address at once, for good.
+
+    A BOOTP client never renews, so its binding has no expiry; each request
+    stores it again.
+    """
+    conflict = _static_conflict(client, pool, now)
+    if conflict is not None:
+        return conflict
     offered = pool.offer(client.mac, None, now)
     if offered is None:
-        return ignore(f"pool exhausted ({pool.count} addresses), no BOOTP reply", warning=True)
-    lease = pool.request(client.mac, offered.ip, now)
+        return ignore(f"pool exhausted ({pool.count} addresses), no BOOTP reply", warning=True,
+                      topic="pool exhausted")
+    lease = pool.request(client.mac, offered.ip, now, permanent=True)
     if lease is None or lease.ip not in settings.network:
-        return ignore(f"cannot bind {offered.ip} for BOOTP", warning=True)
+        return ignore(f"cannot bind {offered.ip} for BOOTP", warning=True,
+                      topic="reservation outside the network")
     decision = _answer(packet, client, settings, None, lease.ip)
     return _with_persist(decision, pool.take_dirty())
+
+
+def _static_conflict(client: ClientInfo, pool: LeasePool, now: float) -> Decision | None:
+    """The client's reserved address is still another's: no answer until that ends."""
+    holder = pool.static_blocker(client.mac, now)
+    if holder is None:
+        return None
+    return ignore(f"reservation {holder.ip} for {client.mac} not served: {_held(holder, now)}; "
+                  f"{client.mac} gets it when that ends", warning=True,
+                  topic="reservation conflict", once=f"static {holder.ip} {holder.mac}")
+
+
+def _held(holder: Lease, now: float) -> str:
+    if holder.mac is None:
+        return f"quarantined after a DECLINE for {holder.expires - now:.0f}s more"
+    if holder.expires == PERMANENT:
+        return f"held by BOOTP client {holder.mac}, with no expiry, until it boots again"
+    return f"held by {holder.mac} for {holder.expires - now:.0f}s more"
 
 
 _HANDLERS = {
@@ -249,20 +303,54 @@ def _boot_service(packet: DhcpPacket, client: ClientInfo, settings: Settings,
 
 # --- replies ----------------------------------------------------------------
 def bootfile_for(client: ClientInfo, settings: Settings) -> str | None:
-    """iPXE's own file first, then the file of the preferred architecture."""
-    name: str | None = None
-    if client.ipxe and settings.ipxe_bootfile:
-        name = settings.ipxe_bootfile
-    else:
-        for arch in client.arches:
-            if arch in settings.bootfiles:
-                name = settings.bootfiles[arch]
-                break
-        else:
-            name = settings.boot_file
-    if name and client.http and "://" not in name:
-        name = f"http://{settings.next_server}/{name.lstrip('/')}"
+    """iPXE's own file first, then the file of the preferred architecture.
+
+    A UEFI HTTP boot client (UEFI 2.x section 24.7) needs an http(s) URL:
+    the file itself when it is one, else ``http_root`` + the file, else
+    None (pybootd serves no HTTP itself).
+    """
+    name = _ipxe_file(client, settings) if client.ipxe else None
+    if name is None:
+        found = (settings.bootfiles[a] for a in client.arches if a in settings.bootfiles)
+        name = next(found, settings.boot_file)
+    if name and client.http:
+        return _http_url(name, settings.http_root)
     return name
+
+
+def _ipxe_file(client: ClientInfo, settings: Settings) -> str | None:
+    """``[bootfile] ipxe-ARCH`` of the client's architecture, else ``ipxe``."""
+    for arch in client.arches:
+        if arch in settings.ipxe_bootfiles:
+            return settings.ipxe_bootfiles[arch]
+    return settings.ipxe_bootfile
+
+
+def _http_url(name: str, root: str | None) -> str | None:
+    if name.lower().startswith(_HTTP_SCHEMES):
+        return name
+    if "://" in name or root is None:
+        return None  # tftp://..., or a relative name and no http root
+    return f"{root.rstrip('/')}/{name.lstrip('/')}"
+
+
+def _unservable(client: ClientInfo, settings: Settings) -> Decision | None:
+    """A firmware client whose boot file cannot be sent: ignore it before any offer."""
+    name = bootfile_for(client, settings)
+    if name is None and client.http:
+        arch = client.arch_label
+        return ignore(f"HTTP boot client {client.mac} ignored: no http URL configured for "
+                      f"arch {arch} (expected [bootfile] {arch} = http://..., or [tftp] root "
+                      "= http://... for a relative name)", once=f"http-boot {arch}",
+                      topic="HTTP boot client ignored")
+    if name is not None and len(name.encode()) > FILE_FIELD_MAX:
+        return _too_long(name)
+    return None
+
+
+def _too_long(name: str) -> Decision:
+    return ignore(f"boot file {name!r} is longer than {FILE_FIELD_MAX} bytes, the BOOTP "
+                  "file field", warning=True, topic="boot file too long")
 
 
 def _answer(packet: DhcpPacket, client: ClientInfo, settings: Settings,
@@ -271,8 +359,10 @@ def _answer(packet: DhcpPacket, client: ClientInfo, settings: Settings,
     wanted = param_request_list(packet.options)
     give_file = kind is None or client.netboot or DhcpOption.BOOTFILE in wanted
     bootfile = bootfile_for(client, settings) if give_file else None
+    file = (bootfile or "").encode()
+    if len(file) > FILE_FIELD_MAX:
+        return _too_long(bootfile or "")  # never cut: shim reads only this field
     options = _options(packet, client, settings, kind, bootfile, wanted, no_lease)
-    file = (bootfile or "").encode()[:127]
     sname = (settings.servername or "").encode()[:63]
     reply = DhcpPacket(
         op=BOOTREPLY, xid=packet.xid, chaddr=packet.chaddr, htype=packet.htype,
@@ -281,8 +371,7 @@ def _answer(packet: DhcpPacket, client: ClientInfo, settings: Settings,
         file=file, dhcp=packet.dhcp or kind is not None,
     )
     data = encode_packet(reply, tuple(options))
-    event = "offer" if kind == MessageType.OFFER else (
-        "inform" if packet.message_type == MessageType.INFORM else "ack")
+    event = "offer" if kind == MessageType.OFFER else "ack"  # RFC 2131 4.3.5: INFORM -> ACK
     destination, broadcast = _destination(packet, nak=False)
     return Decision(event, data, destination, broadcast, yiaddr if yiaddr != ZERO else None,
                     bootfile)

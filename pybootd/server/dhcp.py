@@ -11,7 +11,10 @@ package; this module only moves bytes:
   groups (see :mod:`pybootd.server.leasestore`), in the thread pool;
 * HTTP access queries run in the thread pool; a request waiting for one
   holds up no other request;
-* a malformed or hostile packet is logged and dropped.
+* a malformed or hostile packet is logged and dropped; per-packet warnings
+  (malformed packets, an exhausted pool, a foreign relay, overload, failed
+  access queries) are rate-limited, so a flood writes a bounded number of
+  lines.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from ipaddress import IPv4Address
 from typing import TypeVar
 
 from pybootd.config import BootpConfig, Config
+from pybootd.dhcp.chain import ChainTracker
 from pybootd.dhcp.options import DhcpOption, MessageType
 from pybootd.dhcp.packet import ZERO, DhcpPacket, parse_packet_untrusted
 from pybootd.dhcp.pool import Lease, LeasePool
@@ -55,8 +59,9 @@ _RECV_SIZE = 4096  # larger than any sane request (RFC 2131: at least 576 accept
 _BATCH = 64  # datagrams read per wake-up before yielding to the loop
 _MAX_WAITING = 1024  # requests waiting for an access answer; more are dropped
 _STORE_TIMEOUT = 30.0
-_LOG_WINDOW = 10.0  # malformed packets: at most _LOG_BURST lines per window
+_LOG_WINDOW = 10.0  # per-packet warnings: at most _LOG_BURST lines per window and topic
 _LOG_BURST = 10
+_ONCE_LIMIT = 4096  # (MAC, condition) pairs remembered for lines logged once
 _INCOMING_EVENTS = {
     MessageType.DISCOVER: "discover",
     MessageType.REQUEST: "request",
@@ -64,6 +69,54 @@ _INCOMING_EVENTS = {
     MessageType.DECLINE: "decline",
     MessageType.INFORM: "inform",
 }
+# Decisions that are replies get their own notification; release, decline and
+# inform are notified once, as the event the client sent.
+_REPLY_EVENTS = frozenset({"offer", "ack", "nak"})
+
+
+@dataclass
+class _Window:
+    until: float
+    level: int
+    written: int = 0
+    suppressed: int = 0
+
+
+class LogLimiter:
+    """At most *burst* lines per *window* seconds for each topic; the rest are counted.
+
+    The count of lines not written is logged when the topic's next window
+    starts, and by :meth:`flush` (at shutdown). Topics are fixed strings, so
+    the state stays small whatever the traffic. The clock is the caller's.
+    """
+
+    def __init__(self, window: float = _LOG_WINDOW, burst: int = _LOG_BURST) -> None:
+        self.window = window
+        self.burst = burst
+        self._windows: dict[str, _Window] = {}
+
+    def allow(self, topic: str, now: float, level: int = logging.WARNING) -> bool:
+        """May one more line of *topic* be written at *now*?"""
+        state = self._windows.get(topic)
+        if state is None or now >= state.until:
+            if state is not None:
+                self._report(topic, state)
+            state = self._windows[topic] = _Window(now + self.window, level)
+        if state.written < self.burst:
+            state.written += 1
+            return True
+        state.suppressed += 1
+        return False
+
+    def flush(self) -> None:
+        for topic, state in self._windows.items():
+            self._report(topic, state)
+        self._windows.clear()
+
+    def _report(self, topic: str, state: _Window) -> None:
+        if state.suppressed:
+            log.log(state.level, "%s: %d more lines not logged (at most %d per %gs)",
+                    topic, state.suppressed, self.burst, self.window)
 
 
 class _Peer:
@@ -102,6 +155,38 @@ class _Pending:
     client: ClientInfo
 
 
+def detect_network(config: Config) -> LocalNetwork:
+    """The network DHCP serves: the one holding ``pool_start`` (server mode), or
+    in proxy mode the one of ``address``, ``interface``, or the only LAN."""
+    bootp = config.bootp
+    assert bootp is not None
+    if bootp.pool_start is not None:
+        network = find_network(bootp.pool_start, bootp.interface, bootp.netmask)
+        last = bootp.pool_start + (bootp.pool_count - 1)
+        if last not in network.network:
+            raise config.error(
+                "bootp", "pool_count",
+                f"the pool ends at {last}, outside {network.network} on "
+                f"{network.interface} (expected a smaller pool_count)")
+        return network
+    listen = IPv4Address(str(bootp.address))  # the config gives an IPv4Address
+    if not listen.is_unspecified:
+        return find_network(listen, bootp.interface, bootp.netmask, what="address")
+    candidates = [n for n in local_networks() if not n.address.is_loopback
+                  and (bootp.interface is None or n.interface == bootp.interface)]
+    if not candidates:
+        raise NetworkConfigError(
+            "Unable to detect network configuration: no IPv4 address on "
+            f"{bootp.interface or 'any interface'} (expected interface = NAME in [bootp])")
+    if len({n.interface for n in candidates}) > 1:
+        # Guessing would answer one LAN and silently ignore the others.
+        found = ", ".join(str(n) for n in candidates)
+        raise NetworkConfigError(
+            f"Unable to detect network configuration: proxy mode found several networks "
+            f"({found}) (expected interface = NAME in [bootp], the LAN to serve)")
+    return candidates[0]
+
+
 class DhcpService:
     """BOOTP/DHCP/PXE server or proxyDHCP, per ``[bootp]``."""
 
@@ -118,7 +203,10 @@ class DhcpService:
         self.settings: Settings | None = None
         self.pool: LeasePool | None = None
         self.store: LeaseStore | None = None
-        self.acl = AccessControl(self.config, runtime)
+        # ipxe_rom = chainload: tell an iPXE ROM from the iPXE it loads
+        self.chains = ChainTracker() if self.bootp.ipxe_rom == "chainload" else None
+        self.limiter = LogLimiter()
+        self.acl = AccessControl(self.config, runtime, may_log=self._may_log)
         self.notifier: Notifier | None = None
         self.stats: dict[str, int] = {}
         self._sockets: list[tuple[socket.socket, bool]] = []
@@ -129,14 +217,12 @@ class DhcpService:
         self._accepting = False
         self._ifnames: dict[int, str] = {}
         self._store_thread = ThreadPoolExecutor(1, thread_name_prefix="pybootd-leases")
-        self._quiet_until = 0.0
-        self._logged = 0
-        self._unlogged = 0
+        self._once: dict[tuple[str, str], None] = {}
 
     # --- Service protocol ---------------------------------------------------
     async def start(self) -> None:
         """Detect the network, open the lease file, bind the sockets."""
-        self.network = self._detect_network()
+        self.network = detect_network(self.config)
         self.server_address = self.network.address
         self._ifindex = socket.if_nametoindex(self.network.interface)
         self.settings = self._settings(self.network)
@@ -190,32 +276,11 @@ class DhcpService:
             # In the writer thread, after any commit still running there.
             self._store_thread.submit(store.close)
         self._store_thread.shutdown(wait=True, cancel_futures=False)
-        log.info("DHCP stopped: %s", ", ".join(f"{k}={v}" for k, v in sorted(self.stats.items())))
+        self.limiter.flush()
+        counts = ", ".join(f"{k}={v}" for k, v in sorted(self.stats.items()))
+        log.info("DHCP stopped (%s)", counts or "no requests")
 
     # --- setup --------------------------------------------------------------
-    def _detect_network(self) -> LocalNetwork:
-        bootp = self.bootp
-        if bootp.pool_start is not None:
-            network = find_network(bootp.pool_start, bootp.interface, bootp.netmask)
-            last = bootp.pool_start + (bootp.pool_count - 1)
-            if last not in network.network:
-                raise self.config.error(
-                    "bootp", "pool_count",
-                    f"the pool ends at {last}, outside {network.network} on "
-                    f"{network.interface} (expected a smaller pool_count)")
-            return network
-        # proxy mode: the interface, the listen address, or the only LAN
-        listen = IPv4Address(str(bootp.address))  # the config gives an IPv4Address
-        if not listen.is_unspecified:
-            return find_network(listen, bootp.interface, bootp.netmask)
-        candidates = [n for n in local_networks() if not n.address.is_loopback
-                      and (bootp.interface is None or n.interface == bootp.interface)]
-        if not candidates:
-            raise NetworkConfigError(
-                "Unable to detect network configuration: no IPv4 address on "
-                f"{bootp.interface or 'any interface'} (expected interface = NAME in [bootp])")
-        return candidates[0]
-
     def _settings(self, network: LocalNetwork) -> Settings:
         bootp = self.bootp
         gateway: IPv4Address | None
@@ -231,7 +296,8 @@ class DhcpService:
             mode=bootp.mode, gateway=gateway, dns=bootp.dns, domain=bootp.domain,
             lease_time=bootp.lease_time, servername=bootp.servername,
             boot_file=bootp.boot_file, bootfiles=self.config.bootfiles,
-            ipxe_bootfile=self.config.ipxe_bootfile, allow_simple_dhcp=bootp.allow_simple_dhcp)
+            ipxe_bootfile=self.config.ipxe_bootfile, ipxe_bootfiles=self.config.ipxe_bootfiles,
+            allow_simple_dhcp=bootp.allow_simple_dhcp, http_root=self.config.tftp.root_url)
 
     def _tftp_address(self) -> IPv4Address | None:
         tftp = self.config.tftp
@@ -249,12 +315,19 @@ class DhcpService:
             if ip not in network.network:
                 log.warning("%s: static address %s is outside %s; it will not be served",
                             mac, ip, network.network)
-        excluded = {network.address}
-        if self.settings.gateway is not None:
-            excluded.add(self.settings.gateway)
         return LeasePool(network.network, self.bootp.pool_start, self.bootp.pool_count,
                          self.bootp.lease_time, static=self.config.static_dhcp,
-                         excluded=excluded)
+                         excluded=self._excluded(network))
+
+    def _excluded(self, network: LocalNetwork) -> set[IPv4Address]:
+        """Addresses of this network's servers, never handed out: this server,
+        the gateway, the TFTP server (next_server) and the DNS servers."""
+        assert self.settings is not None
+        settings = self.settings
+        candidates = {network.address, settings.next_server, *settings.dns}
+        if settings.gateway is not None:
+            candidates.add(settings.gateway)
+        return {ip for ip in candidates if ip in network.network}
 
     def _bind(self, port: int, *, boot_service: bool) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -324,19 +397,21 @@ class DhcpService:
             return
         if len(self._waiting) >= _MAX_WAITING:
             self._count("overload")
-            log.warning("%s: %d requests already wait for access answers; dropped",
-                        client.mac, len(self._waiting))
+            if self._may_log("access overload"):
+                log.warning("%s: %d requests already wait for access answers; dropped",
+                            client.mac, len(self._waiting))
             return
+        arrived = self.runtime.loop.time()  # the access deadline counts from here
         task = self.runtime.loop.create_task(
-            self._ask_then_serve(packet, client, ifindex, source, sock, boot_service))
+            self._ask_then_serve(packet, client, arrived, ifindex, source, sock, boot_service))
         self._waiting.add(task)
         task.add_done_callback(self._waiting.discard)
 
-    async def _ask_then_serve(self, packet: DhcpPacket, client: ClientInfo, ifindex: int,
-                              source: tuple[str, int], sock: socket.socket,
+    async def _ask_then_serve(self, packet: DhcpPacket, client: ClientInfo, arrived: float,
+                              ifindex: int, source: tuple[str, int], sock: socket.socket,
                               boot_service: bool) -> None:
         try:
-            verdict = await self.acl.ask(client)
+            verdict = await self.acl.ask(client, arrived)
             if self._accepting:
                 self._serve(packet, client, verdict, ifindex, source, sock, boot_service)
         except asyncio.CancelledError:
@@ -361,7 +436,7 @@ class DhcpService:
                 self._notify("denied", client, _requested(packet), None)
             return
         decision = respond(packet, client, self.pool, self.settings, time.time(),
-                           boot_service=boot_service, source=source)
+                           boot_service=boot_service, source=source, chains=self.chains)
         self._log(peer, kind, decision)
         if decision.persist:
             self._queue(_Pending(decision, sock, ifindex, peer, client))
@@ -373,7 +448,7 @@ class DhcpService:
         self._count(decision.event)
         if decision.reply is not None and decision.destination is not None:
             self._send(decision, sock, ifindex, peer)
-        if decision.event != "ignore" and client is not None:
+        if decision.event in _REPLY_EVENTS and client is not None:
             self._notify(decision.event, client, decision.ip, decision.bootfile)
 
     # --- group commit -------------------------------------------------------
@@ -444,9 +519,7 @@ class DhcpService:
 
     def _log(self, peer: _Peer, kind: MessageType | None, decision: Decision) -> None:
         if decision.event == "ignore":
-            level = logging.WARNING if decision.warning else logging.DEBUG
-            if log.isEnabledFor(level):
-                log.log(level, "%s: %s ignored: %s", peer, _kind_name(kind), decision.note)
+            self._log_ignored(peer, kind, decision)
             return
         if log.isEnabledFor(logging.INFO):
             what = decision.event.upper()
@@ -454,6 +527,35 @@ class DhcpService:
             boot = f" file={decision.bootfile}" if decision.bootfile else ""
             note = f" ({decision.note})" if decision.note else ""
             log.info("%s: %s -> %s%s%s%s", peer, _kind_name(kind), what, ip, boot, note)
+
+    def _log_ignored(self, peer: _Peer, kind: MessageType | None, decision: Decision) -> None:
+        """Debug, or a warning (info for a lasting condition logged once), rate-limited."""
+        level = logging.WARNING if decision.warning else (
+            logging.INFO if decision.once else logging.DEBUG)
+        if decision.once and not self._first_time(peer.client.mac, decision.once):
+            level = logging.DEBUG
+        if not log.isEnabledFor(level):
+            return
+        if level > logging.DEBUG and not self.limiter.allow(
+                decision.topic or "request ignored", time.monotonic(), level):
+            return
+        if decision.once:  # a sentence of its own, naming the client
+            log.log(level, "%s", decision.note)
+        else:
+            log.log(level, "%s: %s ignored: %s", peer, _kind_name(kind), decision.note)
+
+    def _may_log(self, topic: str) -> bool:
+        return self.limiter.allow(topic, time.monotonic())
+
+    def _first_time(self, mac: str, condition: str) -> bool:
+        """Is it the first time *mac* meets *condition* (bounded memory)?"""
+        key = (mac, condition)
+        if key in self._once:
+            return False
+        if len(self._once) >= _ONCE_LIMIT:  # made-up MACs: forget the oldest
+            del self._once[next(iter(self._once))]
+        self._once[key] = None
+        return True
 
     def _ifname(self, ifindex: int) -> str:
         name = self._ifnames.get(ifindex)
@@ -468,16 +570,8 @@ class DhcpService:
     def _malformed(self, source: tuple[str, int], size: int, exc: BadPacket) -> None:
         """Log dropped packets, at most ``_LOG_BURST`` lines per ``_LOG_WINDOW`` seconds."""
         self._count("malformed")
-        now = time.monotonic()
-        if now >= self._quiet_until:
-            if self._unlogged:
-                log.info("%d more malformed packets dropped", self._unlogged)
-            self._quiet_until, self._logged, self._unlogged = now + _LOG_WINDOW, 0, 0
-        if self._logged < _LOG_BURST:
-            self._logged += 1
+        if self.limiter.allow("malformed packet dropped", time.monotonic(), logging.INFO):
             log.info("%s:%d: malformed packet dropped (%d bytes): %s", *source, size, exc)
-        else:
-            self._unlogged += 1
 
     def _count(self, what: str) -> None:
         self.stats[what] = self.stats.get(what, 0) + 1

@@ -1,26 +1,38 @@
 """Who may be served: ``[bootp] access = none | mac | uuid | http``.
 
 * ``mac``: only MACs listed and enabled in ``[mac]``;
-* ``uuid``: only UUIDs (as dmidecode prints them) listed and enabled in
-  ``[uuid]``. A plain DHCP request carries no UUID: it is judged by the UUID
-  its MAC showed in an earlier PXE request (the installer after its PXE boot);
+* ``uuid``: only UUIDs (as dmidecode prints them, upper case; ``[uuid]`` keys
+  may be written in any case) listed and enabled in ``[uuid]``. A plain DHCP
+  request carries no UUID: it is judged by the UUID its MAC showed in an
+  earlier PXE request (the installer after its PXE boot);
 * ``http``: ``GET {location}{pxe|dhcp}?mac=AA-BB-CC-DD-EE-FF&uuid=UUID``
-  (``uuid`` only when known): 200 grants, 401 or 403 denies, anything else
-  (a timeout, another status, no answer) ignores the request, so the client
-  retries. Grants and denials are cached for :data:`CACHE_SECONDS`; a query
-  already running is shared by the requests that need it.
+  (``uuid`` upper case as dmidecode prints it, only when known): 200 grants,
+  401 or 403 denies, anything else (a timeout, another status, no answer)
+  ignores the request, so the client retries. Grants and denials are cached
+  for :data:`CACHE_SECONDS`; a query already running is shared by the
+  requests that need it.
 
-The HTTP query runs in the daemon's thread pool with ``[bootp] timeout``: it
-never blocks the event loop, and a slow answer for one client delays no other.
-PXE firmware waits only a few seconds for an offer (iPXE about 2 s for the
-proxy offer, PXE ROMs 4 s for the first retry), so keep ``timeout`` at 1-1.5 s.
+The HTTP query runs in the daemon's thread pool: it never blocks the event
+loop, and a slow answer for one client delays no other. ``[bootp] timeout`` is
+one deadline counted from the request's arrival; it covers the wait for a
+query slot, connecting and reading the answer. A request whose answer is not
+known by then is ignored (logged), like an unanswered query. At most half the
+pool's threads run queries; a thread whose query timed out keeps its slot
+until it ends (``requests`` gives up after ``timeout`` for connecting and as
+much for reading), so stuck queries never pile up in the pool: later requests
+fail fast at their deadline instead. PXE firmware waits only a few seconds for
+an offer (iPXE about 2 s for the proxy offer, PXE ROMs 4 s for the first
+retry), so keep ``timeout`` at 1-1.5 s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from enum import Enum
 from urllib.parse import urlencode
 
@@ -28,7 +40,6 @@ import requests
 
 from pybootd.config import Config
 from pybootd.dhcp.pxe import ClientInfo
-from pybootd.errors import SourceError
 from pybootd.server.runtime import Runtime
 
 log = logging.getLogger("pybootd.dhcp.acl")
@@ -47,16 +58,20 @@ class Verdict(Enum):
 class AccessControl:
     """The access policy of one DHCP service."""
 
-    def __init__(self, config: Config, runtime: Runtime) -> None:
+    def __init__(self, config: Config, runtime: Runtime, *,
+                 may_log: Callable[[str], bool] = lambda topic: True) -> None:
+        """*may_log(topic)* rate-limits the warnings about failed queries."""
         assert config.bootp is not None
         self.mode = config.bootp.access
         self.timeout = config.bootp.timeout
         self.config = config
         self.runtime = runtime
+        self._may_log = may_log
         self._uuid_of_mac: dict[str, str] = {}
         self._cache: dict[str, tuple[Verdict, float]] = {}
         self._running: dict[str, asyncio.Future[Verdict]] = {}
         # Leave half the shared pool to the other services (TFTP's HTTP sources).
+        # A slot is held by a query's thread until the thread ends.
         self._slots = asyncio.Semaphore(max(1, config.daemon.workers // 2))
 
     def remember(self, client: ClientInfo) -> None:
@@ -67,7 +82,9 @@ class AccessControl:
             self._uuid_of_mac[client.mac] = client.uuid
 
     def uuid_of(self, client: ClientInfo) -> str | None:
-        return client.uuid or self._uuid_of_mac.get(client.mac)
+        """The UUID as dmidecode prints it (upper case), so matching ignores case."""
+        uuid = client.uuid or self._uuid_of_mac.get(client.mac)
+        return uuid.upper() if uuid is not None else None
 
     def quick(self, client: ClientInfo) -> Verdict | None:
         """The verdict when it needs no HTTP query (or is cached); else None."""
@@ -95,16 +112,26 @@ class AccessControl:
             query["uuid"] = uuid
         return f"{http.location}{path}?{urlencode(query)}"
 
-    async def ask(self, client: ClientInfo) -> Verdict:
-        """Ask the HTTP service (one query per URL at a time)."""
+    async def ask(self, client: ClientInfo, arrived: float | None = None) -> Verdict:
+        """Ask the HTTP service (one query per URL at a time).
+
+        The answer must be known ``timeout`` seconds after *arrived* (the
+        request's arrival, in ``loop.time()``; default: now), else IGNORE.
+        """
+        loop = self.runtime.loop
+        deadline = (loop.time() if arrived is None else arrived) + self.timeout
         url = self.url(client)
         running = self._running.get(url)
         if running is not None:
-            return await asyncio.shield(running)
-        future: asyncio.Future[Verdict] = self.runtime.loop.create_future()
+            try:
+                return await asyncio.wait_for(asyncio.shield(running),
+                                              max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                return self._timed_out(url)
+        future: asyncio.Future[Verdict] = loop.create_future()
         self._running[url] = future
         try:
-            verdict = await self._query(url)
+            verdict = await self._query(url, deadline)
             future.set_result(verdict)
         except asyncio.CancelledError:  # shutdown: the waiters are cancelled too
             future.cancel()
@@ -117,20 +144,63 @@ class AccessControl:
             del self._running[url]
         return verdict
 
-    async def _query(self, url: str) -> Verdict:
-        try:
-            async with self._slots:
-                status = await self.runtime.blocking(self.timeout + 0.5, _http_status, url,
-                                                     self.timeout)
-        except (SourceError, requests.RequestException) as exc:
-            log.warning("access query %s failed (%s): request ignored", url, exc)
+    async def _query(self, url: str, deadline: float) -> Verdict:
+        if not await self._take_slot(deadline):
+            self._warn("access query %s: no free query slot within %gs (slow HTTP service?): "
+                       "request ignored", url, self.timeout)
             return Verdict.IGNORE
+        loop = self.runtime.loop
+        left = deadline - loop.time()
+        if left <= 0:
+            self._slots.release()
+            return self._timed_out(url)
+        try:
+            thread: Future[int] = self.runtime.executor.submit(_http_status, url, left)
+        except RuntimeError:  # the pool is shutting down
+            self._slots.release()
+            raise
+        thread.add_done_callback(self._thread_done)
+        try:
+            status = await asyncio.wait_for(asyncio.wrap_future(thread, loop=loop), left)
+        except TimeoutError:
+            return self._timed_out(url)
+        except requests.RequestException as exc:
+            self._warn("access query %s failed (%s): request ignored", url, exc)
+            return Verdict.IGNORE
+        return self._judge(url, status)
+
+    async def _take_slot(self, deadline: float) -> bool:
+        """A query slot, waiting no later than *deadline*; False when none came."""
+        if not self._slots.locked():
+            await self._slots.acquire()  # free: returns at once
+            return True
+        try:
+            await asyncio.wait_for(self._slots.acquire(),
+                                   max(0.0, deadline - self.runtime.loop.time()))
+        except TimeoutError:
+            return False
+        return True
+
+    def _thread_done(self, _thread: Future[int]) -> None:
+        """In the worker thread: give the slot back, on the loop."""
+        with contextlib.suppress(RuntimeError):  # the loop closed first (shutdown)
+            self.runtime.loop.call_soon_threadsafe(self._slots.release)
+
+    def _timed_out(self, url: str) -> Verdict:
+        self._warn("access query %s: no answer within %gs: request ignored", url, self.timeout)
+        return Verdict.IGNORE
+
+    def _warn(self, message: str, *args: object) -> None:
+        if self._may_log("access query failed"):
+            log.warning(message, *args)
+
+    def _judge(self, url: str, status: int) -> Verdict:
         if status == 200:
             verdict = Verdict.ALLOW
         elif status in (401, 403):
             verdict = Verdict.DENY
         else:
-            log.warning("access query %s answered %d: request ignored", url, status)
+            self._warn("access query %s answered %d: request ignored", url, status)
             return Verdict.IGNORE
         if len(self._cache) >= _CACHE_LIMIT:
             self._cache.clear()
@@ -139,6 +209,11 @@ class AccessControl:
 
 
 def _http_status(url: str, timeout: float) -> int:
-    """Blocking GET, in a worker thread; redirects are not followed."""
-    with requests.get(url, timeout=timeout, allow_redirects=False, stream=True) as response:
+    """Blocking GET, in a worker thread; redirects are not followed.
+
+    *timeout* bounds connecting and, again, reading the status line and
+    headers (the body is never read), so the thread ends within 2 * timeout.
+    """
+    with requests.get(url, timeout=(timeout, timeout), allow_redirects=False,
+                      stream=True) as response:
         return response.status_code

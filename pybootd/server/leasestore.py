@@ -11,6 +11,9 @@ WAL. Only a crash of the whole machine (power loss, kernel panic) can lose the
 last commits, which is the cost of keeping fsync off the per-packet path.
 Clients that lost their lease that way simply get a NAK or a new OFFER.
 
+A BOOTP binding never expires (RFC 1534 section 2): its ``expires`` is
+stored as SQLite's REAL infinity (``Inf``), read back as ``float("inf")``.
+
 The service groups the leases acknowledged while a commit is running into the
 next commit (group commit), so the cost per ACK falls as the load rises.
 
@@ -34,7 +37,7 @@ CREATE TABLE IF NOT EXISTS leases (
     ip INTEGER PRIMARY KEY,      -- IPv4 address as an integer
     mac TEXT,                    -- aa:bb:cc:dd:ee:ff, NULL when quarantined or orphaned
     state TEXT NOT NULL,         -- bound | free | declined
-    expires REAL NOT NULL,       -- seconds since the epoch
+    expires REAL NOT NULL,       -- seconds since the epoch; Inf for BOOTP (permanent)
     pxe INTEGER NOT NULL DEFAULT 0,
     updated REAL NOT NULL
 );

@@ -6,16 +6,17 @@ One datagram per event and target, one line of UTF-8 text ending in ``\\n``::
 
 * ``EVENT``: what the client sent (discover, request, release, decline,
   inform, bootp: a BOOTP request) or what pybootd did (offer, ack, nak,
-  denied: refused by access control);
+  denied: refused by access control); exactly one line per event (the reply
+  to an INFORM is an ``ack``);
 * ``MAC``: ``aa:bb:cc:dd:ee:ff``; ``IP``: the address offered, acknowledged,
-  requested or released; ``UUID``: as ``dmidecode`` prints it; ``ARCH``: the
-  option 93 architecture name (``bios``, ``efi-x64``, ...); ``FILE``: the boot
-  file sent, percent-encoded (RFC 3986) so it holds no space;
+  requested or released; ``UUID``: as ``dmidecode`` prints it (upper case);
+  ``ARCH``: the option 93 architecture name (``bios``, ``efi-x64``, ...);
+  ``FILE``: the boot file sent, percent-encoded (RFC 3986) so it holds no space;
 * a value that is unknown is ``-``. Fields may be added at the end of the
   line in later versions: parse by key.
 
 Example: ``pybootd ack mac=52:54:00:12:34:56 ip=192.0.2.10
-uuid=4c4c4544-0042-3510-8051-b4c04f4d3132 arch=efi-x64 file=grubx64.efi``
+uuid=4C4C4544-0042-3510-8051-B4C04F4D3132 arch=efi-x64 file=grubx64.efi``
 
 Sending never waits: the socket is non-blocking and every error (no route,
 a refused port, a full buffer) is counted and dropped, so a dead target never

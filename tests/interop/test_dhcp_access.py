@@ -24,7 +24,7 @@ from pybootd.dhcp.options import DhcpOption, MessageType
 
 pytestmark = [pytest.mark.netns, pytest.mark.interop]
 
-UUID_TEXT = "4c4c4544-0042-3510-8051-b4c04f4d3132"
+UUID_TEXT = "4C4C4544-0042-3510-8051-B4C04F4D3132"  # as dmidecode prints it
 UUID_OPTION = bytes.fromhex("00" "44454c4c" "4200" "1035" "8051b4c04f4d3132")
 OTHER_UUID_OPTION = bytes(17)
 
@@ -157,17 +157,36 @@ def test_mac_list_and_notifications(dlab: DhcpLab) -> None:
         DhcpOption.REQUESTED_IP: offer.yiaddr.packed})
     assert p.collect(1.5)[request][1].message_type == MessageType.ACK
     del off, unlisted
+    server_id = {DhcpOption.SERVER_ID: bytes((198, 51, 100, 1))}
+    wrong = p.send(MessageType.REQUEST, mac(1), {  # INIT-REBOOT for another address
+        **pxe(), DhcpOption.REQUESTED_IP: bytes((198, 51, 100, 149))})
+    assert p.collect(1.5)[wrong][1].message_type == MessageType.NAK
+    p.send(MessageType.DECLINE, mac(1), {**server_id, DhcpOption.REQUESTED_IP: offer.yiaddr.packed})
+    second = p.send(MessageType.DISCOVER, mac(1), pxe())
+    new_offer = p.collect(1.5)[second][1]
+    assert new_offer.yiaddr != offer.yiaddr  # the declined address is quarantined
+    again = p.send(MessageType.REQUEST, mac(1), {
+        **pxe(), **server_id, DhcpOption.REQUESTED_IP: new_offer.yiaddr.packed})
+    assert p.collect(1.5)[again][1].message_type == MessageType.ACK
+    p.send(MessageType.RELEASE, mac(1), server_id, ciaddr=new_offer.yiaddr)
 
-    listener.settimeout(2)
+    listener.settimeout(1.5)
     lines: list[str] = []
     try:
-        while len(lines) < 8:
+        while len(lines) < 100:
             lines.append(listener.recv(2048).decode())
     except TimeoutError:
         pass
     listener.close()
     p.close()
-    ip = str(offer.yiaddr)
+    events = [line.split()[1] for line in lines]
+    # Exactly one line per event, also for those that get no reply.
+    assert events.count("nak") == 1 and events.count("decline") == 1, lines
+    assert events.count("release") == 1 and events.count("ack") == 2, lines
+    ip, ip2 = str(offer.yiaddr), str(new_offer.yiaddr)
+    remembered = f"uuid={UUID_TEXT} arch=- file=-\n"  # the UUID its PXE requests showed
+    assert f"pybootd release mac=02:00:00:00:00:01 ip={ip2} {remembered}" in lines
+    assert f"pybootd decline mac=02:00:00:00:00:01 ip={ip} {remembered}" in lines
     who = f"uuid={UUID_TEXT} arch=efi-x64"
     assert f"pybootd discover mac=02:00:00:00:00:01 ip=- {who} file=-\n" in lines
     assert f"pybootd offer mac=02:00:00:00:00:01 ip={ip} {who} file=grubx64.efi\n" in lines
@@ -178,7 +197,7 @@ def test_mac_list_and_notifications(dlab: DhcpLab) -> None:
 
 
 def test_uuid_list_as_dmidecode_prints_it(dlab: DhcpLab) -> None:
-    dlab.write_config(bootp={"access": "uuid"}, uuid={UUID_TEXT.upper(): "enable"})
+    dlab.write_config(bootp={"access": "uuid"}, uuid={UUID_TEXT.lower(): "enable"})  # any case
     dlab.start_server()
     p = prober(dlab)
     ok = p.send(MessageType.DISCOVER, mac(1), pxe(UUID_OPTION))

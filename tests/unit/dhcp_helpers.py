@@ -15,8 +15,9 @@ MAC = bytes.fromhex("525400123456")
 MAC_TEXT = "52:54:00:12:34:56"
 PXE_BIOS = b"PXEClient:Arch:00000:UNDI:002001"
 PXE_EFI = b"PXEClient:Arch:00007:UNDI:003016"
-# SMBIOS byte order of 4c4c4544-0042-3510-8051-b4c04f4d3132 (first 3 fields LE)
-UUID_TEXT = "4c4c4544-0042-3510-8051-b4c04f4d3132"
+# SMBIOS byte order of 4C4C4544-0042-3510-8051-B4C04F4D3132 (first 3 fields LE),
+# shown the way dmidecode prints it: upper case
+UUID_TEXT = "4C4C4544-0042-3510-8051-B4C04F4D3132"
 UUID_OPTION = bytes.fromhex("00" "44454c4c" "4200" "1035" "8051b4c04f4d3132")
 
 

@@ -75,6 +75,24 @@ def test_unknown_section_with_hint() -> None:
      "bootp.pool_count: the pool ends at 192.0.3.3, outside 192.0.2.0/24"),
     ("[static_dhcp]\naa:bb:cc:dd:ee:01 = 192.0.2.5\naa:bb:cc:dd:ee:02 = 192.0.2.5\n",
      ":3: static_dhcp.aa:bb:cc:dd:ee:02: 192.0.2.5 is already reserved"),
+    ("[bootfile]\nipxe-efi64 = x.efi\n",
+     ":2: bootfile.ipxe-efi64: unknown architecture (did you mean 'ipxe-efi-x64'?)"),
+    ("[bootfile]\nipxe-zzzzzz = x.efi\n",
+     ":2: bootfile.ipxe-zzzzzz: unknown architecture (expected ipxe-ARCH"),
+    ("[bootfile]\nefi-bc = a.efi\n9 = b.efi\n",
+     ":3: bootfile.9: architecture 9 (efi-bc) is already set at line 2"),
+    ("[bootfile]\nefi-x64 = a.efi\n7 = b.efi\n",
+     ":3: bootfile.7: architecture 7 (efi-x64) is already set at line 2"),
+    ("[bootfile]\nipxe-bios = a\nipxe-0 = b\n",
+     ":3: bootfile.ipxe-0: architecture 0 (bios) is already set at line 2"),
+    (f"[bootp]\npool_start = 192.0.2.10\nboot_file = {'b' * 128}\n",
+     ":3: bootp.boot_file: the name is 128 bytes long (expected at most 127 bytes"),
+    (f"[bootfile]\nbios = pxelinux.0\nefi-x64 = {'e' * 100}/{'x' * 27}.efi\n",
+     ":3: bootfile.efi-x64: the name is 132 bytes long (expected at most 127 bytes"),
+    (f"[bootfile]\nipxe = http://{'h' * 120}/boot.ipxe\n",
+     ":2: bootfile.ipxe: the name is 137 bytes long"),
+    (f"[tftp]\nroot = http://mirror.example/{'d' * 95}/\n[bootfile]\nhttp-x64 = shimx64.efi\n",
+     ":4: bootfile.http-x64: [tftp] root + this name is 129 bytes long"),
 ])
 def test_errors_name_file_line_section_key(text: str, needle: str) -> None:
     message = error_of(text)
@@ -120,7 +138,7 @@ ipxe = http://192.0.2.1/boot.ipxe
     assert config.bootp.dns == (IPv4Address("198.51.100.53"), IPv4Address("198.51.100.54"))
     assert config.bootp.notify == (("192.0.2.5", 5000), ("192.0.2.6", 5001))
     assert config.mac == {"aa:bb:cc:dd:ee:ff": True, "11:22:33:44:55:66": False}
-    assert config.uuid == {"4c4c4544-0042-3510-8052-b4c04f4b4e31": True}
+    assert config.uuid == {"4C4C4544-0042-3510-8052-B4C04F4B4E31": True}  # as dmidecode prints
     assert config.tftp.root_url is not None and config.tftp.root_url.endswith("/netboot/")
     assert [(r.pattern, r.target, r.indirect) for r in config.filters] == [
         ("pxelinux.cfg/*", "/etc/pybootd/pxe.cfg", False),
@@ -141,3 +159,41 @@ def test_sizes() -> None:
     config = parse_config("[tftp]\ncache_size = 2G\nmax_upload_size = 512k\n", PATH)
     assert config.tftp.cache_size == 2 * 1024**3
     assert config.tftp.max_upload_size == 512 * 1024
+
+
+@pytest.mark.parametrize("order", ["group first", "explicit first"])
+def test_explicit_architecture_overrides_the_one_a_group_implies(order: str) -> None:
+    lines = ["efi-x64 = grubx64.efi", "efi-bc = ebc.efi"]
+    if order == "explicit first":
+        lines.reverse()
+    config = parse_config("[bootfile]\n" + "\n".join(lines) + "\n", PATH)
+    assert config.bootfiles == {7: "grubx64.efi", 9: "ebc.efi"}
+
+
+def test_ipxe_files_per_architecture() -> None:
+    config = parse_config("""
+[bootfile]
+efi-x64 = ipxe.efi
+IPXE-EFI-X64 = debian-installer/amd64/grubx64.efi
+ipxe-bios = pxelinux.0
+ipxe-11 = arm.ipxe
+ipxe = boot.ipxe
+""", PATH)
+    assert config.bootfiles == {7: "ipxe.efi", 9: "ipxe.efi"}
+    assert config.ipxe_bootfiles == {7: "debian-installer/amd64/grubx64.efi",
+                                     9: "debian-installer/amd64/grubx64.efi",
+                                     0: "pxelinux.0", 11: "arm.ipxe"}
+    assert config.ipxe_bootfile == "boot.ipxe"
+
+
+def test_boot_file_of_127_bytes_fits() -> None:
+    name = "b" * 127
+    config = parse_config(f"[bootp]\npool_start = 192.0.2.10\nboot_file = {name}\n"
+                          f"[bootfile]\nbios = {name}\n", PATH)
+    assert config.bootp is not None and config.bootp.boot_file == name
+    assert config.bootfiles[0] == name
+
+
+def test_uuid_keys_any_case_read_as_dmidecode_prints_them() -> None:
+    config = parse_config("[uuid]\n4c4c4544-0042-3510-8052-b4c04f4b4e31 = on\n", PATH)
+    assert config.uuid == {"4C4C4544-0042-3510-8052-B4C04F4B4E31": True}

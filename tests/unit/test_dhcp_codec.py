@@ -175,7 +175,7 @@ def test_plain_bootp_request() -> None:
 
 # Firmware captured in QEMU started with -uuid VM_UUID (scripts/capture_dhcp_vectors.py):
 # option 97 must read back as that UUID, the way dmidecode prints it.
-VM_UUID = "4c4c4544-0042-3510-8051-b4c04f4d3132"
+VM_UUID = "4C4C4544-0042-3510-8051-B4C04F4D3132"  # dmidecode: upper case
 FIRMWARE = {  # name prefix -> (arch, pxe, http, ipxe)
     "ipxe-bios": (0, True, False, True),
     "ipxe-efi-x64": (7, True, False, True),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pybootd.dhcp.pool import Lease, LeasePool, LeaseState
+from pybootd.dhcp.pool import PERMANENT, Lease, LeasePool, LeaseState
 from pybootd.server.leasestore import LeaseStore
 
 NET = IPv4Network("198.51.100.0/24")
@@ -231,3 +231,119 @@ def test_exhausted_pool_skips_rescans_until_something_frees() -> None:
     assert p.offer(D, None, T0 + 4).ip == ip(10)  # type: ignore[union-attr]
     assert p.offer(C, None, T0 + 5) is None
     assert p.offer(C, None, T0 + 3601) is not None  # holds and leases have ended
+
+
+def test_bootp_binding_never_expires_and_is_stored(tmp_path: Path) -> None:
+    """RFC 1534 section 2 / RFC 951: a BOOTP client never renews, so its address is permanent."""
+    p = pool(count=2)  # one address: .10 (.11 excluded)
+    offered = p.offer(A, None, T0)
+    assert offered is not None
+    bound = p.request(A, offered.ip, T0, permanent=True)
+    assert bound is not None and bound.expires == PERMANENT
+    years = T0 + 10 * 365 * 86400.0
+    assert bound.active(years)
+    assert p.offer(B, None, years) is None  # never reclaimed for another MAC
+    again = p.offer(A, None, years)  # the next BOOTREQUEST: same address, stored again
+    assert again == bound
+    refreshed = p.request(A, again.ip, years, permanent=True)
+    assert refreshed is not None and refreshed.expires == PERMANENT
+
+    store = LeaseStore(tmp_path / "leases.sqlite")
+    store.write(p.take_dirty(), years)
+    store.close()
+    store = LeaseStore(tmp_path / "leases.sqlite")  # a restart
+    q = pool(count=2)
+    q.restore(store.load())
+    store.close()
+    assert q.lease_of(A) == refreshed
+    assert q.offer(B, None, years + 1) is None
+
+
+def test_bootp_binding_can_become_a_dhcp_lease() -> None:
+    p = pool(count=3)
+    p.offer(A, None, T0)
+    p.request(A, ip(10), T0, permanent=True)
+    lease = p.request(A, ip(10), T0 + 5)  # the same machine now runs a DHCP client
+    assert lease is not None and lease.expires == T0 + 5 + 3600
+
+
+def test_reservation_never_takes_an_address_another_mac_holds() -> None:
+    """A reservation added after A leased the address (restored from the lease file)."""
+    p = pool(count=10, static={B: ip(12)})
+    p.restore([Lease(ip(12), A, LeaseState.BOUND, T0 + 3600)])
+    assert p.static_blocker(B, T0) == p.lease_at(ip(12))
+    assert p.offer(B, None, T0) is None  # no duplicate
+    assert p.request(B, ip(12), T0) is None
+    assert p.request(A, ip(12), T0 + 1800) is None  # A's renewal: NAK, the address is reserved
+    moved = p.offer(A, None, T0 + 1801)  # A starts over and moves
+    assert moved is not None and moved.ip != ip(12)
+    assert p.lease_at(ip(12)).mac is None  # type: ignore[union-attr]
+    assert p.static_blocker(B, T0 + 1802) is None
+    offer = p.offer(B, None, T0 + 1802)
+    assert offer is not None and offer.ip == ip(12)
+    assert p.request(B, ip(12), T0 + 1803) is not None
+
+
+def test_reservation_waits_for_the_other_lease_to_end() -> None:
+    p = pool(count=10, static={B: ip(12)})
+    p.restore([Lease(ip(12), A, LeaseState.BOUND, T0 + 3600)])
+    assert p.offer(B, None, T0 + 3599) is None
+    offer = p.offer(B, None, T0 + 3600)  # A's lease is over
+    assert offer is not None and offer.ip == ip(12)
+    assert p.lease_of(A) is None  # A's affinity went with the address
+    bound = p.request(B, ip(12), T0 + 3601)
+    assert bound is not None and p.lease_of(B) == bound
+
+
+def test_reserved_address_in_quarantine_is_not_offered() -> None:
+    p = pool(count=3, static={B: ip(50)})
+    p.offer(B, None, T0)
+    p.request(B, ip(50), T0)
+    assert p.decline(B, ip(50), T0 + 1) is not None
+    assert p.offer(B, None, T0 + 2) is None  # it would only decline it again
+    assert p.offer(B, None, T0 + 601).ip == ip(50)  # type: ignore[union-attr]
+
+
+def test_quarantine_on_a_full_pool_ends_on_time() -> None:
+    """A DECLINE on an exhausted pool: the address is free again when quarantine ends."""
+    p = pool(count=3)  # .10 and .12
+    for mac in (A, B):
+        lease = p.offer(mac, None, T0)
+        assert lease is not None
+        p.request(mac, lease.ip, T0)
+    assert p.offer(C, None, T0 + 1) is None  # exhausted: no rescan before T0 + 3600
+    assert p.decline(A, ip(10), T0 + 5) is not None
+    assert p.offer(C, None, T0 + 6) is None  # quarantined
+    after = p.offer(C, None, T0 + 605)  # the quarantine ended at T0 + 605
+    assert after is not None and after.ip == ip(10)
+
+
+@pytest.mark.parametrize("count", [2, 6])
+def test_never_two_macs_with_reservations_and_bootp(count: int) -> None:
+    import random
+
+    rng = random.Random(count)
+    reserved = ip(12) if count > 2 else ip(60)  # inside the range, or outside it
+    macs = [f"02:00:00:00:02:{i:02x}" for i in range(count * 2)]
+    p = pool(count=count, static={macs[0]: reserved})
+    p.restore([Lease(reserved, macs[1], LeaseState.BOUND, T0 + 500)])  # a stale holder
+    now = T0
+    for _ in range(2000):
+        now += rng.random() * 20
+        mac = rng.choice(macs)
+        action = rng.random()
+        lease = p.lease_of(mac)
+        if action < 0.4:
+            p.offer(mac, None, now)
+        elif action < 0.8 and lease is not None:
+            p.request(mac, lease.ip, now, permanent=action < 0.45)
+        elif action < 0.9 and lease is not None:
+            p.release(mac, lease.ip, now)
+        elif lease is not None:
+            p.decline(mac, lease.ip, now)
+        held = [x for x in p.leases() if x.mac is not None and x.active(now)]
+        assert len({x.ip for x in held}) == len(held)
+        assert len({x.mac for x in held}) == len(held)
+        for x in p.leases():
+            if x.mac is not None:
+                assert p.lease_of(x.mac) == x

@@ -82,6 +82,28 @@ def test_bootfile_choice() -> None:
     assert bootfile_for(ClientInfo(MAC_TEXT, arches=(99, 9), pxe=True), s) == "grubx64.efi"
     assert bootfile_for(ClientInfo(MAC_TEXT, arches=(7,), pxe=True, ipxe=True), s) \
         == "http://198.51.100.1/boot.ipxe"
-    assert bootfile_for(ClientInfo(MAC_TEXT, arches=(16,), http=True), s) \
-        == "http://198.51.100.1/boot/shimx64.efi"
     assert bootfile_for(ClientInfo(MAC_TEXT), settings(boot_file=None)) is None
+
+
+def test_http_boot_file_is_an_http_url_or_nothing() -> None:
+    """pybootd runs no HTTP server: a URL as given, else [tftp] root (http) + name."""
+    http = ClientInfo(MAC_TEXT, arches=(16,), http=True)
+    assert bootfile_for(http, settings()) is None  # relative name, no http root
+    assert bootfile_for(http, settings(http_root="https://mirror.example/nb/")) \
+        == "https://mirror.example/nb/boot/shimx64.efi"
+    assert bootfile_for(http, settings(bootfiles={16: "HTTP://h.example/x.efi"})) \
+        == "HTTP://h.example/x.efi"
+    assert bootfile_for(http, settings(bootfiles={16: "tftp://h.example/x.efi"},
+                                       http_root="http://m.example/")) is None
+
+
+def test_ipxe_file_of_the_architecture_before_plain_ipxe() -> None:
+    s = settings(ipxe_bootfiles={7: "grubx64.efi", 0: "pxelinux.0"})
+    assert bootfile_for(ClientInfo(MAC_TEXT, arches=(7,), pxe=True, ipxe=True), s) \
+        == "grubx64.efi"
+    assert bootfile_for(ClientInfo(MAC_TEXT, arches=(0,), pxe=True, ipxe=True), s) \
+        == "pxelinux.0"
+    assert bootfile_for(ClientInfo(MAC_TEXT, arches=(11,), pxe=True, ipxe=True), s) \
+        == "http://198.51.100.1/boot.ipxe"
+    assert bootfile_for(ClientInfo(MAC_TEXT, arches=(11,), pxe=True, ipxe=True),
+                        settings(ipxe_bootfiles={7: "x"}, ipxe_bootfile=None)) == "pxelinux.0"

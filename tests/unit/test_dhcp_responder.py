@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from ipaddress import IPv4Address
 
 import hypothesis
@@ -19,9 +20,10 @@ from dhcp_helpers import (
 )
 from hypothesis import strategies as st
 
+from pybootd.dhcp.chain import ChainTracker
 from pybootd.dhcp.options import DhcpOption, MessageType
 from pybootd.dhcp.packet import FLAG_BROADCAST, DhcpPacket, encode_packet, parse_packet_untrusted
-from pybootd.dhcp.pool import LeasePool, LeaseState
+from pybootd.dhcp.pool import PERMANENT, Lease, LeasePool, LeaseState
 from pybootd.dhcp.pxe import client_info
 from pybootd.dhcp.responder import Decision, Settings, respond
 
@@ -100,12 +102,108 @@ def test_bios_pxe_and_ipxe_files() -> None:
         == b"http://198.51.100.1/boot.ipxe"
 
 
+HTTP_BOOT = pxe_options(b"HTTPClient:Arch:00016:UNDI:003001", 16)
+MIRROR = "http://mirror.example/netboot/"
+
+
 def test_http_boot_client_gets_url_and_httpclient() -> None:
-    http = pxe_options(b"HTTPClient:Arch:00016:UNDI:003001", 16)
-    reply = reply_of(answer(request(MessageType.DISCOVER, options=http), new_pool()))
+    """A relative name with an http(s) [tftp] root: root + name (pybootd serves no HTTP)."""
+    decision = answer(request(MessageType.DISCOVER, options=HTTP_BOOT), new_pool(),
+                      settings(http_root=MIRROR))
+    reply = reply_of(decision)
     assert reply.options[DhcpOption.VENDOR_CLASS] == b"HTTPClient"
-    assert reply.file == b"http://198.51.100.1/boot/shimx64.efi"
+    assert reply.file == b"http://mirror.example/netboot/boot/shimx64.efi"
+    assert reply.options[DhcpOption.BOOTFILE] == reply.file
     assert DhcpOption.VENDOR_SPECIFIC not in reply.options
+
+
+def test_http_boot_client_gets_a_full_url_as_configured() -> None:
+    s = settings(bootfiles={16: "https://boot.example/x64/shim.efi"})
+    reply = reply_of(answer(request(MessageType.DISCOVER, options=HTTP_BOOT), new_pool(), s))
+    assert reply.file == b"https://boot.example/x64/shim.efi"
+
+
+def test_http_boot_client_without_any_url_is_not_answered() -> None:
+    pool = new_pool(count=1)
+    decision = answer(request(MessageType.DISCOVER, options=HTTP_BOOT), pool)  # no http root
+    assert decision.event == "ignore" and decision.reply is None
+    assert decision.note.startswith(f"HTTP boot client {MAC_TEXT} ignored: no http URL "
+                                    "configured for arch http-x64")
+    assert decision.once and not decision.warning  # logged once per MAC, at info
+    assert pool.lease_of(MAC_TEXT) is None  # and no address held for it
+    tftp_url = settings(bootfiles={16: "tftp://198.51.100.1/shim.efi"})
+    assert answer(request(MessageType.DISCOVER, options=HTTP_BOOT), pool, tftp_url).event \
+        == "ignore"
+
+
+def test_boot_file_too_long_for_the_file_field_is_never_cut() -> None:
+    long_root = "http://mirror.example/" + "d" * 100 + "/"
+    decision = answer(request(MessageType.DISCOVER, options=HTTP_BOOT), new_pool(),
+                      settings(http_root=long_root))
+    assert decision.event == "ignore" and decision.warning and "127 bytes" in decision.note
+
+
+def test_ipxe_file_per_architecture() -> None:
+    s = settings(ipxe_bootfiles={7: "debian-installer/amd64/grubx64.efi", 0: "pxelinux.0"},
+                 ipxe_bootfile="boot.ipxe")
+    efi = {**pxe_options(), DhcpOption.USER_CLASS: b"iPXE"}
+    bios = {**pxe_options(PXE_BIOS, 0), DhcpOption.IPXE_ENCAP: bytes((177, 5, 1, 0, 0, 0, 0))}
+    arm = {**pxe_options(b"PXEClient:Arch:00011:UNDI:003016", 11), DhcpOption.USER_CLASS: b"iPXE"}
+    files = [reply_of(answer(request(MessageType.DISCOVER, options=o), new_pool(), s)).file
+             for o in (efi, bios, arm)]
+    assert files == [b"debian-installer/amd64/grubx64.efi", b"pxelinux.0", b"boot.ipxe"]
+    plain_efi = reply_of(answer(request(MessageType.DISCOVER, options=pxe_options()), new_pool(),
+                                s))
+    assert plain_efi.file == b"grubx64.efi"  # not iPXE: the efi-x64 file
+
+
+def _with_xid(packet: DhcpPacket, xid: int) -> DhcpPacket:
+    return parse_packet_untrusted(encode_packet(replace(packet, xid=xid)))
+
+
+def test_ipxe_rom_chainloads_our_ipxe_then_gets_the_script() -> None:
+    """ipxe_rom = chainload: an iPXE ROM's own exchange (its xid, DISCOVER to
+    REQUEST) gets the architecture's file; the iPXE it loads, asking in a new
+    exchange, gets the script; after the window a new boot starts over."""
+    s = settings(bootfiles={0: "undionly.kpxe", 7: "ipxe.efi"}, ipxe_bootfile="boot.ipxe")
+    rom = {**pxe_options(PXE_BIOS, 0), DhcpOption.USER_CLASS: b"iPXE"}
+    chains = ChainTracker(window=300)
+    pool = new_pool()
+
+    def file_of(kind: MessageType, xid: int, now: float, options: dict[int, bytes]) -> bytes:
+        extra = {DhcpOption.SERVER_ID: SERVER.packed,
+                 DhcpOption.REQUESTED_IP: POOL_START.packed} if kind == MessageType.REQUEST \
+            else {}
+        packet = _with_xid(request(kind, options={**options, **extra}), xid)
+        return reply_of(answer(packet, pool, s, now, chains=chains)).file
+
+    assert file_of(MessageType.DISCOVER, 1, T0, rom) == b"undionly.kpxe"
+    assert file_of(MessageType.REQUEST, 1, T0 + 1, rom) == b"undionly.kpxe"  # same exchange
+    assert file_of(MessageType.DISCOVER, 2, T0 + 40, rom) == b"boot.ipxe"  # the chained iPXE
+    assert file_of(MessageType.REQUEST, 2, T0 + 41, rom) == b"boot.ipxe"
+    assert file_of(MessageType.DISCOVER, 3, T0 + 400, rom) == b"undionly.kpxe"  # a new boot
+    # Without chains (ipxe_rom = script, the default) the ROM gets the script at once.
+    assert reply_of(answer(request(MessageType.DISCOVER, options=rom), new_pool(), s)).file \
+        == b"boot.ipxe"
+
+
+def test_chainload_from_firmware_that_is_not_ipxe() -> None:
+    """UEFI's own PXE (not iPXE) gets ipxe.efi; the iPXE it starts gets the script."""
+    s = settings(bootfiles={7: "ipxe.efi"}, ipxe_bootfile="boot.ipxe")
+    chains = ChainTracker()
+    pool = new_pool()
+    uefi = _with_xid(request(MessageType.DISCOVER, options=pxe_options()), 10)
+    ipxe = _with_xid(request(MessageType.DISCOVER, options={
+        **pxe_options(), DhcpOption.USER_CLASS: b"iPXE"}), 11)
+    assert reply_of(answer(uefi, pool, s, T0, chains=chains)).file == b"ipxe.efi"
+    assert reply_of(answer(ipxe, pool, s, T0 + 30, chains=chains)).file == b"boot.ipxe"
+
+
+def test_chain_tracker_is_bounded() -> None:
+    chains = ChainTracker(limit=3)
+    for n in range(10):
+        assert chains.is_firmware(f"52:54:00:00:00:{n:02x}", n, T0)
+    assert len(chains._firmware) == 3
 
 
 def test_full_exchange_then_renew_unicast() -> None:
@@ -199,7 +297,7 @@ def test_decline_and_release() -> None:
 def test_inform_gets_options_without_address() -> None:
     ip = IPv4Address("198.51.100.7")
     decision = answer(request(MessageType.INFORM, ciaddr=ip), new_pool())
-    assert decision.event == "inform" and decision.destination == (str(ip), 68)
+    assert decision.event == "ack" and decision.destination == (str(ip), 68)  # notified as ack
     reply = reply_of(decision)
     assert reply.yiaddr == IPv4Address(0) and reply.message_type == MessageType.ACK
     assert DhcpOption.LEASE_TIME not in reply.options
@@ -214,6 +312,20 @@ def test_bootp_request() -> None:
     assert reply.message_type is None and reply.yiaddr == POOL_START
     assert reply.file == b"pxelinux.0"
     assert pool.lease_of(MAC_TEXT).state == LeaseState.BOUND  # type: ignore[union-attr]
+
+
+def test_bootp_address_is_permanent_and_refreshed() -> None:
+    """RFC 1534 section 2: BOOTP clients never renew; their address is never reclaimed."""
+    pool = new_pool(count=1)
+    first = answer(request(None), pool)
+    assert first.persist[0].expires == PERMANENT
+    later = T0 + 30 * 86400  # long after lease_time
+    other = answer(request(MessageType.DISCOVER, mac=bytes.fromhex("525400000001")), pool,
+                   now=later)
+    assert other.event == "ignore" and "exhausted" in other.note  # no duplicate
+    again = answer(request(None), pool, now=later)  # the next boot: same address, stored again
+    assert again.event == "ack" and again.ip == first.ip
+    assert again.persist and again.persist[0].expires == PERMANENT
 
 
 def test_plain_dhcp_needs_pxe_first_without_allow_simple_dhcp() -> None:
@@ -232,6 +344,35 @@ def test_static_reservation_and_exhaustion() -> None:
     other = request(MessageType.DISCOVER, mac=bytes.fromhex("525400000001"))
     decision = answer(other, pool)
     assert decision.event == "ignore" and decision.warning and "exhausted" in decision.note
+
+
+def test_reservation_held_by_another_mac_is_not_offered() -> None:
+    static_mac = bytes.fromhex("525400000099")  # reserved 198.51.100.20 in new_pool()
+    reserved = IPv4Address("198.51.100.20")
+    pool = new_pool()
+    pool.restore([Lease(reserved, MAC_TEXT, LeaseState.BOUND, T0 + 600)])  # from before
+    decision = answer(request(MessageType.DISCOVER, mac=static_mac), pool)
+    assert decision.event == "ignore" and decision.reply is None and decision.warning
+    assert decision.once  # the service logs the conflict once
+    assert "198.51.100.20" in decision.note and f"held by {MAC_TEXT}" in decision.note
+    bootp = answer(request(None, mac=static_mac), pool)
+    assert bootp.event == "ignore" and bootp.once == decision.once
+    req = request(MessageType.REQUEST, mac=static_mac,
+                  options={DhcpOption.REQUESTED_IP: reserved.packed})
+    assert answer(req, pool).event == "nak"  # INIT-REBOOT: not while the other holds it
+    renew = answer(request(MessageType.REQUEST, ciaddr=reserved), pool, now=T0 + 300)
+    assert renew.event == "nak"  # the holder is told to move
+    freed = answer(request(MessageType.DISCOVER, mac=static_mac), pool, now=T0 + 600)
+    assert freed.event == "offer" and freed.ip == reserved
+
+
+def test_warning_topics_for_rate_limiting() -> None:
+    relay = answer(request(MessageType.DISCOVER, giaddr=OTHER), new_pool())
+    assert relay.warning and relay.topic == "relay outside the network"
+    pool = new_pool(count=1)
+    dora(pool)
+    full = answer(request(MessageType.DISCOVER, mac=bytes.fromhex("525400000001")), pool)
+    assert full.warning and full.topic == "pool exhausted"
 
 
 def test_echoes_option_82_last_and_61() -> None:

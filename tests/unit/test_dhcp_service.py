@@ -3,32 +3,65 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 import os
 import signal
 import socket
 from concurrent.futures import ThreadPoolExecutor
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
+from dhcp_helpers import MAC, MAC_TEXT, request
 
 from pybootd.config import parse_config
+from pybootd.dhcp.options import DhcpOption, MessageType
+from pybootd.dhcp.packet import encode_packet
 from pybootd.dhcp.pool import Lease, LeaseState
-from pybootd.dhcp.pxe import ClientInfo
+from pybootd.dhcp.pxe import ClientInfo, client_info
+from pybootd.dhcp.responder import ignore, respond
 from pybootd.errors import ConfigError, NetworkConfigError
-from pybootd.server.dhcp import DhcpService
+from pybootd.netif import LocalNetwork
+from pybootd.server import dhcp as dhcp_service
+from pybootd.server import dhcpacl
+from pybootd.server.dhcp import DhcpService, LogLimiter, _Peer
 from pybootd.server.dhcpacl import AccessControl, Verdict
 from pybootd.server.leasestore import LeaseStore
 from pybootd.server.notify import Notifier, format_event
 from pybootd.server.runtime import Runtime
 
-UUID = "4c4c4544-0042-3510-8051-b4c04f4d3132"
+UUID = "4C4C4544-0042-3510-8051-B4C04F4D3132"  # as dmidecode prints it
+T0 = 1_700_000_000.0
 
 
 def runtime(text: str, tmp_path: Path) -> Runtime:
     config = parse_config(text, tmp_path / "pybootd.ini")
     return Runtime(config, asyncio.new_event_loop(), ThreadPoolExecutor(2))
+
+
+def _lan(name: str, cidr: str) -> LocalNetwork:
+    address = cidr.partition("/")[0]
+    return LocalNetwork(name, IPv4Address(address), IPv4Network(cidr, strict=False))
+
+
+def test_proxy_mode_with_several_lans_asks_which(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Proxy mode has no pool_start to find its LAN by: with two LANs (a
+    docker or libvirt bridge beside eth0) it names them rather than guess."""
+    lans = [_lan("lo", "127.0.0.1/8"), _lan("eth0", "198.51.100.2/24"),
+            _lan("virbr0", "203.0.113.1/24")]
+    monkeypatch.setattr(dhcp_service, "local_networks", lambda: lans)
+    config = parse_config("[bootp]\nmode = proxy\n", tmp_path / "pybootd.ini")
+    with pytest.raises(NetworkConfigError) as info:
+        dhcp_service.detect_network(config)
+    assert "several networks (eth0 198.51.100.2/24, virbr0 203.0.113.1/24)" in str(info.value)
+    assert "interface = NAME" in str(info.value)
+    chosen = parse_config("[bootp]\nmode = proxy\ninterface = virbr0\n",
+                          tmp_path / "pybootd.ini")
+    assert dhcp_service.detect_network(chosen).address == IPv4Address("203.0.113.1")
+    monkeypatch.setattr(dhcp_service, "local_networks", lambda: lans[:2])
+    assert dhcp_service.detect_network(config).interface == "eth0"  # the only LAN
 
 
 def test_pool_in_no_local_network(tmp_path: Path) -> None:
@@ -108,8 +141,8 @@ def test_mac_and_uuid_lists(tmp_path: Path) -> None:
     assert acl.quick(ClientInfo("aa:bb:cc:dd:ee:01")) is Verdict.ALLOW
     assert acl.quick(ClientInfo("aa:bb:cc:dd:ee:02")) is Verdict.DENY
     assert acl.quick(ClientInfo("aa:bb:cc:dd:ee:03")) is Verdict.DENY
-    rt = runtime(f"[bootp]\npool_start = 127.0.0.100\naccess = uuid\n[uuid]\n{UUID.upper()} = on\n",
-                 tmp_path)
+    rt = runtime(f"[bootp]\npool_start = 127.0.0.100\naccess = uuid\n[uuid]\n{UUID.lower()} = on\n",
+                 tmp_path)  # any case in the file; matching ignores case
     acl = AccessControl(rt.config, rt)
     assert acl.quick(ClientInfo("aa:bb:cc:dd:ee:01", uuid=UUID, pxe=True)) is Verdict.ALLOW
     assert acl.quick(ClientInfo("aa:bb:cc:dd:ee:01")) is Verdict.ALLOW  # its PXE UUID
@@ -132,7 +165,7 @@ def test_notify_line_format() -> None:
     line = format_event("ack", "52:54:00:12:34:56", IPv4Address("192.0.2.10"), UUID, "efi-x64",
                         "boot dir/grubx64.efi")
     assert line == (b"pybootd ack mac=52:54:00:12:34:56 ip=192.0.2.10 "
-                    b"uuid=4c4c4544-0042-3510-8051-b4c04f4d3132 arch=efi-x64 "
+                    b"uuid=4C4C4544-0042-3510-8051-B4C04F4D3132 arch=efi-x64 "
                     b"file=boot%20dir/grubx64.efi\n")
     assert format_event("discover", "52:54:00:12:34:56", None, None, None, None) == \
         b"pybootd discover mac=52:54:00:12:34:56 ip=- uuid=- arch=- file=-\n"
@@ -192,3 +225,248 @@ def test_http_queries_are_shared_and_cached(tmp_path: Path) -> None:
         server.server_close()
         rt.executor.shutdown()
         rt.loop.close()
+
+
+# --- access queries: one deadline from the request's arrival ------------------
+def _acl_runtime(tmp_path: Path, workers: int, timeout: float) -> Runtime:
+    rt = runtime(f"[daemon]\nworkers = {workers}\n[bootp]\npool_start = 127.0.0.100\n"
+                 f"access = http\ntimeout = {timeout}\n[http]\nlocation = http://acl.invalid/\n",
+                 tmp_path)
+    rt.executor = ThreadPoolExecutor(workers)
+    return rt
+
+
+def test_access_deadline_counts_from_the_arrival(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    monkeypatch.setattr(dhcpacl, "_http_status", lambda url, timeout: time.sleep(0.3) or 200)
+    rt = _acl_runtime(tmp_path, workers=4, timeout=0.5)
+    acl = AccessControl(rt.config, rt)
+
+    async def scenario() -> tuple[Verdict, float, Verdict]:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        late = await acl.ask(ClientInfo("aa:bb:cc:dd:ee:01"), start - 0.4)  # 0.1 s left
+        waited = loop.time() - start
+        return late, waited, await acl.ask(ClientInfo("aa:bb:cc:dd:ee:02"), loop.time())
+
+    try:
+        late, waited, in_time = rt.loop.run_until_complete(scenario())
+    finally:
+        rt.executor.shutdown()
+        rt.loop.close()
+    assert late is Verdict.IGNORE and waited < 0.25
+    assert in_time is Verdict.ALLOW
+
+
+def test_stuck_query_keeps_its_slot_later_ones_fail_fast(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One slot (workers = 2): a timed-out thread holds it until it ends; no pile-up."""
+    import threading
+
+    release = threading.Event()
+    calls: list[str] = []
+
+    def stuck(url: str, timeout: float) -> int:
+        calls.append(url)
+        release.wait(5)
+        return 200
+
+    monkeypatch.setattr(dhcpacl, "_http_status", stuck)
+    rt = _acl_runtime(tmp_path, workers=2, timeout=0.3)
+    acl = AccessControl(rt.config, rt)
+
+    async def scenario() -> tuple[Verdict, Verdict, float, Verdict]:
+        loop = asyncio.get_running_loop()
+        first = await acl.ask(ClientInfo("aa:bb:cc:dd:ee:01"))  # times out, thread stays
+        start = loop.time()
+        second = await acl.ask(ClientInfo("aa:bb:cc:dd:ee:02"))  # no slot before its deadline
+        waited = loop.time() - start
+        release.set()
+        await asyncio.sleep(0.1)  # the stuck thread ends and gives its slot back
+        return first, second, waited, await acl.ask(ClientInfo("aa:bb:cc:dd:ee:03"))
+
+    try:
+        first, second, waited, third = rt.loop.run_until_complete(scenario())
+    finally:
+        release.set()
+        rt.executor.shutdown()
+        rt.loop.close()
+    assert first is Verdict.IGNORE and second is Verdict.IGNORE
+    assert 0.25 <= waited < 0.5  # the whole deadline, not more
+    assert len(calls) == 2 and "EE-02" not in " ".join(calls)  # the second never ran
+    assert third is Verdict.ALLOW
+
+
+def test_http_query_bounds_connect_and_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, object] = {}
+
+    class Response:
+        status_code = 204
+
+        def __enter__(self) -> Response:
+            return self
+
+        def __exit__(self, *args: object) -> None:
+            pass
+
+    def fake_get(url: str, **kwargs: object) -> Response:
+        seen.update(kwargs)
+        return Response()
+
+    monkeypatch.setattr(dhcpacl.requests, "get", fake_get)
+    assert dhcpacl._http_status("http://acl.invalid/x", 0.7) == 204
+    assert seen["timeout"] == (0.7, 0.7) and seen["allow_redirects"] is False
+
+
+# --- log lines: rate-limited, once per condition ----------------------------
+def test_log_limiter_bounds_a_flood_and_counts_the_rest(caplog: pytest.LogCaptureFixture) -> None:
+    t0 = 1000.0
+    limiter = LogLimiter(window=10.0, burst=3)
+    allowed = [limiter.allow("pool exhausted", t0 + i * 0.001) for i in range(1000)]
+    assert allowed.count(True) == 3 and allowed[:3] == [True] * 3
+    assert limiter.allow("relay outside the network", t0 + 1)  # topics are separate
+    with caplog.at_level(logging.INFO, logger="pybootd.dhcp"):
+        assert limiter.allow("pool exhausted", t0 + 10.0)  # the next window
+        assert not caplog.records[1:]
+        assert caplog.records[0].getMessage() == \
+            "pool exhausted: 997 more lines not logged (at most 3 per 10s)"
+        caplog.clear()
+        limiter.flush()  # nothing suppressed since: nothing to say
+        assert not caplog.records
+
+
+def _service(tmp_path: Path, bootp: str = "") -> DhcpService:
+    rt = runtime("[bootp]\npool_start = 198.51.100.100\nallow_simple_dhcp = on\n"
+                 f"lease_file = {tmp_path / 'l.sqlite'}\n{bootp}", tmp_path)
+    service = DhcpService(rt)
+    network = LocalNetwork("eth0", IPv4Address("198.51.100.1"), IPv4Network("198.51.100.0/24"))
+    service.network = network
+    service.settings = service._settings(network)
+    service.pool = service._pool(network)
+    return service
+
+
+def _close(service: DhcpService) -> None:
+    service.close()
+    service.runtime.executor.shutdown()
+    service.runtime.loop.close()
+
+
+def test_flood_of_warnings_writes_a_bounded_number_of_lines(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    service = _service(tmp_path, "access = http\n[http]\nlocation = http://acl.invalid/\n")
+    packet = request(MessageType.DISCOVER)
+    peer = _Peer(packet, client_info(packet))
+    full = ignore("pool exhausted (50 addresses), no offer", warning=True, topic="pool exhausted")
+    relay = ignore("relay 203.0.113.1 is outside 198.51.100.0/24", warning=True,
+                   topic="relay outside the network")
+    service._waiting = {object() for _ in range(1024)}  # type: ignore[misc]
+    data = encode_packet(packet)
+    with caplog.at_level(logging.WARNING, logger="pybootd.dhcp"):
+        for _ in range(500):
+            service._log(peer, MessageType.DISCOVER, full)
+            service._log(peer, MessageType.DISCOVER, relay)
+            service._received(data, 0, ("198.51.100.7", 68), None, False)  # type: ignore[arg-type]
+        service._waiting = set()
+        _close(service)  # reports what was not written
+    text = [r.getMessage() for r in caplog.records]
+    assert sum("pool exhausted (50" in line for line in text) == 10
+    assert sum("is outside 198.51.100.0/24" in line for line in text) == 10
+    assert sum("wait for access answers" in line for line in text) == 10
+    assert "pool exhausted: 490 more lines not logged (at most 10 per 10s)" in text
+    assert "access overload: 490 more lines not logged (at most 10 per 10s)" in text
+    assert service.stats["overload"] == 500
+
+
+def test_lasting_condition_is_logged_once_per_mac(tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    service = _service(tmp_path)
+    http = {DhcpOption.VENDOR_CLASS: b"HTTPClient:Arch:00016:UNDI:003001",
+            DhcpOption.CLIENT_ARCH: bytes((0, 16))}
+    with caplog.at_level(logging.INFO, logger="pybootd.dhcp"):
+        for mac in (MAC, MAC, MAC, bytes.fromhex("525400000002")):
+            packet = request(MessageType.DISCOVER, mac=mac, options=http)
+            decision = respond(packet, client_info(packet), service.pool, service.settings,  # type: ignore[arg-type]
+                               T0)
+            service._log(_Peer(packet, client_info(packet)), MessageType.DISCOVER, decision)
+    _close(service)
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert [line.split(":")[0] for line in lines if "ignored" in line] == [
+        "HTTP boot client 52", "HTTP boot client 52"]
+    assert lines[0].startswith(f"HTTP boot client {MAC_TEXT} ignored: no http URL configured "
+                               "for arch http-x64")
+
+
+# --- notifications: exactly one line per event -----------------------------
+class _Recorder:
+    targets = [("192.0.2.99", 9)]
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str | None]] = []
+
+    def send(self, event: str, mac: str, ip: IPv4Address | None, uuid: str | None,
+             arch: str | None, bootfile: str | None) -> None:
+        self.lines.append((event, str(ip) if ip else None))
+
+    def close(self) -> None:
+        pass
+
+
+def test_one_notification_per_event(tmp_path: Path) -> None:
+    service = _service(tmp_path)
+    rt = service.runtime
+    recorder = _Recorder()
+    service.notifier = recorder  # type: ignore[assignment]
+    service.store = LeaseStore(tmp_path / "l.sqlite")
+    service._send = lambda *args: None  # type: ignore[method-assign]
+    server = {DhcpOption.SERVER_ID: IPv4Address("198.51.100.1").packed}
+
+    def serve(kind: MessageType, **fields: object) -> None:
+        packet = request(kind, **fields)  # type: ignore[arg-type]
+        service._serve(packet, client_info(packet), Verdict.ALLOW, 0, ("0.0.0.0", 68),
+                       None, False)  # type: ignore[arg-type]
+        if service._writer is not None:
+            rt.loop.run_until_complete(service._writer)
+
+    def dora() -> IPv4Address:
+        serve(MessageType.DISCOVER)
+        lease = service.pool.lease_of(MAC_TEXT)  # type: ignore[union-attr]
+        assert lease is not None
+        serve(MessageType.REQUEST, options={**server, DhcpOption.REQUESTED_IP: lease.ip.packed})
+        return lease.ip
+
+    ip = dora()
+    other = IPv4Address("198.51.100.149")
+    serve(MessageType.REQUEST, options={DhcpOption.REQUESTED_IP: other.packed})  # -> NAK
+    serve(MessageType.INFORM, ciaddr=ip)
+    serve(MessageType.DECLINE, options={**server, DhcpOption.REQUESTED_IP: ip.packed})
+    ip2 = dora()
+    serve(MessageType.RELEASE, ciaddr=ip2, options=server)
+    _close(service)
+    a, b = str(ip), str(ip2)
+    assert recorder.lines == [
+        ("discover", None), ("offer", a), ("request", a), ("ack", a),
+        ("request", str(other)), ("nak", str(other)),
+        ("inform", a), ("ack", None),
+        ("decline", a),
+        ("discover", None), ("offer", b), ("request", b), ("ack", b),
+        ("release", b),
+    ]
+
+
+def test_pool_excludes_the_servers_the_clients_are_given(tmp_path: Path) -> None:
+    """This server, the gateway, next_server and DNS servers inside the pool: never leased."""
+    service = _service(tmp_path, "pool_count = 20\ngateway = 198.51.100.102\n"
+                                 "next_server = 198.51.100.103\n"
+                                 "dns = 198.51.100.104, 192.0.2.53\n")
+    pool = service.pool
+    assert pool is not None
+    given = set()
+    for i in range(20):
+        lease = pool.offer(f"02:00:00:00:03:{i:02x}", None, T0)
+        if lease is not None:
+            given.add(int(lease.ip) - int(IPv4Address("198.51.100.100")))
+    _close(service)
+    assert given == {0, 1, *range(5, 20)}  # not .102, .103 nor .104
