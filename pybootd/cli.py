@@ -12,6 +12,7 @@ from pybootd import __version__
 from pybootd.config import Config, load_config
 from pybootd.errors import PybootdError
 from pybootd.logsetup import setup_logging
+from pybootd.netif import LocalNetwork
 
 DEFAULT_CONFIG = "/etc/pybootd/pybootd.ini"
 
@@ -32,9 +33,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def describe(config: Config, dhcp: bool, tftp: bool) -> str:
-    """What would be served, for --check."""
+def describe(config: Config, dhcp: bool, tftp: bool,
+             network: LocalNetwork | None = None) -> str:
+    """What would be served, for --check (*network*: the one DHCP detected)."""
     lines = [f"configuration {config.path}: OK"]
+    if network is not None:
+        lines.append(f"DHCP: serves {network} (server address {network.address})")
     if dhcp:
         bootp = config.bootp
         assert bootp is not None
@@ -49,7 +53,9 @@ def describe(config: Config, dhcp: bool, tftp: bool) -> str:
     if tftp:
         t = config.tftp
         root = t.root_url or t.root_path
-        lines.append(f"TFTP: {root} on {t.address or 'all addresses'} port {t.port}, "
+        where = t.address or (str(network.address) if network is not None and
+                              not t.address_set else "all addresses")
+        lines.append(f"TFTP: {root} on {where} port {t.port}, "
                      f"blksize<={t.blocksize} windowsize<={t.windowsize}, "
                      f"uploads {'to ' + str(t.upload_dir) if t.allow_write else 'off'}")
         for rule in config.filters:
@@ -58,13 +64,11 @@ def describe(config: Config, dhcp: bool, tftp: bool) -> str:
     return "\n".join(lines)
 
 
-def _check_network(config: Config) -> None:
-    bootp = config.bootp
-    if bootp is None or bootp.pool_start is None or bootp.mode != "server":
-        return
-    from pybootd.netif import find_network
+def _check_network(config: Config) -> LocalNetwork:
+    """The network DHCP would serve, as the daemon detects it (raises if none)."""
+    from pybootd.server.dhcp import detect_network
 
-    find_network(bootp.pool_start, bootp.interface, bootp.netmask)
+    return detect_network(config)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -82,9 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    "serve (expected a [bootp] section)")
             dhcp = False
         if args.check:
-            if dhcp:
-                _check_network(config)
-            print(describe(config, dhcp, tftp))
+            network = _check_network(config) if dhcp else None
+            if tftp:
+                from pybootd.server.tftp import check_folders
+
+                check_folders(config)  # what TftpService.start checks too
+            print(describe(config, dhcp, tftp, network))
             return 0
         setup_logging(config.logger, args.debug)
         from pybootd.daemon import Daemon

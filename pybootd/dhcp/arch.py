@@ -100,6 +100,19 @@ HTTP_BOOT_ARCHES = frozenset(
 )
 
 
+# The UEFI PXE architecture that runs the same binaries as an HTTP boot one:
+# an HTTP boot client with no [bootfile] entry of its own boots that file.
+HTTP_TO_PXE: dict[int, int] = {
+    ClientArch.HTTP_IA32: ClientArch.EFI_IA32,
+    ClientArch.HTTP_X64: ClientArch.EFI_X64,
+    ClientArch.HTTP_ARM32: ClientArch.EFI_ARM32,
+    ClientArch.HTTP_ARM64: ClientArch.EFI_ARM64,
+    ClientArch.HTTP_RISCV32: ClientArch.EFI_RISCV32,
+    ClientArch.HTTP_RISCV64: ClientArch.EFI_RISCV64,
+    ClientArch.HTTP_LOONGARCH64: ClientArch.EFI_LOONGARCH64,
+}
+
+
 def arch_name(value: int) -> str:
     """A short name for logs and notifications: ``efi-x64``, ``bios``, ``arch-99``."""
     for name, values in BOOTFILE_NAMES.items():

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network
 
+from pybootd.dhcp.arch import HTTP_TO_PXE
 from pybootd.dhcp.chain import ChainTracker
 from pybootd.dhcp.options import DhcpOption, MessageType, param_request_list
 from pybootd.dhcp.packet import (
@@ -310,7 +311,12 @@ def bootfile_for(client: ClientInfo, settings: Settings) -> str | None:
     None (pybootd serves no HTTP itself).
     """
     name = _ipxe_file(client, settings) if client.ipxe else None
-    if name is None:
+    if name is None and client.http:
+        # Its own entry, else the UEFI PXE one of the same CPU (the same EFI
+        # binaries); never boot_file, which is a BIOS file by default.
+        arches = [*client.arches, *(HTTP_TO_PXE[a] for a in client.arches if a in HTTP_TO_PXE)]
+        name = next((settings.bootfiles[a] for a in arches if a in settings.bootfiles), None)
+    elif name is None:
         found = (settings.bootfiles[a] for a in client.arches if a in settings.bootfiles)
         name = next(found, settings.boot_file)
     if name and client.http:

@@ -14,7 +14,8 @@ from boot.fixtures import ETC, INSTALLER, BootFiles
 from boot.servers import POOL_START
 from pybootd.ini import parse_ini
 
-SAMPLES = ("uefi-bios.ini", "debian-mirror.ini", "proxy.ini", "ipxe-chainload.ini")
+SAMPLES = ("uefi-bios.ini", "debian-mirror.ini", "proxy.ini", "ipxe-chainload.ini",
+           "access-mac.ini")
 PUBLIC_MIRROR = "http://debian-mirror.example/debian/"
 SITE_KEYS = ("interface", "netmask", "gateway", "dns", "address")
 

@@ -45,14 +45,21 @@ def merge(base: Sections, extra: Sections) -> dict[str, dict[str, str]]:
     return merged
 
 
-def listening_udp(lab: NetLab, ns: str) -> set[int]:
+def udp_sockets(lab: NetLab, ns: str) -> set[tuple[str, int]]:
+    """(local address, port) of every bound UDP socket in *ns* (``ss -Hlun``)."""
     out = lab.run(ns, ["ss", "-Hlun"], check=False).stdout
-    ports = set()
+    bound = set()
     for line in out.splitlines():
         words = line.split()
-        if len(words) >= 4 and words[3].rpartition(":")[2].isdigit():
-            ports.add(int(words[3].rpartition(":")[2]))
-    return ports
+        if len(words) >= 4:
+            host, _, port = words[3].rpartition(":")
+            if port.isdigit():
+                bound.add((host.split("%")[0], int(port)))
+    return bound
+
+
+def listening_udp(lab: NetLab, ns: str) -> set[int]:
+    return {port for _, port in udp_sockets(lab, ns)}
 
 
 def listening_tcp(lab: NetLab, ns: str) -> set[int]:
@@ -193,7 +200,12 @@ class Dnsmasq(Process):
                 f"--dhcp-leasefile={self.workdir / 'dnsmasq.leases'}", "--pid-file=",
                 "--log-dhcp", f"--log-facility={self.workdir / 'dnsmasq.events'}"]
         if o.root is not None:
-            argv += ["--dhcp-match=set:efi64,option:client-arch,7",
+            # What a PXE-aware server answers (and pybootd does): option 60
+            # PXEClient and option 43 "boot the file" (PXE 2.1 section 2.2).
+            # Without them iPXE waits ~3 s for a proxyDHCP offer, which would
+            # handicap dnsmasq in the benchmark.
+            argv += ["--dhcp-option-force=60,PXEClient", "--dhcp-option-force=43,06:01:08:ff",
+                     "--dhcp-match=set:efi64,option:client-arch,7",
                      f"--dhcp-boot=tag:efi64,{o.efi_file}",
                      f"--dhcp-boot=tag:!efi64,{o.bios_file}",
                      "--enable-tftp", f"--tftp-root={o.root}"]

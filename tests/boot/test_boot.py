@@ -38,6 +38,7 @@ from boot.servers import (
     Pybootd,
     Sections,
     merge,
+    udp_sockets,
 )
 from boot.vm import KERNEL_MARK, Vm, required_files, wait_all, wait_kernels
 
@@ -74,10 +75,12 @@ def start_pybootd(net: BootNet, files: BootFiles, extra: Sections) -> Pybootd:
     return server
 
 
-def start_sample(net: BootNet, files: BootFiles, name: str,
-                 mirror_url: str | None = None) -> Pybootd:
-    """pybootd with ``etc/NAME`` as a user would run it (our site's values)."""
+def start_sample(net: BootNet, files: BootFiles, name: str, mirror_url: str | None = None,
+                 site: Sections | None = None) -> Pybootd:
+    """pybootd with ``etc/NAME`` as a user would run it (our site's values;
+    *site* replaces whole sections, such as the sample's MAC addresses)."""
     config = sample_config(name, files, net.workdir / "state", mirror_url)
+    config.update({section: dict(body) for section, body in (site or {}).items()})
     server = Pybootd(net.lab, net.ns, net.workdir, config)
     net.add(server)
     server.start()
@@ -156,6 +159,9 @@ def test_bios_pxelinux(net: BootNet, boot_files: BootFiles, report_times: Report
     """SeaBIOS + iPXE ROM -> DHCP -> pxelinux.0 -> ldlinux.c32 -> menu -> kernel."""
     needs("bios")
     server = start_pybootd(net, boot_files, {})  # [bootp] boot_file defaults to pxelinux.0
+    # No [tftp] address: TFTP listens where DHCP serves, as the original did.
+    tftp = {host for host, port in udp_sockets(net.lab, net.ns) if port == 69}
+    assert tftp == {SERVER_IP}, tftp
     vm = net.vm("bios")
     kernel = booted(net, vm, net.boot([vm]))
     ack = replies(net, vm, "ACK")[-1]
@@ -185,9 +191,10 @@ def test_bios_and_uefi_from_one_server(net: BootNet, boot_files: BootFiles,
 
 def test_uefi_ipxe_rom_grub(net: BootNet, boot_files: BootFiles, report_times: Report) -> None:
     """OVMF running the iPXE EFI ROM (e1000) boots grubx64.efi directly (shim
-    rejects grub fetched through iPXE, whose TFTP never reports the size)."""
+    rejects grub fetched through iPXE, whose TFTP never reports the size):
+    etc/uefi-bios.ini's ``ipxe-efi-x64``, while efi-x64 stays shim."""
     needs("uefi-ipxe")
-    start_pybootd(net, boot_files, {"bootfile": {"bios": "pxelinux.0", "efi-x64": GRUB}})
+    start_sample(net, boot_files, "uefi-bios.ini")
     vm = net.vm("uefi-ipxe")
     kernel = booted(net, vm, net.boot([vm]))
     ack = replies(net, vm, "ACK")[-1]
@@ -259,52 +266,61 @@ def proxy_checks(net: BootNet, vm: Vm) -> None:
 
 # --- 5. iPXE chainload --------------------------------------------------------
 def test_ipxe_chainload(net: BootNet, boot_files: BootFiles, report_times: Report) -> None:
-    """etc/ipxe-chainload.ini: a client that is not iPXE gets iPXE (undionly.kpxe
-    / ipxe.efi); iPXE asks again (option 77/175) and gets the [bootfile] ipxe
-    script, never iPXE again.
+    """etc/ipxe-chainload.ini: the firmware gets iPXE (undionly.kpxe / ipxe.efi);
+    that iPXE asks again (option 77/175) and gets the [bootfile] ipxe script,
+    never iPXE again.
 
-    QEMU's BIOS NIC ROM is iPXE itself, so the BIOS VM is an iPXE client from
-    its first DISCOVER and goes straight to the script; OVMF's own PXE is not,
-    so the UEFI VM shows the whole chain: ipxe.efi, then the script.
+    QEMU's BIOS NIC ROM is iPXE itself: with ``ipxe_rom = chainload`` its own
+    exchange still gets undionly.kpxe, which starts and asks again. OVMF's
+    own PXE is not iPXE: it gets ipxe.efi. Both VMs show the whole chain.
     """
     needs("bios", "uefi")
     start_sample(net, boot_files, "ipxe-chainload.ini")
     bios, uefi = net.vm("bios"), net.vm("uefi")
     kernels = net.boot([bios, uefi])
-    for vm in (bios, uefi):
+    for vm, loader in ((bios, "undionly.kpxe"), (uefi, "ipxe.efi")):
         booted(net, vm, kernels)
-        chain_checks(net, vm)
+        chain_checks(net, vm, loader=loader)
+        assert net.completed(vm).count(loader) == 1, net.requested(vm)
         report_times(f"{vm.spec.firmware} iPXE chain", net.times(vm, kernels[vm.spec.name]))
-    assert net.completed(uefi).count("ipxe.efi") == 1, net.requested(uefi)
+    assert net.requested(bios)[:2] == ["undionly.kpxe", IPXE_SCRIPT], net.requested(bios)
 
 
-def chain_checks(net: BootNet, vm: Vm, proxy: bool = False) -> None:
-    """Every iPXE request got the script; the script came once; kernel and initrd."""
+def chain_checks(net: BootNet, vm: Vm, proxy: bool = False, loader: str | None = None) -> None:
+    """Every iPXE request got the script, but the firmware's own exchange,
+    which got *loader* if given; the script came once; kernel and initrd."""
     requests = [e for e in net.events(vm) if e.get("proto") == "dhcp" and e["op"] == 1]
     ipxe_xids = {e["xid"] for e in requests if e["opt"].get("77") == "iPXE" or "175" in e["opt"]}
     assert ipxe_xids, f"iPXE never asked\n{net.evidence(vm)}"
+    firmware_xid = requests[0]["xid"]
     ours = [e for e in net.dhcp_replies(vm) if e["opt"].get("54") == SERVER_IP
             and (proxy or e["type"] == "ACK")]
     for reply in ours:
-        if reply["xid"] in ipxe_xids:
+        if loader is not None and reply["xid"] == firmware_xid:
+            assert reply["file"] == loader, reply
+        elif reply["xid"] in ipxe_xids:
             assert reply["file"] == IPXE_SCRIPT, reply
     assert net.completed(vm).count(IPXE_SCRIPT) == 1, net.requested(vm)
     served_whole(net, vm, {KERNEL: size(KERNEL), INITRD: size(INITRD)})
 
 
 # --- 6. access control --------------------------------------------------------
+STATIC_IP = "192.0.2.20"
+
+
 def test_access_mac(net: BootNet, boot_files: BootFiles, report_times: Report) -> None:
-    """access = mac: the listed VM boots; the unlisted one, started at the same
-    moment, gets no offer and no file while it is watched."""
+    """etc/access-mac.ini (access = mac): the listed VM boots, at its
+    [static_dhcp] address; the unlisted one, started at the same moment, gets
+    no offer and no file while it is watched."""
     needs("bios")
     listed, unlisted = net.vm("bios", "listed"), net.vm("bios", "unlisted")
-    start_pybootd(net, boot_files, {"bootp": {"access": "mac"},
-                                    "mac": {listed.mac: "enable"},
-                                    "bootfile": {"bios": "pxelinux.0"}})
+    start_sample(net, boot_files, "access-mac.ini",
+                 site={"mac": {listed.mac: "enable"}, "static_dhcp": {listed.mac: STATIC_IP}})
     net.start([listed, unlisted])
     kernel = booted(net, listed, wait_kernels([listed]))
     late = wait_all([unlisted], KERNEL_MARK, UNLISTED_WATCH)[unlisted.spec.name]
     assert late is None and KERNEL_MARK not in unlisted.console(), net.evidence(unlisted)
+    assert replies(net, listed, "ACK")[-1]["yiaddr"] == STATIC_IP, net.evidence(listed)
     discovers = [e for e in net.events(unlisted) if e.get("type") == "DISCOVER"]
     assert discovers, f"the unlisted VM never asked\n{net.evidence(unlisted)}"
     assert not net.dhcp_replies(unlisted), net.evidence(unlisted)

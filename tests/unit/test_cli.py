@@ -48,3 +48,25 @@ def test_missing_config_file() -> None:
     result = pybootd("-c", "/nonexistent/pybootd.ini")
     assert result.returncode == 1
     assert "/nonexistent/pybootd.ini: configuration file not found" in result.stderr
+
+
+def test_check_missing_root_exits_1(tmp_path: Path) -> None:
+    config = tmp_path / "t.ini"
+    config.write_text("[tftp]\nport = 6969\nroot = nowhere\n")
+    result = pybootd("--check", "-c", str(config))
+    assert result.returncode == 1 and "OK" not in result.stdout
+    assert f"{config}:3: tftp.root: {tmp_path / 'nowhere'} does not exist" in result.stderr
+    # The daemon refuses to start the same way (before it binds a port).
+    result = pybootd("-t", "-c", str(config))
+    assert result.returncode == 1
+    assert f"tftp.root: {tmp_path / 'nowhere'} does not exist" in result.stderr
+
+
+def test_check_missing_upload_dir_exits_1(tmp_path: Path) -> None:
+    config = tmp_path / "t.ini"
+    config.write_text(f"[tftp]\nroot = {tmp_path}\nallow_write = on\nupload_dir = up\n")
+    result = pybootd("--check", "-c", str(config))
+    assert result.returncode == 1
+    assert f"{config}:4: tftp.upload_dir: {tmp_path / 'up'} does not exist" in result.stderr
+    (tmp_path / "up").mkdir()
+    assert pybootd("--check", "-c", str(config)).returncode == 0

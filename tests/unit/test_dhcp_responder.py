@@ -136,6 +136,18 @@ def test_http_boot_client_without_any_url_is_not_answered() -> None:
         == "ignore"
 
 
+def test_http_boot_client_falls_back_to_its_uefi_pxe_file_never_boot_file() -> None:
+    """http-x64 unset: the efi-x64 file (the same EFI binaries); with neither,
+    no answer rather than the BIOS boot_file as a URL."""
+    efi_only = settings(bootfiles={7: "grubx64.efi"}, http_root=MIRROR)
+    reply = reply_of(answer(request(MessageType.DISCOVER, options=HTTP_BOOT), new_pool(),
+                            efi_only))
+    assert reply.file == b"http://mirror.example/netboot/grubx64.efi"
+    bios_only = settings(bootfiles={0: "pxelinux.0"}, http_root=MIRROR)
+    decision = answer(request(MessageType.DISCOVER, options=HTTP_BOOT), new_pool(), bios_only)
+    assert decision.event == "ignore" and decision.reply is None
+
+
 def test_boot_file_too_long_for_the_file_field_is_never_cut() -> None:
     long_root = "http://mirror.example/" + "d" * 100 + "/"
     decision = answer(request(MessageType.DISCOVER, options=HTTP_BOOT), new_pool(),
