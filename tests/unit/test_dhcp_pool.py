@@ -189,13 +189,12 @@ def test_restore_keeps_latest_row_for_a_mac() -> None:
     assert p.lease_at(ip(10)).mac is None  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("count", [1, 5, 50])
-def test_never_two_macs_on_one_address(count: int) -> None:
+def random_walk(p: LeasePool, macs: list[str], seed: int, *, bootp: float = 0.0) -> None:
+    """2000 random offers, requests (a share of them BOOTP: permanent),
+    releases and declines; after each, no address or MAC is held twice."""
     import random
 
-    rng = random.Random(count)
-    p = pool(count=count)
-    macs = [f"02:00:00:00:01:{i:02x}" for i in range(count * 2)]
+    rng = random.Random(seed)
     now = T0
     for _ in range(2000):
         now += rng.random() * 20
@@ -205,7 +204,7 @@ def test_never_two_macs_on_one_address(count: int) -> None:
         if action < 0.4:
             p.offer(mac, None, now)
         elif action < 0.8 and lease is not None:
-            p.request(mac, lease.ip, now)
+            p.request(mac, lease.ip, now, permanent=action < 0.4 + bootp)
         elif action < 0.9 and lease is not None:
             p.release(mac, lease.ip, now)
         elif lease is not None:
@@ -216,6 +215,11 @@ def test_never_two_macs_on_one_address(count: int) -> None:
         for x in p.leases():
             if x.mac is not None:
                 assert p.lease_of(x.mac) == x
+
+
+@pytest.mark.parametrize("count", [1, 5, 50])
+def test_never_two_macs_on_one_address(count: int) -> None:
+    random_walk(pool(count=count), [f"02:00:00:00:01:{i:02x}" for i in range(count * 2)], count)
 
 
 def test_exhausted_pool_skips_rescans_until_something_frees() -> None:
@@ -320,30 +324,8 @@ def test_quarantine_on_a_full_pool_ends_on_time() -> None:
 
 @pytest.mark.parametrize("count", [2, 6])
 def test_never_two_macs_with_reservations_and_bootp(count: int) -> None:
-    import random
-
-    rng = random.Random(count)
     reserved = ip(12) if count > 2 else ip(60)  # inside the range, or outside it
     macs = [f"02:00:00:00:02:{i:02x}" for i in range(count * 2)]
     p = pool(count=count, static={macs[0]: reserved})
     p.restore([Lease(reserved, macs[1], LeaseState.BOUND, T0 + 500)])  # a stale holder
-    now = T0
-    for _ in range(2000):
-        now += rng.random() * 20
-        mac = rng.choice(macs)
-        action = rng.random()
-        lease = p.lease_of(mac)
-        if action < 0.4:
-            p.offer(mac, None, now)
-        elif action < 0.8 and lease is not None:
-            p.request(mac, lease.ip, now, permanent=action < 0.45)
-        elif action < 0.9 and lease is not None:
-            p.release(mac, lease.ip, now)
-        elif lease is not None:
-            p.decline(mac, lease.ip, now)
-        held = [x for x in p.leases() if x.mac is not None and x.active(now)]
-        assert len({x.ip for x in held}) == len(held)
-        assert len({x.mac for x in held}) == len(held)
-        for x in p.leases():
-            if x.mac is not None:
-                assert p.lease_of(x.mac) == x
+    random_walk(p, macs, count, bootp=0.05)
