@@ -107,6 +107,10 @@ def test_stale_entry_revalidated_with_304(mirror: Mirror, tmp_path: Path,
     try:
         with Client("127.0.0.1", srv.port) as client:
             assert client.get("small").data == b"small file"
+            # The client can have the 10 bytes before the download is marked
+            # complete; a request meanwhile rightly joins it instead.
+            wait_for(lambda: any((tmp_path / "cache").glob("*.json")), 5,
+                     what="the download to complete")
             assert client.get("small").data == b"small file"
         assert [status for _, status in mirror.gets] == [200, 304]
     finally:
@@ -161,8 +165,10 @@ def test_gzip_encoding_mirror_serves_the_decoded_file(tmp_path: Path) -> None:
             first = client.get("text", options=(("tsize", "0"), ("blksize", "1468")))
             again = client.get("text")  # from the cache
         assert first.data == text and again.data == text
-        # Content-Length counted the gzip bytes: no tsize rather than a wrong one.
-        assert first.oack == {"blksize": "1468"}
+        # Content-Length counted the gzip bytes: no tsize rather than a wrong
+        # one (or the real size, when the download ended before the answer).
+        assert first.oack.get("tsize") in (None, str(len(text)))
+        assert first.oack["blksize"] == "1468"
         assert mirror.accept_encodings == ["identity"]
         assert mirror.downloads("/netboot/text") == 1
     finally:

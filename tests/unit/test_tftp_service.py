@@ -24,6 +24,7 @@ from pybootd.errors import PybootdError, TftpError
 from pybootd.server import tftp
 from pybootd.server.runtime import Runtime
 from pybootd.server.tftp import TftpService
+from pybootd.server.tftp_lockstep import ThreadedReadTransfer
 from pybootd.sources import local
 from pybootd.sources.api import BytesResponse, ServerStats, TftpRequest, TransferStats
 from pybootd.tftp.packets import Ack, Data, Error, ErrorCode, encode, encode_ack
@@ -55,6 +56,8 @@ class Server:
         return asyncio.run_coroutine_threadsafe(wrapper(), self.loop).result(10)
 
     def stop(self) -> None:
+        # As the daemon does: transfers that are ending get to report first.
+        asyncio.run_coroutine_threadsafe(self.service.drain(2), self.loop).result(10)
         self.call(self.service.close)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
@@ -537,3 +540,33 @@ def test_start_fails_on_a_missing_upload_dir(root: Path, tmp_path: Path) -> None
     # Without allow_write, upload_dir is not used: no error.
     srv = Server(ini(root, f"upload_dir = {missing}\n"), tmp_path / "t.ini")
     srv.stop()
+
+
+def test_lone_lockstep_read_runs_in_a_thread_of_its_own(root: Path, tmp_path: Path) -> None:
+    """The first lock-step read gets its own thread (see tftp_lockstep); one
+    that starts meanwhile runs on the loop; a stop reaches the thread."""
+    srv = Server(ini(root), tmp_path / "t.ini")
+    big = (root / "big").read_bytes()
+    try:
+        with Client("127.0.0.1", srv.port) as lone, Client("127.0.0.1", srv.port) as other:
+            lone.request("big")
+            first, _tid = lone.receive()
+            assert isinstance(first, Data) and first.block == 1
+            threads = [t.name for t in threading.enumerate()]
+            assert any(name.startswith("pybootd-tftp 127.0.0.1:") for name in threads), threads
+            lone_transfer = srv.call(lambda: srv.service.threaded)
+            assert isinstance(lone_transfer, ThreadedReadTransfer)
+            assert other.get("big").data == big  # on the loop, meanwhile
+            assert srv.call(lambda: srv.service.threaded) is lone_transfer
+            srv.call(srv.service.close)  # shutdown: the thread ends the transfer
+            lone.sock.settimeout(2)
+            packet = lone.receive()[0]
+            for _ in range(5):  # a retransmission or two may come first
+                if isinstance(packet, Error):
+                    break
+                packet = lone.receive()[0]
+            assert isinstance(packet, Error) and "shutting down" in packet.message, packet
+            wait_for(lambda: srv.call(lambda: srv.service.threaded) is None, 2,
+                     what="the thread to end")
+    finally:
+        srv.stop()
