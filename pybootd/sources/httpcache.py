@@ -28,6 +28,7 @@ import logging
 import os
 import time
 import urllib.parse
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,8 @@ from urllib3.response import HTTPResponse
 
 from pybootd.errors import SourceError, TftpError
 from pybootd.server.runtime import Runtime
-from pybootd.sources.chunks import DISK_TIMEOUT
+from pybootd.sources.api import FileResponse
+from pybootd.sources.chunks import DISK_TIMEOUT, PooledSource
 from pybootd.sources.local import write_all
 from pybootd.tftp.packets import ErrorCode
 
@@ -120,6 +122,18 @@ class CachedSource:
         self._cache.release(self._entry)
 
 
+class _CachedFile(FileResponse):
+    """A complete cache file read like a local one; *release* on close."""
+
+    def __init__(self, fd: int, size: int, release: Callable[[], None]) -> None:
+        super().__init__(fd, size)
+        self._release = release
+
+    def close(self) -> None:
+        super().close()
+        self._release()
+
+
 class HttpCache:
     def __init__(self, runtime: Runtime, base_url: str, cache_dir: Path, max_bytes: int,
                  timeout: float) -> None:
@@ -169,14 +183,38 @@ class HttpCache:
         raw = relative.encode("utf-8", "surrogateescape")
         return self.base_url + urllib.parse.quote(raw, safe="/~-._")
 
-    async def open(self, relative: str) -> CachedSource:
+    async def open(self, relative: str) -> CachedSource | PooledSource:
         """Start (or join) the download of *relative*. Raises TftpError."""
         url = self.url_for(relative)
         entry = self.entries.get(url)
         now = time.monotonic()
         if entry is None or (entry.complete and now - entry.validated_at >= FRESH_SECONDS):
             entry = await self._single_flight(url, entry)
+        if entry.complete and entry.fd >= 0 and entry.size is not None:
+            return self._attach_file(entry)
         return self._attach(entry)
+
+    def _attach_file(self, entry: Entry) -> PooledSource:
+        """A complete file, served like a local one from its own descriptor.
+
+        Measured (scripts/bench_boot.py, BIOS from a warm cache): read through
+        CachedSource, a pool round trip per chunk, the initrd took 8.7 s where
+        dnsmasq took 7.4 s from disk, and the boot 1.07x as long. As a local
+        file it gets the page-cached reads on the loop and, when alone, the
+        lock-step thread. The duplicate descriptor stays valid if the entry is
+        evicted meanwhile (the data is unlinked, not gone).
+        """
+        entry.refs += 1
+        entry.last_used = time.monotonic()
+        loop = self.runtime.loop
+
+        def release() -> None:  # PooledSource closes in the pool: back to the loop
+            with contextlib.suppress(RuntimeError):  # the loop is gone at exit
+                loop.call_soon_threadsafe(self.release, entry)
+
+        assert entry.size is not None
+        data = _CachedFile(os.dup(entry.fd), entry.size, release)
+        return PooledSource(self.runtime, data, entry.size)
 
     async def _single_flight(self, url: str, stale: Entry | None) -> Entry:
         pending = self._opening.get(url)

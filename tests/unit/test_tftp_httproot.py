@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import threading
@@ -16,6 +17,7 @@ from test_tftp_service import Server, free_port
 from tftpclient import Client, TftpFailure
 
 from pybootd.sources import httpcache
+from pybootd.sources.chunks import PooledSource
 from pybootd.tftp.packets import ErrorCode
 
 
@@ -241,3 +243,27 @@ def test_late_answer_after_the_timeout_is_closed(tmp_path: Path) -> None:
     finally:
         srv.stop()
         mirror.stop()
+
+
+def test_complete_file_is_served_like_a_local_one(mirror: Mirror, tmp_path: Path) -> None:
+    """A cached file is read from its own descriptor (page-cached reads on the
+    loop, the lock-step thread), and still counts as in use until closed."""
+    srv = http_server(mirror, tmp_path)
+    try:
+        with Client("127.0.0.1", srv.port) as client:
+            client.get("linux")
+        cache = srv.service.http
+        assert cache is not None
+        wait_for(lambda: srv.call(lambda: all(e.complete for e in cache.entries.values())), 5,
+                 what="the download to complete")
+        source = asyncio.run_coroutine_threadsafe(cache.open("linux"), srv.loop).result(5)
+        assert isinstance(source, PooledSource)
+        (entry,) = cache.entries.values()
+        assert srv.call(lambda: entry.refs) == 1
+        with Client("127.0.0.1", srv.port) as client:  # served meanwhile, from the cache
+            assert client.get("linux").data == (mirror.folder / "netboot" / "linux").read_bytes()
+        srv.call(source.close)
+        wait_for(lambda: srv.call(lambda: entry.refs) == 0, 5, what="the release")
+        assert mirror.downloads("/netboot/linux") == 1
+    finally:
+        srv.stop()
