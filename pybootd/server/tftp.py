@@ -204,6 +204,9 @@ class TftpService:
             log.error("%s: cannot open a transfer socket: %s", label, exc)
             return
         self.active[key] = None
+        if self.threaded is not None:
+            self.threaded.hand_over()  # no longer alone: back to the loop (the GIL)
+            self.threaded = None
         self.stats.increment("requests")
         self.runtime.loop.create_task(self._serve(request, peer, sock, key))
 

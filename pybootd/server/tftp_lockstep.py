@@ -10,9 +10,12 @@ through asyncio and 2.2-2.7 s from a thread blocked in recvfrom (tftpd-hpa:
 2.3-2.6 s): the loop, not the protocol code, was the limit.
 
 Threads contend for the GIL, though: 100 blocking threads served 100 such
-clients at 8.5 MB/s where one event loop served 34. So only a transfer that
-starts while no other runs gets a thread (the common case: one PC booting),
-one at a time; everything else stays on the loop.
+clients at 8.5 MB/s where one event loop served 34, and a thread beside a
+busy loop waits for the GIL at every block (in bench_tftp.py's 100 clients
+the threaded one starved and failed). So only a transfer that starts while
+no other runs gets a thread (the common case: one PC booting), and as soon
+as another starts it is handed back to the loop: the thread stops at its
+next step and the loop goes on with the same session, blocks and socket.
 
 The session is the same sans-IO :class:`ReadSession`, driven from the
 thread with ``time.monotonic()``. The loop only starts the thread and, when
@@ -42,6 +45,13 @@ _TIMEVAL = struct.Struct("@ll")  # struct timeval for SO_RCVTIMEO
 Ending = tuple[Outcome, str, int | None]  # outcome, detail, ERROR code to send
 
 
+class _Resume:
+    """The thread stopped for a hand-over; the loop does *action* next."""
+
+    def __init__(self, action: Action | None) -> None:
+        self.action = action
+
+
 class ThreadedReadTransfer(ReadTransfer):
     """A :class:`ReadTransfer` whose block loop runs in its own thread."""
 
@@ -50,6 +60,8 @@ class ThreadedReadTransfer(ReadTransfer):
         super().__init__(*args, **kw)  # type: ignore[arg-type]
         self._read_blocking = read_blocking
         self._stop: Ending | None = None
+        self._handover = False  # asked by the loop: another transfer started
+        self._on_loop = False  # handed over: an ordinary ReadTransfer now
         self._rcvtimeo = -1.0
         self._buffer = bytearray(RECEIVE_BUFFER)
         self._thread = threading.Thread(target=self._run, name=f"pybootd-tftp {self.label}",
@@ -61,8 +73,27 @@ class ThreadedReadTransfer(ReadTransfer):
 
     def fail(self, outcome: Outcome, detail: str, code: int | None = None) -> None:
         """From the loop (shutdown): the thread ends the transfer within STOP_POLL."""
-        if not self.finished and self._stop is None:
+        if self._on_loop:
+            super().fail(outcome, detail, code)
+        elif not self.finished and self._stop is None:
             self._stop = (outcome, detail, code)
+
+    def hand_over(self) -> None:
+        """From the loop: go on as an ordinary transfer (within STOP_POLL)."""
+        self._handover = True
+
+    def _resume(self, action: Action | None) -> None:
+        """On the loop, once the thread has stopped touching the transfer."""
+        self._on_loop = True
+        if self._stop is not None:
+            super().fail(*self._stop)
+            return
+        self.sock.setblocking(False)
+        self.loop.add_reader(self.sock.fileno(), self._readable)
+        if action is not None:
+            self._act(action)
+        else:
+            self.arm(self.session.deadline)
 
     def _ended(self, outcome: Outcome, detail: str) -> None:
         """On the loop, once the thread is done with the socket."""
@@ -71,22 +102,29 @@ class ThreadedReadTransfer(ReadTransfer):
     # --- the thread -------------------------------------------------------------
     def _run(self) -> None:
         try:
-            outcome, detail, code = self._serve()
+            result = self._serve()
         except Exception as exc:  # a plugin's or our bug ends this transfer only
             log.exception("%s: serving %s failed", self.label, self.served)
-            outcome, detail, code = Outcome.FAILED, f"internal error: {exc}", 0
+            result = Outcome.FAILED, f"internal error: {exc}", 0
+        if isinstance(result, _Resume):
+            with contextlib.suppress(RuntimeError):  # the loop is gone at exit
+                self.loop.call_soon_threadsafe(self._resume, result.action)
+            return
+        outcome, detail, code = result
         if code is not None:
             with contextlib.suppress(OSError):
                 self.sock.sendto(encode_error(code, detail), self.peer)
         with contextlib.suppress(RuntimeError):  # the loop is gone at exit
             self.loop.call_soon_threadsafe(self._ended, outcome, detail)
 
-    def _serve(self) -> Ending:
+    def _serve(self) -> Ending | _Resume:
         session = self.session
-        action: Action = session.start(time.monotonic())
+        action: Action | None = session.start(time.monotonic())
         while True:
             if self._stop is not None:
                 return self._stop
+            if self._handover:
+                return _Resume(action)
             if isinstance(action, Finish):
                 return action.outcome, action.detail, None
             try:
@@ -120,14 +158,15 @@ class ThreadedReadTransfer(ReadTransfer):
         session.window_sent(end - 1, False, time.monotonic())
         store.release_before(session.acked + 1)
 
-    def _next_action(self) -> Action:
-        """Wait for the client's answer or the session's deadline.
+    def _next_action(self) -> Action | None:
+        """Wait for the client's answer or the session's deadline (None: a
+        hand-over was asked meanwhile).
 
         The per-block path: one recvfrom_into a reused buffer (a plain
         recvfrom allocates its whole size for every packet), SO_RCVTIMEO
         touched only near a deadline."""
         session, sock, peer, buffer = self.session, self.sock, self.peer, self._buffer
-        while self._stop is None:
+        while self._stop is None and not self._handover:
             now = time.monotonic()
             deadline = session.deadline
             if deadline is not None:
@@ -153,7 +192,7 @@ class ThreadedReadTransfer(ReadTransfer):
                 action = self._answer(bytes(buffer[:count]))
             if not isinstance(action, Wait):
                 return action
-        return Finish(Outcome.FAILED, "stopped")  # _serve returns the stop's ending
+        return None  # _serve returns the stop's ending, or the hand-over
 
     def _answer(self, data: bytes) -> Action:
         """Anything but a plain ACK (an ACK with trailing bytes, an ERROR)."""

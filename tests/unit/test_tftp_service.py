@@ -543,21 +543,47 @@ def test_start_fails_on_a_missing_upload_dir(root: Path, tmp_path: Path) -> None
 
 
 def test_lone_lockstep_read_runs_in_a_thread_of_its_own(root: Path, tmp_path: Path) -> None:
-    """The first lock-step read gets its own thread (see tftp_lockstep); one
-    that starts meanwhile runs on the loop; a stop reaches the thread."""
-    srv = Server(ini(root), tmp_path / "t.ini")
+    """The first lock-step read gets its own thread (see tftp_lockstep); when
+    a second starts, the first is handed back to the loop and completes there."""
+    seen: list[TransferStats] = []
+    srv = Server(ini(root), tmp_path / "t.ini", session_stats=seen.append)
     big = (root / "big").read_bytes()
     try:
         with Client("127.0.0.1", srv.port) as lone, Client("127.0.0.1", srv.port) as other:
             lone.request("big")
-            first, _tid = lone.receive()
+            first, tid = lone.receive()
             assert isinstance(first, Data) and first.block == 1
             threads = [t.name for t in threading.enumerate()]
             assert any(name.startswith("pybootd-tftp 127.0.0.1:") for name in threads), threads
             lone_transfer = srv.call(lambda: srv.service.threaded)
             assert isinstance(lone_transfer, ThreadedReadTransfer)
             assert other.get("big").data == big  # on the loop, meanwhile
-            assert srv.call(lambda: srv.service.threaded) is lone_transfer
+            assert srv.call(lambda: srv.service.threaded) is None
+            wait_for(lambda: srv.call(lambda: lone_transfer._on_loop), 2, what="the hand-over")
+            chunks, block, packet = [first.data], 1, first
+            while len(packet.data) == 512:  # the rest comes from the loop
+                lone.sock.sendto(encode_ack(block), tid)
+                packet, _ = lone.receive()
+                assert isinstance(packet, Data)
+                if packet.block == block:  # a retransmission of what we have
+                    continue
+                block += 1
+                chunks.append(packet.data)
+            lone.sock.sendto(encode_ack(block), tid)
+        assert b"".join(chunks) == big
+        wait_for(lambda: len(seen) == 2, 5, what="both transfers to end")
+        assert [s.outcome for s in seen] == ["complete", "complete"]
+    finally:
+        srv.stop()
+
+
+def test_lone_lockstep_thread_stops_at_shutdown(root: Path, tmp_path: Path) -> None:
+    srv = Server(ini(root), tmp_path / "t.ini")
+    try:
+        with Client("127.0.0.1", srv.port) as lone:
+            lone.request("big")
+            lone.receive()
+            assert isinstance(srv.call(lambda: srv.service.threaded), ThreadedReadTransfer)
             srv.call(srv.service.close)  # shutdown: the thread ends the transfer
             lone.sock.settimeout(2)
             packet = lone.receive()[0]
