@@ -33,9 +33,9 @@ import time
 from collections.abc import Callable
 
 from pybootd.errors import PybootdError, TftpError
-from pybootd.server.tftp_transfer import _ACK, _DATA, ReadTransfer, _label
+from pybootd.server.tftp_transfer import _ACK, _DATA, ReadTransfer
 from pybootd.tftp.packets import HEADER, Ack, Error, ErrorCode, encode_error, encode_oack
-from pybootd.tftp.session import Action, Finish, Outcome, SendOack, SendWindow, Wait
+from pybootd.tftp.session import WAIT, Action, Finish, Outcome, SendOack, SendWindow, Wait
 
 log = logging.getLogger("pybootd.tftp")
 
@@ -144,10 +144,7 @@ class ThreadedReadTransfer(ReadTransfer):
         while block < end:
             payload = store.block(block)
             while payload is None:
-                chunk = self._read_blocking(self.chunk)
-                total = self.source.size
-                store.feed(chunk, eof=not chunk or (total is not None
-                                                     and store.fed + len(chunk) >= total))
+                self.feed(self._read_blocking(self.chunk))
                 payload = store.block(block)
             sock.sendmsg((HEADER.pack(_DATA, block & 0xFFFF), payload), (), 0, peer)
             self.packets += 1
@@ -184,7 +181,7 @@ class ThreadedReadTransfer(ReadTransfer):
             except (BlockingIOError, InterruptedError, TimeoutError):
                 continue
             if addr[1] != peer[1] or addr[0] != peer[0]:
-                self._foreign(addr)
+                self.foreign(addr)  # a send error there stops us via fail()
                 continue
             if count == 4 and buffer[1] == _ACK and buffer[0] == 0:
                 action = session.on_ack((buffer[2] << 8) | buffer[3], time.monotonic())
@@ -202,12 +199,7 @@ class ThreadedReadTransfer(ReadTransfer):
             return session.on_ack(packet.block, time.monotonic())
         if isinstance(packet, Error):
             return session.on_error(packet.code, packet.message)
-        return Wait()
-
-    def _foreign(self, addr: tuple[str, int]) -> None:
-        log.info("%s: packet from foreign TID %s answered with ERROR 5", self.label, _label(addr))
-        with contextlib.suppress(OSError):
-            self.sock.sendto(encode_error(ErrorCode.UNKNOWN_TID, "Unknown transfer ID"), addr)
+        return WAIT
 
     def _receive_timeout(self, seconds: float) -> None:
         """SO_RCVTIMEO, set only when it changes (not once per block)."""

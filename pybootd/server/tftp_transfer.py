@@ -291,14 +291,18 @@ class ReadTransfer(Transfer):
             self._reading = False
         if self.finished:
             return
-        size = self.source.size
-        store = self.store
-        store.feed(chunk, eof=not chunk or (size is not None and store.fed + len(chunk) >= size))
+        self.feed(chunk)
         if self._pending is not None:
             self._send_window(*self._pending)
             self.arm(self.session.deadline)
         else:
             self._fill()
+
+    def feed(self, chunk: bytes) -> None:
+        """Store a chunk read from the source; the end is an empty chunk or
+        the source's size reached."""
+        size, store = self.source.size, self.store
+        store.feed(chunk, eof=not chunk or (size is not None and store.fed + len(chunk) >= size))
 
     def on_timer(self) -> None:
         self._act(self.session.on_timer(self.loop.time()))

@@ -135,8 +135,7 @@ class Upload:
             try:
                 write_all(self.fd, data)
             except OSError as exc:
-                code = ErrorCode.DISK_FULL if exc.errno in (errno.ENOSPC, errno.EDQUOT) else 0
-                raise TftpError(code, f"write failed: {exc.strerror}") from None
+                raise _disk_error(exc, "write failed") from None
             self.size += len(data)
 
     def commit(self) -> None:
@@ -148,8 +147,7 @@ class Upload:
                 self._commit()
             except OSError as exc:
                 self._abort()
-                code = ErrorCode.DISK_FULL if exc.errno in (errno.ENOSPC, errno.EDQUOT) else 0
-                raise TftpError(code, f"cannot store the file: {exc.strerror}") from None
+                raise _disk_error(exc, "cannot store the file") from None
 
     def _commit(self) -> None:
         os.fsync(self.fd)
@@ -189,6 +187,12 @@ class Upload:
             self.done = True
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.temp)
+
+
+def _disk_error(exc: OSError, what: str) -> TftpError:
+    """ERROR 3 for a full disk or quota (RFC 1350 section 5), else ERROR 0."""
+    code = ErrorCode.DISK_FULL if exc.errno in (errno.ENOSPC, errno.EDQUOT) else 0
+    return TftpError(code, f"{what}: {exc.strerror}")
 
 
 def sweep_stale_uploads(upload_dir: Path) -> int:

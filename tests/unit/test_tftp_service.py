@@ -61,6 +61,8 @@ class Server:
         self.call(self.service.close)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+        if not self.thread.is_alive():
+            self.loop.close()
         self.executor.shutdown(wait=False)
 
 
