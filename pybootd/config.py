@@ -57,6 +57,7 @@ class TftpConfig:
     cache_dir: Path | None = None
     cache_size: int = 1024**3
     http_timeout: float = 5.0
+    busy_poll: int = 100  # microseconds; 0 = off (see pybootd.server.tftp_lockstep)
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,7 @@ _SCHEMA: dict[str, dict[str, Parser]] = {
         "cache_dir": v.text,
         "cache_size": v.size,
         "http_timeout": v.real(0.1, 600),
+        "busy_poll": v.integer(0, 10000),
     },
     "bootp": {
         "mode": v.choice("server", "proxy"),

@@ -273,7 +273,8 @@ class TftpService:
         if self._lone_lockstep(session, source):
             assert isinstance(source, PooledSource)
             self.threaded = ThreadedReadTransfer(self.runtime, sock, peer, session, source,
-                                                 read_blocking=source.read_blocking, **kw)
+                                                 read_blocking=source.read_blocking,
+                                                 busy_poll=self.conf.busy_poll / 1e6, **kw)
             return self.threaded
         return ReadTransfer(self.runtime, sock, peer, session, source, **kw)
 

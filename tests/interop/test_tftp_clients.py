@@ -186,6 +186,23 @@ def test_100mib_blksize_65464(served: Served, kind: ClientKind) -> None:
     local.unlink()
 
 
+# Windows leave in UDP GSO batches (tftp_transfer.gso_segments); over the
+# veth's MTU of 1500, 8192-byte blocks cannot be cut by GSO (the kernel says
+# EINVAL) and go one datagram, IP-fragmented, per block instead.
+WINDOW_CLIENTS = [ClientKind("atftp-blksize1468-ws64", "atftp", blksize=1468, windowsize=64),
+                  ClientKind("atftp-blksize8192-ws16", "atftp", blksize=8192, windowsize=16)]
+
+
+@pytest.mark.parametrize("kind", WINDOW_CLIENTS, ids=lambda k: k.name)
+def test_windows_in_gso_batches(served: Served, kind: ClientKind) -> None:
+    mark = served.server.mark()
+    local, report = get(served, kind, ROLLOVER, SIZES[ROLLOVER])
+    assert sha256_file(local) == served.sha[ROLLOVER], report
+    line = granted(served, ROLLOVER, mark)
+    assert f"blksize={kind.blksize}" in line and f"windowsize={kind.windowsize}" in line, line
+    local.unlink()
+
+
 # --- netascii ----------------------------------------------------------------------------
 def to_netascii(data: bytes) -> bytes:
     """RFC 764: CR -> CR NUL, then LF -> CR LF."""

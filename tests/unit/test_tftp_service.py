@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import socket
 import struct
@@ -21,10 +22,11 @@ from tftpclient import Client, TftpFailure
 
 from pybootd.config import parse_config
 from pybootd.errors import PybootdError, TftpError
-from pybootd.server import tftp
+from pybootd.server import tftp, tftp_transfer
 from pybootd.server.runtime import Runtime
 from pybootd.server.tftp import TftpService
-from pybootd.server.tftp_lockstep import ThreadedReadTransfer
+from pybootd.server.tftp_lockstep import SPIN_MISSES, SPIN_PROBE, ThreadedReadTransfer
+from pybootd.server.tftp_transfer import GSO_BATCH, gso_segments
 from pybootd.sources import local
 from pybootd.sources.api import BytesResponse, ServerStats, TftpRequest, TransferStats
 from pybootd.tftp.packets import Ack, Data, Error, ErrorCode, encode, encode_ack
@@ -596,5 +598,96 @@ def test_lone_lockstep_thread_stops_at_shutdown(root: Path, tmp_path: Path) -> N
             assert isinstance(packet, Error) and "shutting down" in packet.message, packet
             wait_for(lambda: srv.call(lambda: srv.service.threaded) is None, 2,
                      what="the thread to end")
+    finally:
+        srv.stop()
+
+
+# --- windows sent in UDP GSO batches (tftp_transfer.gso_segments) ----------------------
+def test_gso_batch_sizes() -> None:
+    assert gso_segments(1468, 1) == 1  # lock-step: one block at a time
+    assert gso_segments(1468, 8) == 2  # a quarter of the window
+    assert gso_segments(1468, 64) == GSO_BATCH
+    assert gso_segments(8192, 64) == 7  # what one 64 KiB send takes
+    assert gso_segments(65464, 64) == 1
+
+
+@pytest.mark.parametrize("blksize, windowsize", [(1468, 64), (512, 16), (1000, 8)])
+def test_windowed_read_in_gso_batches(root: Path, tmp_path: Path, blksize: int,
+                                      windowsize: int) -> None:
+    """Each datagram of a batch is one whole DATA packet, the last one short."""
+    seen: list[TransferStats] = []
+    srv = Server(ini(root, "blocksize = 1468\n"), tmp_path / "t.ini", session_stats=seen.append)
+    big = (root / "big").read_bytes()
+    try:
+        with Client("127.0.0.1", srv.port) as client:
+            got = client.get("big", options=(("blksize", str(blksize)),
+                                             ("windowsize", str(windowsize))))
+        blocks = len(big) // blksize + 1
+        assert got.data == big and got.packets == blocks
+        wait_for(lambda: len(seen) == 1, 5, what="the transfer to end")
+        assert seen[0].outcome == "complete" and seen[0].packets == blocks
+    finally:
+        srv.stop()
+
+
+def test_gso_refused_falls_back_block_by_block(root: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """A kernel or route that refuses the GSO send (here: a malformed
+    UDP_SEGMENT, EINVAL) gets the same window one datagram per block."""
+    monkeypatch.setattr(logging.getLogger("pybootd"), "propagate", True)  # the CLI's tests
+    caplog.set_level(logging.DEBUG, logger="pybootd.tftp")
+    monkeypatch.setattr(tftp_transfer, "gso_cmsg", lambda blksize: [(17, 103, b"\0\0\0\0")])
+    srv = Server(ini(root), tmp_path / "t.ini")
+    try:
+        with Client("127.0.0.1", srv.port) as client:
+            got = client.get("big", options=(("blksize", "1468"), ("windowsize", "16")))
+        assert got.data == (root / "big").read_bytes()
+        assert got.packets == 300_000 // 1468 + 1
+        assert "UDP GSO refused (Invalid argument), sending block by block" in caplog.text
+    finally:
+        srv.stop()
+
+
+# --- the lone lock-step thread's busy-polling (tftp_lockstep) ----------------------------
+def test_busy_poll_stops_when_answers_are_slow_and_probes_again() -> None:
+    transfer = ThreadedReadTransfer.__new__(ThreadedReadTransfer)
+    transfer._busy_poll, transfer._misses, transfer._waits = 100e-6, 0, 0
+    assert transfer._polling()
+    transfer._misses = SPIN_MISSES  # that many polls in a row saw nothing
+    assert [transfer._polling() for _ in range(SPIN_PROBE)] == [False] * (SPIN_PROBE - 1) + [True]
+    assert transfer._misses == SPIN_MISSES - 1  # one more miss: sleep again
+    transfer._busy_poll, transfer._misses = 0.0, SPIN_MISSES  # busy_poll = 0: never
+    assert not any(transfer._polling() for _ in range(2 * SPIN_PROBE))
+
+
+@pytest.mark.parametrize("delay, polling", [(0.0, True), (0.02, False)])
+def test_busy_poll_follows_the_client(root: Path, tmp_path: Path, delay: float,
+                                      polling: bool) -> None:
+    """A client that answers at once keeps the thread polling; one that takes
+    20 ms (beyond busy_poll) makes it sleep in recvfrom instead."""
+    srv = Server(ini(root, "busy_poll = 2000\n"), tmp_path / "t.ini")
+    try:
+        with Client("127.0.0.1", srv.port) as client:
+            client.request("big")
+            packet, tid = client.receive()
+            transfer = srv.call(lambda: srv.service.threaded)
+            assert isinstance(transfer, ThreadedReadTransfer)
+            block, chunks = 0, []
+            for _ in range(700):  # 587 blocks, and a few retransmissions at most
+                assert isinstance(packet, Data)
+                if packet.block == (block + 1) & 0xFFFF:
+                    block += 1
+                    chunks.append(packet.data)
+                if block == 8:
+                    misses = transfer._misses
+                    delay = 0.0
+                time.sleep(delay)
+                client.sock.sendto(encode_ack(block), tid)
+                if len(packet.data) < 512:
+                    break
+                packet, tid = client.receive()
+        assert b"".join(chunks) == (root / "big").read_bytes()
+        assert (misses < SPIN_MISSES) == polling, misses
     finally:
         srv.stop()
