@@ -29,7 +29,7 @@ from pybootd.server.tftp_lockstep import SPIN_MISSES, SPIN_PROBE, ThreadedReadTr
 from pybootd.server.tftp_transfer import GSO_BATCH, gso_segments
 from pybootd.sources import local
 from pybootd.sources.api import BytesResponse, ServerStats, TftpRequest, TransferStats
-from pybootd.tftp.packets import Ack, Data, Error, ErrorCode, encode, encode_ack
+from pybootd.tftp.packets import Ack, Data, Error, ErrorCode, Oack, encode, encode_ack
 
 
 def free_port() -> int:
@@ -163,6 +163,30 @@ def test_repeated_request_does_not_start_a_second_transfer(server: Server) -> No
         except TimeoutError:
             pass
     assert sources == {first}  # retransmissions only, from one TID
+
+
+@pytest.mark.parametrize("window, served", [(1.0, True), (0.0, False)])
+def test_request_repeated_just_before_an_abort_is_served(
+        server: Server, monkeypatch: pytest.MonkeyPatch, window: float, served: bool) -> None:
+    """UEFI's tsize probe: OACK, ERROR 8, the same request again from the
+    same port. If that request reaches the loop first, it is served once the
+    ERROR ends the probe (if it came within REPEAT_AFTER_ABORT of that)."""
+    monkeypatch.setattr(tftp, "REPEAT_AFTER_ABORT", window)
+    with Client("127.0.0.1", server.port) as client:
+        client.request("big", options=(("tsize", "0"),))
+        oack, tid = client.receive()
+        assert isinstance(oack, Oack)
+        client.request("big", options=(("tsize", "0"),))  # seen as a repeat: ignored for now
+        time.sleep(0.05)
+        client.sock.sendto(encode(Error(8, "User aborted the transfer")), tid)
+        client.sock.settimeout(1.0)
+        if not served:
+            with pytest.raises(TimeoutError):
+                client.receive()
+            return
+        again, new_tid = client.receive()
+        assert isinstance(again, Oack) and new_tid != tid
+        client.sock.sendto(encode(Error(8, "done")), new_tid)
 
 
 def test_client_error_after_oack_is_quiet_abort(root: Path, tmp_path: Path) -> None:
