@@ -164,12 +164,19 @@ HUGE_CLIENTS = [ClientKind("curl-blksize65464", "curl", blksize=65464),
                 ClientKind("busybox-blksize65464", "busybox", blksize=65464)]
 
 
+def fetch_checked(s: Served, kind: ClientKind, remote: str) -> tuple[str, int]:
+    """Fetch *remote*, check its sha256, remove it; returns the RRQ log line
+    (what was granted) and the log mark from before the request."""
+    mark = s.server.mark()
+    local, report = get(s, kind, remote, SIZES[remote])
+    assert sha256_file(local) == s.sha[remote], report
+    local.unlink()
+    return granted(s, remote, mark), mark
+
+
 @pytest.mark.parametrize("kind", ROLLOVER_CLIENTS, ids=lambda k: k.name)
 def test_rollover_40mib_blksize_512(served: Served, kind: ClientKind) -> None:
-    mark = served.server.mark()
-    local, report = get(served, kind, ROLLOVER, SIZES[ROLLOVER])
-    assert sha256_file(local) == served.sha[ROLLOVER], report
-    line = granted(served, ROLLOVER, mark)
+    line, mark = fetch_checked(served, kind, ROLLOVER)
     assert "blksize=512" in line if kind.blksize else "blksize" not in line, line
     done = served.server.wait_log(rf"read {ROLLOVER} complete: (\d+) bytes .*?(\d+) packets",
                                   since=mark)
@@ -179,11 +186,8 @@ def test_rollover_40mib_blksize_512(served: Served, kind: ClientKind) -> None:
 
 @pytest.mark.parametrize("kind", HUGE_CLIENTS, ids=lambda k: k.name)
 def test_100mib_blksize_65464(served: Served, kind: ClientKind) -> None:
-    mark = served.server.mark()
-    local, report = get(served, kind, HUGE, SIZES[HUGE])
-    assert sha256_file(local) == served.sha[HUGE], report
-    assert "blksize=65464" in granted(served, HUGE, mark)
-    local.unlink()
+    line, _ = fetch_checked(served, kind, HUGE)
+    assert "blksize=65464" in line, line
 
 
 # Windows leave in UDP GSO batches (tftp_transfer.gso_segments); over the
@@ -195,12 +199,8 @@ WINDOW_CLIENTS = [ClientKind("atftp-blksize1468-ws64", "atftp", blksize=1468, wi
 
 @pytest.mark.parametrize("kind", WINDOW_CLIENTS, ids=lambda k: k.name)
 def test_windows_in_gso_batches(served: Served, kind: ClientKind) -> None:
-    mark = served.server.mark()
-    local, report = get(served, kind, ROLLOVER, SIZES[ROLLOVER])
-    assert sha256_file(local) == served.sha[ROLLOVER], report
-    line = granted(served, ROLLOVER, mark)
+    line, _ = fetch_checked(served, kind, ROLLOVER)
     assert f"blksize={kind.blksize}" in line and f"windowsize={kind.windowsize}" in line, line
-    local.unlink()
 
 
 # --- netascii ----------------------------------------------------------------------------
