@@ -309,13 +309,6 @@ class TftpService:
     def _transfer_done(self, transfer: Transfer, stats: TransferStats) -> None:
         self.active.pop(transfer.key, None)
         repeat = self._repeats.pop(transfer.key, None)
-        if (repeat is not None and stats.outcome == "aborted by client" and self.listeners
-                and self.runtime.loop.time() - repeat[4] <= REPEAT_AFTER_ABORT):
-            # UEFI firmware probes tsize, answers the OACK with ERROR 8 and asks
-            # again at once, from the same port: that request can reach the
-            # loop before the ERROR has ended the probe (the lone lock-step
-            # thread sees the ERROR, the loop the request). Not a repeat, then.
-            self._on_datagram(*repeat[:4])
         if transfer is self.threaded:
             self.threaded = None
         self.stats.active_sessions = sum(1 for t in self.active.values() if t)
@@ -333,6 +326,13 @@ class TftpService:
                              stats.bytes)
         self.stats.increment("retransmits", stats.retransmits)
         self._report(stats)
+        if (repeat is not None and aborted and self.listeners
+                and self.runtime.loop.time() - repeat[4] <= REPEAT_AFTER_ABORT):
+            # UEFI firmware probes tsize, answers the OACK with ERROR 8 and asks
+            # again at once, from the same port: that request can reach the
+            # loop before the ERROR has ended the probe (the lone lock-step
+            # thread sees the ERROR, the loop the request). Not a repeat, then.
+            self._on_datagram(*repeat[:4])
 
     def _report(self, stats: TransferStats) -> None:
         if self.session_stats is None:

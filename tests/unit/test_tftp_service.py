@@ -338,6 +338,10 @@ def test_ipv6_and_ipv4_on_the_default_address(root: Path, tmp_path: Path) -> Non
             with Client("::1", port) as client:
                 result = client.get("small", options=(("blksize", "1024"),))
             assert result.data == b"hello" and result.server[0] == "::1"
+            with Client("::1", port) as client:  # a window in GSO batches, over IPv6
+                result = client.get("big", options=(("blksize", "1400"), ("windowsize", "16")))
+            assert result.data == (root / "big").read_bytes()
+            assert result.packets == 300_000 // 1400 + 1
     finally:
         srv.stop()
 
