@@ -44,7 +44,8 @@ REPEAT_AFTER_ABORT = 1.0  # seconds: a request this close to its transfer's abor
 SHUTDOWN_ABORT_WAIT = 2.0  # seconds an upload's abort waits for a write running in the pool
 
 
-_Repeat = tuple[socket.socket, bytes, tuple[str, int], "tuple[str, int] | str", float]
+# A request taken for a repeat: when it came, and _on_datagram's arguments.
+_Repeat = tuple[float, tuple[socket.socket, bytes, tuple[str, int], "tuple[str, int] | str"]]
 
 
 def check_folders(config: Config) -> None:
@@ -191,7 +192,7 @@ class TftpService:
             # different request from the same port is a new transfer: tftp-hpa
             # reuses its port for every command of a session.)
             log.debug("%s: repeated request for %s ignored", label, request.filename)
-            self._repeats[key] = (listener, data, addr, local_addr, self.runtime.loop.time())
+            self._repeats[key] = (self.runtime.loop.time(), (listener, data, addr, local_addr))
             return
         if len(self.active) >= self.conf.max_sessions:
             self.stats.increment("refused_busy")
@@ -327,12 +328,12 @@ class TftpService:
         self.stats.increment("retransmits", stats.retransmits)
         self._report(stats)
         if (repeat is not None and aborted and self.listeners
-                and self.runtime.loop.time() - repeat[4] <= REPEAT_AFTER_ABORT):
+                and self.runtime.loop.time() - repeat[0] <= REPEAT_AFTER_ABORT):
             # UEFI firmware probes tsize, answers the OACK with ERROR 8 and asks
             # again at once, from the same port: that request can reach the
             # loop before the ERROR has ended the probe (the lone lock-step
             # thread sees the ERROR, the loop the request). Not a repeat, then.
-            self._on_datagram(*repeat[:4])
+            self._on_datagram(*repeat[1])
 
     def _report(self, stats: TransferStats) -> None:
         if self.session_stats is None:

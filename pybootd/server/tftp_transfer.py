@@ -322,26 +322,31 @@ class ReadTransfer(Transfer):
         block, not the round trip, bounds a transfer, and one system call per
         block was most of that CPU (scripts/bench_tftp.py)."""
         sock, peer = self.sock, self.peer
-        if len(payloads) == 1:
-            sock.sendmsg((HEADER.pack(_DATA, first & 0xFFFF), payloads[0]), (), 0, peer)
+        if len(payloads) > 1 and self._send_gso(first, payloads):
             return
+        for number, payload in enumerate(payloads, first):
+            sock.sendmsg((HEADER.pack(_DATA, number & 0xFFFF), payload), (), 0, peer)
+
+    def _send_gso(self, first: int, payloads: list[memoryview | bytes]) -> bool:
+        """One GSO send of the blocks; False if the route refuses it (a
+        datagram larger than its MTU, no checksum offload): from then on this
+        transfer sends one datagram per block. BlockingIOError: nothing was
+        sent, the caller's window ends before *first*."""
         buffers: list[memoryview | bytes] = []
         for number, payload in enumerate(payloads, first):
             buffers += (HEADER.pack(_DATA, number & 0xFFFF), payload)
         try:
-            sock.sendmsg(buffers, self._gso, 0, peer)
+            self.sock.sendmsg(buffers, self._gso, 0, self.peer)
         except BlockingIOError:
-            raise  # nothing was sent: the caller's window ends before *first*
+            raise
         except OSError as exc:
             if exc.errno not in _NO_GSO:
                 raise
-            # The route cannot take it (a datagram larger than its MTU, no
-            # checksum offload): one sendmsg per block from now on.
             log.debug("%s: UDP GSO refused (%s), sending block by block", self.label,
                       exc.strerror)
             self._segments = 1
-            for number, payload in enumerate(payloads, first):
-                sock.sendmsg((HEADER.pack(_DATA, number & 0xFFFF), payload), (), 0, peer)
+            return False
+        return True
 
     # --- reading from the source, ahead of the window -------------------------
     def _fill(self) -> None:
