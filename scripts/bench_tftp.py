@@ -71,6 +71,7 @@ import argparse
 import contextlib
 import ctypes
 import hashlib
+import importlib.util
 import os
 import re
 import shlex
@@ -251,6 +252,22 @@ def stop_server(server: Server) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
+
+
+def pump_state() -> str:
+    """Whether pybootd serves lock-step blocks from its compiled module."""
+    if os.environ.get("PYBOOTD_NO_LOCKSTEP_PUMP"):
+        return "pure Python (PYBOOTD_NO_LOCKSTEP_PUMP is set)"
+    sys.path.insert(0, str(REPO))
+    try:
+        found = importlib.util.find_spec("pybootd._lockstep") is not None
+    except ModuleNotFoundError:
+        found = False
+    finally:
+        sys.path.remove(str(REPO))
+    if not found:
+        return "pure Python (pybootd._lockstep is not built)"
+    return "compiled (pybootd._lockstep)"
 
 
 def vm_hwm_mb(pid: int) -> float | None:
@@ -629,6 +646,7 @@ def print_table(args: argparse.Namespace, servers: list[Server],
     print(agg + f"{f'{pb_many / hpa_many:.2f}x' if pb_many and hpa_many else '':>{width}}")
     print(f"pybootd peak RSS (VmHWM at the end of the run): "
           f"{f'{rss:.1f} MB' if rss is not None else 'unknown'}")
+    print(f"pybootd's lock-step path: {pump_state()}")
     for name, why in unavailable.items():
         print(f"{name}: {why}")
     for server in servers:
@@ -963,7 +981,7 @@ def main() -> int:
     parser.add_argument("--many-size", type=int, default=8, help="MiB each concurrent client")
     parser.add_argument("--many-blksize", type=int, default=1468,
                         help="blksize of the concurrent clients")
-    parser.add_argument("--many-runs", type=int, default=2)
+    parser.add_argument("--many-runs", type=int, default=3)
     parser.add_argument("--client-nice", type=int, default=0,
                         help="nice value of the concurrent clients (they share the 2 cores "
                              "with the server; 0 = same priority)")

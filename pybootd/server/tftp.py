@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pybootd.config import Config, TftpConfig
 from pybootd.errors import BadPacket, PybootdError, SourceError, TftpError
+from pybootd.server import tftp_pump
 from pybootd.server.runtime import Runtime
 from pybootd.server.tftp_lockstep import ThreadedReadTransfer
 from pybootd.server.tftp_transfer import ReadTransfer, Transfer, WriteTransfer
@@ -96,6 +97,7 @@ class TftpService:
         self.threaded: ThreadedReadTransfer | None = None  # the one with a thread of its own
         self._repeats: dict[tuple[str, int, int, str], _Repeat] = {}  # see _transfer_done
         self._stats_timer: asyncio.TimerHandle | None = None
+        self.pump: tftp_pump.Pump | None = None  # lock-step reads' compiled path
 
     # --- lifecycle ------------------------------------------------------------
     async def start(self) -> None:
@@ -109,6 +111,8 @@ class TftpService:
             sock = _listener(family, host, self.conf.port)
             self.listeners.append(sock)
             self.runtime.loop.add_reader(sock.fileno(), self._on_listener, sock)
+        if tftp_pump.available():
+            self.pump = tftp_pump.Pump(self.runtime.loop, self.conf.busy_poll / 1e6)
         where = ", ".join(format_peer(s.getsockname()[:2]) for s in self.listeners)
         root = self.conf.root_url or self.conf.root_path
         log.info("TFTP serving %s on %s", root, where)
@@ -158,6 +162,9 @@ class TftpService:
             self._stats_timer.cancel()
         if self.http is not None:
             self.http.close()
+        if self.pump is not None:
+            self.pump.close()
+            self.pump = None
 
     # --- requests -------------------------------------------------------------
     def _on_listener(self, sock: socket.socket) -> None:
@@ -279,9 +286,10 @@ class TftpService:
             assert isinstance(source, PooledSource)
             self.threaded = ThreadedReadTransfer(self.runtime, sock, peer, session, source,
                                                  read_blocking=source.read_blocking,
-                                                 busy_poll=self.conf.busy_poll / 1e6, **kw)
+                                                 busy_poll=self.conf.busy_poll / 1e6,
+                                                 pump=self.pump, **kw)
             return self.threaded
-        return ReadTransfer(self.runtime, sock, peer, session, source, **kw)
+        return ReadTransfer(self.runtime, sock, peer, session, source, self.pump, **kw)
 
     def _lone_lockstep(self, session: ReadSession, source: ChunkSource) -> bool:
         """A lock-step read of a local file or plugin while nothing else runs:

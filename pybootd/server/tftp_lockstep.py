@@ -104,11 +104,12 @@ class ThreadedReadTransfer(ReadTransfer):
             super().fail(*self._stop)
             return
         self.sock.setblocking(False)
-        self.loop.add_reader(self.sock.fileno(), self._readable)
+        self.attach()
         if action is not None:
             self._act(action)
         else:
             self.arm(self.session.deadline)
+        self._rearm()
 
     def _ended(self, outcome: Outcome, detail: str) -> None:
         """On the loop, once the thread is done with the socket."""

@@ -4,6 +4,8 @@ This is the per-block hot path. The socket is read from a plain
 ``loop.add_reader`` callback (no transport or protocol objects), an ACK is
 decoded with two byte reads, and a DATA block goes out with ``sendmsg`` as a
 4-byte header plus a slice of the chunk read from the source: no copy.
+Lock-step reads go through :mod:`pybootd.server.tftp_pump` instead where it
+is built, which sends the blocks that need no decision from C.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from pybootd.tftp.session import (
 
 if TYPE_CHECKING:
     from pybootd.server.runtime import Runtime
+    from pybootd.server.tftp_pump import Pump
     from pybootd.sources.local import Upload
 
 log = logging.getLogger("pybootd.tftp")
@@ -194,7 +197,7 @@ class Transfer:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self.loop.remove_reader(self.sock.fileno())
+        self.detach()
         self.sock.close()
         self.release()
         stats = TransferStats(
@@ -205,6 +208,10 @@ class Transfer:
         self.on_done(self, stats)
         if not self.done.done():
             self.done.set_result(None)
+
+    def detach(self) -> None:
+        """Stop reading the socket (before it is closed)."""
+        self.loop.remove_reader(self.sock.fileno())
 
     def release(self) -> None:
         raise NotImplementedError
@@ -220,7 +227,8 @@ class ReadTransfer(Transfer):
     """Serves one RRQ."""
 
     def __init__(self, runtime: Runtime, sock: socket.socket, peer: tuple[str, int],
-                 session: ReadSession, source: ChunkSource, **kw: object) -> None:
+                 session: ReadSession, source: ChunkSource, pump: Pump | None = None,
+                 **kw: object) -> None:
         super().__init__(runtime, sock, peer, **kw)  # type: ignore[arg-type]
         self.session = session
         self.source = source
@@ -232,11 +240,68 @@ class ReadTransfer(Transfer):
         self._pending: tuple[int, int] | None = None  # window waiting for bytes
         self._segments = gso_segments(session.blksize, session.windowsize)
         self._gso = gso_cmsg(session.blksize)
+        # Lock-step blocks that need no decision go out from compiled code
+        # (pybootd.server.tftp_pump says why); windows stay here.
+        self.pump = pump if self.lockstep else None
+        self._attached = False
 
     def start(self) -> None:
-        self.loop.add_reader(self.sock.fileno(), self._readable)
+        self.attach()
         self._fill()
         self._act(self.session.start(self.loop.time()))
+        self._rearm()
+
+    def attach(self) -> None:
+        """Start reading the socket: through the pump, or a reader of its own."""
+        if self.pump is not None:
+            self.pump.add(self.sock.fileno(), self.peer, self)
+        else:
+            self.loop.add_reader(self.sock.fileno(), self._readable)
+        self._attached = True
+
+    def detach(self) -> None:
+        if self.pump is not None:
+            if self._attached:
+                self.pump.remove(self.sock.fileno())
+        else:
+            super().detach()
+
+    # --- through the pump ------------------------------------------------------
+    def pumped(self, data: bytes, addr: tuple[str, int]) -> None:
+        """A datagram the pump did not answer, in the order it came."""
+        self._sync()
+        if addr[1] != self.peer[1] or addr[0] != self.peer[0]:
+            self.foreign(addr)
+        elif not self.finished:
+            self.datagram(data)
+        self._rearm()
+
+    def _sync(self) -> None:
+        """Take the state back from the pump and catch the session up."""
+        if self.pump is None or not self._attached or self.finished:
+            return
+        sent, sent_at, packets = self.pump.take(self.sock.fileno())
+        if not packets:
+            return
+        self.packets += packets
+        store = self.store
+        eof = store.last_block is not None and sent >= store.last_block
+        self.session.fast_forward(sent, sent_at, eof)
+        store.release_before(self.session.acked + 1)
+        self._fill()
+
+    def _rearm(self) -> None:
+        """Let the pump answer the ACK of the block last sent, and the next
+        ones, from the stored segment that holds them."""
+        session = self.session
+        if (self.pump is None or not self._attached or self.finished or session.sending
+                or session.awaiting_oack_ack or self._pending is not None
+                or session.sent_through != session.acked + 1):
+            return
+        segment = self.store.segment(session.sent_through + 1)
+        if segment is not None:
+            self.pump.arm(self.sock.fileno(), session.sent_through, segment[1], segment[0],
+                          self.store.blksize)
 
     def datagram(self, data: bytes) -> bool:
         if len(data) == 4 and data[1] == _ACK and data[0] == 0:
@@ -375,12 +440,14 @@ class ReadTransfer(Transfer):
             self._reading = False
         if self.finished:
             return
+        self._sync()
         self.feed(chunk)
         if self._pending is not None:
             self._send_window(*self._pending)
             self.arm(self.session.deadline)
         else:
             self._fill()
+        self._rearm()
 
     def feed(self, chunk: bytes) -> None:
         """Store a chunk read from the source; the end is an empty chunk or
@@ -389,7 +456,9 @@ class ReadTransfer(Transfer):
         store.feed(chunk, eof=not chunk or (size is not None and store.fed + len(chunk) >= size))
 
     def on_timer(self) -> None:
+        self._sync()
         self._act(self.session.on_timer(self.loop.time()))
+        self._rearm()
 
     def release(self) -> None:
         self.source.close()

@@ -60,6 +60,15 @@ class BlockStore:
             return b""
         return None
 
+    def segment(self, number: int) -> tuple[int, bytes] | None:
+        """The stored segment holding block *number*: (its first block, its
+        bytes), or None."""
+        size = self.blksize
+        for first, data in self._segments:
+            if 0 <= (number - first) * size < len(data):
+                return first, data
+        return None
+
     def release_before(self, number: int) -> None:
         """Forget segments whose blocks all come before *number*."""
         size = self.blksize

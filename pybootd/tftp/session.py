@@ -150,6 +150,22 @@ class ReadSession:
         self.sending = False
         self.deadline = now + self.retry.timeout
 
+    def fast_forward(self, sent: int, sent_at: float, eof: bool) -> None:
+        """Blocks through *sent* went out in lock-step, each answering the
+        ACK of the one before, the last at *sent_at* (*eof*: it was the
+        short, final block), without this session being told
+        (pybootd._lockstep did it): catch up, as if on_ack and window_sent
+        had been called for each."""
+        if (self.windowsize != 1 or self.finished is not None or self.sending
+                or self.awaiting_oack_ack or sent <= self.sent_through):
+            return
+        self.acked = sent - 1
+        self.sent_through = sent
+        if eof:
+            self.last_block = sent
+        self.retry.reset()
+        self.deadline = sent_at + self.retry.timeout
+
     def _absolute(self, block: int) -> int | None:
         """The sent block that wire number *block* stands for, if any."""
         delta = (block - self.acked) & MAX_BLOCK

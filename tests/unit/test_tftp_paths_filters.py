@@ -98,3 +98,14 @@ def test_block_store_exact_multiple_ends_with_empty_block() -> None:
     store.feed(b"abcd")
     store.feed(b"", eof=True)
     assert store.last_block == 2 and store.block(2) == b""
+
+
+def test_block_store_segment_holds_whole_blocks() -> None:
+    """What the compiled lock-step path is armed with (tftp_pump)."""
+    store = BlockStore(4)
+    store.feed(b"abcdefghij")  # blocks 1, 2; "ij" waits for more
+    assert store.segment(2) == (1, b"abcdefgh")
+    assert store.segment(3) is None
+    store.feed(b"klm", eof=True)
+    assert store.segment(3) == (3, b"ijklm") and store.segment(4) == (3, b"ijklm")
+    assert store.segment(5) is None

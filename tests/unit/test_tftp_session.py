@@ -266,3 +266,33 @@ def test_write_rollover() -> None:
     for block in range(1, 65540):
         action = s.on_data(block & 0xFFFF, 512, 0.0)
         assert isinstance(action, Store) and action.block == block
+
+
+def test_fast_forward_catches_up_with_blocks_sent_elsewhere() -> None:
+    """pybootd._lockstep answered ACKs 1..4 with blocks 2..5; the session
+    learns it before it acts, as if it had seen each ACK."""
+    s = read_session(retries=2)
+    send(s, s.start(0.0), 9, 0.0)
+    s.on_timer(1.0)  # a retransmission spent some budget
+    send(s, SendWindow(1, 1, retransmit=True), 9, 1.0)
+    s.fast_forward(5, 1.5, eof=False)
+    assert (s.acked, s.sent_through, s.deadline) == (4, 5, 2.5)  # budget reset: 1 s
+    assert s.on_ack(4, 1.6) is WAIT  # a duplicate now
+    assert s.on_ack(5, 1.7) == SendWindow(6, 1)
+    s.fast_forward(3, 2.0, eof=False)  # nothing new: ignored
+    assert (s.acked, s.sending) == (5, True)
+
+
+def test_fast_forward_to_the_last_block_then_the_final_ack_completes() -> None:
+    s = read_session()
+    send(s, s.start(0.0), 3, 0.0)
+    s.fast_forward(3, 0.2, eof=True)
+    assert s.last_block == 3
+    assert s.on_ack(3, 0.3) == Finish(Outcome.COMPLETE)
+
+
+def test_fast_forward_is_for_lock_step_only() -> None:
+    s = read_session(windowsize=4)
+    send(s, s.start(0.0), 9, 0.0)
+    s.fast_forward(6, 0.1, eof=False)
+    assert (s.acked, s.sent_through) == (0, 4)
