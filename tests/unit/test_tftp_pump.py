@@ -257,26 +257,21 @@ def test_loop_reads_complete_and_count(on_loop: tuple[Server, list[TransferStats
             "complete", len(big), 586, 0)
 
 
-def test_loop_read_recovers_a_lost_ack(on_loop: tuple[Server, list[TransferStats]],
-                                       root: Path) -> None:
+@pytest.mark.parametrize("skip_ack, duplicate_ack, packets, retransmits", [
+    (300, 0, 587, 1),  # a lost ACK: block 300 again after the timeout
+    (0, 100, 586, 0),  # never resend on a duplicate ACK (RFC 1123 section 4.2.3.1)
+])
+def test_loop_read_recovers_a_lost_ack_and_ignores_a_duplicate(
+        on_loop: tuple[Server, list[TransferStats]], root: Path, skip_ack: int,
+        duplicate_ack: int, packets: int, retransmits: int) -> None:
     srv, seen = on_loop
     with Client("127.0.0.1", srv.port) as client:
         client.request("big")
-        assert fetch(client, skip_ack=300) == (root / "big").read_bytes()
+        got = fetch(client, skip_ack=skip_ack, duplicate_ack=duplicate_ack)
+    assert got == (root / "big").read_bytes()
     wait_for(lambda: len(seen) == 1, 5, what="the transfer to end")
-    assert seen[0].outcome == "complete" and seen[0].retransmits == 1
-    assert seen[0].packets == 587
-
-
-def test_loop_read_ignores_a_duplicate_ack(on_loop: tuple[Server, list[TransferStats]],
-                                           root: Path) -> None:
-    """Never resend on a duplicate ACK (RFC 1123 section 4.2.3.1)."""
-    srv, seen = on_loop
-    with Client("127.0.0.1", srv.port) as client:
-        client.request("big")
-        assert fetch(client, duplicate_ack=100) == (root / "big").read_bytes()
-    wait_for(lambda: len(seen) == 1, 5, what="the transfer to end")
-    assert seen[0].packets == 586 and seen[0].retransmits == 0
+    assert (seen[0].outcome, seen[0].packets, seen[0].retransmits) == (
+        "complete", packets, retransmits)
 
 
 def test_loop_read_answers_a_foreign_tid(on_loop: tuple[Server, list[TransferStats]],
