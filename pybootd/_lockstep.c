@@ -305,7 +305,8 @@ static int pump_batch(Pump *self, int budget, double spin, Handback *backs, int 
     while (handled < budget && *nbacks < HANDBACK_MAX) {
         int n = epoll_wait(self->epfd, events, EVENTS, 0);
         if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) {
+        if (n < 0) break;
+        if (n == 0) {
             /* Nothing ready: busy-poll for up to `spin` seconds before the
              * loop sleeps, while such polls see ACKs; after spin_misses in
              * a row that saw none, only once every spin_probe wake-ups. */
@@ -393,8 +394,8 @@ static PyObject *Pump_close(Pump *self, PyObject *Py_UNUSED(ignored)) {
 
 static int Pump_init(Pump *self, PyObject *args, PyObject *kw) {
     static char *names[] = {"spin_misses", "spin_probe", NULL};
-    int spin_misses = 4, spin_probe = 1024;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|ii", names, &spin_misses, &spin_probe))
+    int spin_misses, spin_probe;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "ii", names, &spin_misses, &spin_probe))
         return -1;
     self->spin_misses = spin_misses;
     self->spin_probe = spin_probe;

@@ -21,13 +21,10 @@ transfers read their sockets through ``loop.add_reader`` as before.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 from typing import Protocol
 
 from pybootd.server.tftp_lockstep import SPIN_MISSES, SPIN_PROBE
-
-log = logging.getLogger("pybootd.tftp")
 
 try:
     from pybootd import _lockstep

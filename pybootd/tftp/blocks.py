@@ -51,11 +51,11 @@ class BlockStore:
 
     def block(self, number: int) -> memoryview | bytes | None:
         """Block *number*'s payload, or None if not received yet."""
-        size = self.blksize
-        for first, data in self._segments:
-            offset = (number - first) * size
-            if 0 <= offset < len(data):
-                return memoryview(data)[offset : offset + size]
+        found = self.segment(number)
+        if found is not None:
+            first, data = found
+            offset = (number - first) * self.blksize
+            return memoryview(data)[offset : offset + self.blksize]
         if number == self.last_block:
             return b""
         return None

@@ -18,6 +18,7 @@ from tftpclient import Client
 
 from pybootd.server import tftp_pump
 from pybootd.server.tftp import TftpService
+from pybootd.server.tftp_lockstep import SPIN_MISSES, SPIN_PROBE
 from pybootd.sources.api import TransferStats
 from pybootd.tftp.packets import Data, Error, ErrorCode, encode, encode_ack
 
@@ -51,7 +52,7 @@ class Pair:
             sock.bind((host, 0))
             sock.settimeout(2)
         self.server.setblocking(False)
-        self.pump = _lockstep.Pump()
+        self.pump = _lockstep.Pump(spin_misses=SPIN_MISSES, spin_probe=SPIN_PROBE)
         self.fd = self.server.fileno()
         self.pump.add(self.fd, self.client.getsockname())
 
