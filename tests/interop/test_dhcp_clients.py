@@ -7,6 +7,7 @@ renew, release, and get the same address again after pybootd restarts.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -135,41 +136,61 @@ def test_dhclient_lease_renew_release_restart(dlab: DhcpLab) -> None:
 
 
 # --- dhcpcd -------------------------------------------------------------------
-def start_dhcpcd(d: DhcpLab, name: str) -> subprocess.Popen[bytes]:
-    """dhcpcd in its own mount namespace, with tmpfs over its state folders."""
+def start_dhcpcd(d: DhcpLab, name: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """dhcpcd in its own mount namespace, with tmpfs over its state folders.
+
+    Returns the process and the file that gets its log (stderr).
+    """
     ns, ifname = d.clients[name]
     script = d.workdir / f"{name}.sh"
+    out = d.workdir / f"{name}.out"
     shell = ("mount -t tmpfs tmpfs /run && mount -t tmpfs tmpfs /var/lib/dhcpcd && "
              f"exec dhcpcd -B -4 -A -L -f /dev/null -c {script} {ifname}")
-    return d.lab.popen(ns, ["unshare", "-m", "sh", "-c", shell])
+    with out.open("ab") as sink:
+        proc = d.lab.popen(ns, ["unshare", "-m", "sh", "-c", shell], stdout=sink)
+    return proc, out
 
 
-def dhcpcd_control(d: DhcpLab, proc: subprocess.Popen[bytes], name: str, flag: str) -> None:
-    """``dhcpcd -n`` / ``-k`` inside the client's mount namespace."""
-    _, ifname = d.clients[name]
-    result = d.lab.run(None, ["nsenter", "-t", str(proc.pid), "-m", "-n", "dhcpcd", "-4", flag,
-                              ifname], timeout=20, check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
+def signal_dhcpcd(proc: subprocess.Popen[bytes], out: Path, sig: signal.Signals) -> None:
+    """Send *sig* (what ``dhcpcd -n`` / ``-k`` send) until dhcpcd logs it.
+
+    dhcpcd 9.4.1 now and then never acts on a signal that comes right after
+    a hook script ran (1 run in 7 here: no "received SIGALRM" in its log, so
+    no RELEASE was ever sent). Only the client's receipt is retried, and at
+    most 3 times; what pybootd does with the packet is checked by the caller.
+    """
+    mark = f"received {sig.name}"
+
+    def logged() -> int:
+        return out.read_text(errors="replace").count(mark)
+
+    before = logged()
+    for _ in range(3):
+        os.kill(proc.pid, sig)
+        with contextlib.suppress(TimeoutError):
+            wait_for(lambda: logged() > before, 3, what=f"dhcpcd: {mark}")
+            return
+    raise TimeoutError(f"dhcpcd never logged {mark!r} after 3 tries")
 
 
 def test_dhcpcd_lease_renew_release_restart(dlab: DhcpLab) -> None:
-    require_tools("dhcpcd", "nsenter", "unshare")
+    require_tools("dhcpcd", "unshare")
     dlab.client("dhcpcd")
     _, log = dlab.script("dhcpcd")
-    proc = start_dhcpcd(dlab, "dhcpcd")
+    proc, out = start_dhcpcd(dlab, "dhcpcd")
     ip = wait_event(log, "BOUND").split()[1]
     assert in_pool(ip)
     mac = dlab.mac_of("dhcpcd")
     assert stored(dlab, mac, "bound") == ip
 
     seen = len(events(log))
-    dhcpcd_control(dlab, proc, "dhcpcd", "-n")  # rebind: REQUEST for the same address
+    signal_dhcpcd(proc, out, signal.SIGHUP)  # dhcpcd(8) -n: rebind, REQUEST the same address
     line = wait_for(
         lambda: next((e for e in events(log)[seen:] if e.split()[0] in
                       ("RENEW", "REBIND", "REBOOT", "BOUND")), None), 30, what="renewal")
     assert line.split()[1] == ip
 
-    os.kill(proc.pid, signal.SIGALRM)  # dhcpcd(8): release and exit (what -k sends)
+    signal_dhcpcd(proc, out, signal.SIGALRM)  # dhcpcd(8) -k: release and exit
     assert stored(dlab, mac, "free") == ip
     dlab.lab.stop(proc)
 
