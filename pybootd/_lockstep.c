@@ -414,6 +414,8 @@ static int Pump_init(Pump *self, PyObject *args, PyObject *kw) {
 }
 
 static PyObject *Pump_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    (void)args;  /* Pump_init parses them */
+    (void)kw;
     Pump *self = (Pump *)type->tp_alloc(type, 0);
     if (self != NULL) self->epfd = -1;
     return (PyObject *)self;
@@ -460,9 +462,10 @@ static PyTypeObject PumpType = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "pybootd._lockstep",
-    "Compiled per-block path of lock-step TFTP reads (see pybootd/server/tftp_pump.py).",
-    -1, NULL,
+    PyModuleDef_HEAD_INIT,
+    .m_name = "pybootd._lockstep",
+    .m_doc = "Compiled per-block path of lock-step TFTP reads (see pybootd/server/tftp_pump.py).",
+    .m_size = -1,
 };
 
 PyMODINIT_FUNC PyInit__lockstep(void) {
