@@ -402,10 +402,8 @@ class ReadTransfer(Transfer):
             buffers += (HEADER.pack(_DATA, number & 0xFFFF), payload)
         try:
             self.sock.sendmsg(buffers, self._gso, 0, self.peer)
-        except BlockingIOError:
-            raise
         except OSError as exc:
-            if exc.errno not in _NO_GSO:
+            if exc.errno not in _NO_GSO:  # BlockingIOError among them
                 raise
             log.debug("%s: UDP GSO refused (%s), sending block by block", self.label,
                       exc.strerror)
