@@ -110,8 +110,12 @@ def test_stale_entry_revalidated_with_304(mirror: Mirror, tmp_path: Path,
         with Client("127.0.0.1", srv.port) as client:
             assert client.get("small").data == b"small file"
             # The client can have the 10 bytes before the download is marked
-            # complete; a request meanwhile rightly joins it instead.
-            wait_for(lambda: any((tmp_path / "cache").glob("*.json")), 5,
+            # complete; a request meanwhile rightly joins it instead. The
+            # cache's .json is written just before the entry is marked
+            # complete, so wait for the count the loop keeps after that.
+            http = srv.service.http
+            assert http is not None
+            wait_for(lambda: srv.call(lambda: http.downloads) == 1, 5,
                      what="the download to complete")
             assert client.get("small").data == b"small file"
         assert [status for _, status in mirror.gets] == [200, 304]
