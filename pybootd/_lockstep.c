@@ -19,11 +19,15 @@
  * in pybootd/tftp/session.py; this is only a shortcut for the one case that
  * needs no decision (RFC 1350 section 2, lock-step: DATA n+1 answers ACK n).
  *
+ * Two backends share the slots and these rules: this file's, an epoll set
+ * whose descriptor the event loop watches, and io_uring (_lockstep_ring.c,
+ * Linux 6.1 and later), which batches the system calls of all transfers and
+ * in which the loop itself waits.
+ *
  * The GIL is released while the batch's system calls run; Python objects
  * are only touched with it held.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_lockstep.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -31,8 +35,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/socket.h>
-#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -40,48 +42,15 @@
 #define EVENTS 64
 #define HANDBACK_MAX 64       /* datagrams for Python per run() */
 #define READS_PER_EVENT 8     /* datagrams read from one socket per wake-up */
-#define OP_DATA 3             /* RFC 1350 section 5 */
-#define OP_ACK 4
+#define RING_ENTRIES 4096     /* SQEs: two per transfer (a receive, a send) and then some */
 
-typedef struct {
-    int fd;
-    int armed;                 /* the pump may answer the next ACK */
-    int has_chunk;             /* chunk holds a buffer (released with the GIL) */
-    struct sockaddr_storage peer;
-    socklen_t peerlen;
-    Py_buffer chunk;           /* the blocks from `first` on */
-    long long first;           /* number of the block at chunk offset 0 */
-    long long sent;            /* the last block sent: its ACK is awaited */
-    Py_ssize_t blksize;
-    double sent_at;            /* CLOCK_MONOTONIC, as time.monotonic() */
-    long long packets;         /* DATA sent here since the last take() */
-} Slot;
-
-typedef struct {
-    int fd;
-    ssize_t len;
-    char *data;
-    struct sockaddr_storage addr;
-    socklen_t addrlen;
-} Handback;
-
-typedef struct {
-    PyObject_HEAD
-    int epfd;
-    Slot **slots;              /* indexed by file descriptor */
-    int nslots;
-    char *buffer;              /* RECV_MAX bytes */
-    int spin_misses, spin_probe; /* busy-poll adaptation, as in tftp_lockstep.py */
-    int misses, waits;
-} Pump;
-
-static double monotonic(void) {
+double lockstep_monotonic(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-static int same_peer(const Slot *slot, const struct sockaddr_storage *addr, socklen_t len) {
+int lockstep_same_peer(const Slot *slot, const struct sockaddr_storage *addr, socklen_t len) {
     if (addr->ss_family != slot->peer.ss_family) return 0;
     if (addr->ss_family == AF_INET) {
         const struct sockaddr_in *a = (const struct sockaddr_in *)addr;
@@ -99,18 +68,75 @@ static int same_peer(const Slot *slot, const struct sockaddr_storage *addr, sock
     return 0;
 }
 
+long long lockstep_next_block(const Slot *slot, const unsigned char *data, ssize_t len,
+                              const struct sockaddr_storage *addr, socklen_t addrlen,
+                              long long *size) {
+    if (!slot->armed || len != 4 || data[0] != 0 || data[1] != OP_ACK) return -1;
+    if (((data[2] << 8) | data[3]) != (slot->sent & 0xFFFF)) return -1;
+    if (!lockstep_same_peer(slot, addr, addrlen)) return -1;
+    long long offset = (slot->sent + 1 - slot->first) * (long long)slot->blksize;
+    if (offset < 0 || offset >= (long long)slot->chunk.len) return -1;
+    *size = (long long)slot->chunk.len - offset;
+    if (*size > slot->blksize) *size = slot->blksize;
+    return offset;
+}
+
+int lockstep_spin_more(Pump *self, double *idle_since, double spin) {
+    /* Busy-poll for up to `spin` seconds before the loop sleeps, while such
+     * polls see ACKs; after spin_misses in a row that saw none, only once
+     * every spin_probe wake-ups. */
+    if (*idle_since == 0.0 && self->misses >= self->spin_misses) {
+        if (++self->waits < self->spin_probe) return 0;
+        self->waits = 0;
+        self->misses = self->spin_misses - 1;
+    }
+    double now = lockstep_monotonic();
+    if (*idle_since == 0.0) {
+        *idle_since = now;
+    } else if (now - *idle_since >= spin) {
+        self->misses++;
+        return 0;
+    }
+    return 1;
+}
+
+int lockstep_keep(Handback *back, int fd, const char *data, ssize_t len,
+                  const struct sockaddr_storage *addr, socklen_t addrlen) {
+    back->data = malloc(len > 0 ? (size_t)len : 1);
+    if (back->data == NULL) return -1;
+    memcpy(back->data, data, (size_t)len);
+    back->fd = fd;
+    back->len = len;
+    back->addr = *addr;
+    back->addrlen = addrlen;
+    return 0;
+}
+
+void lockstep_drop_chunk(Slot *slot) {
+    slot->armed = 0;
+    if (!slot->has_chunk) return;
+    if (slot->send_inflight && slot->send_reads_chunk) {
+        /* io_uring: the kernel still reads it; released when the send is done. */
+        if (slot->has_retired) PyBuffer_Release(&slot->retired);  /* (one send at a time) */
+        slot->retired = slot->chunk;
+        slot->has_retired = 1;
+        slot->send_reads_chunk = 0;
+    } else {
+        PyBuffer_Release(&slot->chunk);
+    }
+    slot->has_chunk = 0;
+}
+
+/* --- epoll backend --------------------------------------------------------- */
+
 /* Answer an ACK from the peer with the next DATA block, if that needs no
  * decision: 1 if sent, 0 if the datagram is Python's. */
 static int answer(Slot *slot, const unsigned char *data, ssize_t len,
                   const struct sockaddr_storage *addr, socklen_t addrlen) {
-    if (!slot->armed || len != 4 || data[0] != 0 || data[1] != OP_ACK) return 0;
-    if (((data[2] << 8) | data[3]) != (slot->sent & 0xFFFF)) return 0;
-    if (!same_peer(slot, addr, addrlen)) return 0;
+    long long size;
+    long long offset = lockstep_next_block(slot, data, len, addr, addrlen, &size);
+    if (offset < 0) return 0;
     long long next = slot->sent + 1;
-    long long offset = (next - slot->first) * (long long)slot->blksize;
-    if (offset < 0 || offset >= (long long)slot->chunk.len) return 0;
-    long long size = (long long)slot->chunk.len - offset;
-    if (size > slot->blksize) size = slot->blksize;
     unsigned char header[4] = {0, OP_DATA, (unsigned char)((next >> 8) & 0xFF),
                                (unsigned char)(next & 0xFF)};
     struct iovec iov[2] = {{header, 4}, {(char *)slot->chunk.buf + offset, (size_t)size}};
@@ -126,10 +152,56 @@ static int answer(Slot *slot, const unsigned char *data, ssize_t len,
     } while (done < 0 && errno == EINTR);
     if (done < 0) return 0;  /* Python sends it again and reports the error */
     slot->sent = next;
-    slot->sent_at = monotonic();
+    slot->sent_at = lockstep_monotonic();
     slot->packets += 1;
     return 1;
 }
+
+/* Read what is ready, answer the ACKs that need no decision, and count what
+ * Python must see. Runs without the GIL. */
+static int pump_batch(Pump *self, int budget, double spin, Handback *backs, int *nbacks) {
+    struct epoll_event events[EVENTS];
+    int handled = 0;
+    double idle_since = 0.0;
+    while (handled < budget && *nbacks < HANDBACK_MAX) {
+        int n = epoll_wait(self->epfd, events, EVENTS, 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) break;
+        if (n == 0) {
+            if (spin <= 0.0 || *nbacks > 0 || !lockstep_spin_more(self, &idle_since, spin)) break;
+            continue;
+        }
+        if (idle_since != 0.0) self->misses = 0;
+        idle_since = 0.0;
+        for (int i = 0; i < n && *nbacks < HANDBACK_MAX; i++) {
+            int fd = events[i].data.fd;
+            Slot *slot = fd >= 0 && fd < self->nslots ? self->slots[fd] : NULL;
+            if (slot == NULL) continue;
+            for (int k = 0; k < READS_PER_EVENT && *nbacks < HANDBACK_MAX; k++) {
+                struct sockaddr_storage addr;
+                socklen_t addrlen = sizeof(addr);
+                ssize_t len = recvfrom(fd, self->buffer, RECV_MAX, MSG_DONTWAIT,
+                                       (struct sockaddr *)&addr, &addrlen);
+                if (len < 0) {
+                    if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+                    continue;  /* EINTR, or an ICMP error reported late: read on */
+                }
+                handled++;
+                if (answer(slot, (const unsigned char *)self->buffer, len, &addr, addrlen)) {
+                    break;  /* lock-step: nothing more comes before our DATA */
+                }
+                /* Python's, and so is what follows from this peer, in order. */
+                slot->armed = 0;
+                if (lockstep_keep(&backs[*nbacks], fd, self->buffer, len, &addr, addrlen) < 0)
+                    return -1;
+                (*nbacks)++;
+            }
+        }
+    }
+    return 0;
+}
+
+/* --- helpers of the methods -------------------------------------------------- */
 
 static Slot *find(Pump *self, int fd) {
     if (fd < 0 || fd >= self->nslots) return NULL;
@@ -142,12 +214,10 @@ static Slot *lookup(Pump *self, int fd) {
     return slot;
 }
 
-static void drop_chunk(Slot *slot) {
-    slot->armed = 0;
-    if (slot->has_chunk) {
-        PyBuffer_Release(&slot->chunk);
-        slot->has_chunk = 0;
-    }
+static int closed(Pump *self) {
+    if (self->epfd >= 0 || self->ring != NULL) return 0;
+    PyErr_SetString(PyExc_ValueError, "the pump is closed");
+    return 1;
 }
 
 static int parse_peer(PyObject *peer, struct sockaddr_storage *out, socklen_t *len) {
@@ -198,16 +268,52 @@ static PyObject *make_addr(const struct sockaddr_storage *addr) {
     return Py_BuildValue("(si)", "", 0);
 }
 
+/* [(fd, datagram, addr)] from `backs`, whose data it frees. */
+static PyObject *handed_back(Handback *backs, int nbacks) {
+    PyObject *out = PyList_New(nbacks);
+    for (int i = 0; i < nbacks; i++) {
+        if (out != NULL) {
+            PyObject *item = Py_BuildValue("(iy#N)", backs[i].fd, backs[i].data,
+                                           backs[i].len, make_addr(&backs[i].addr));
+            if (item == NULL) Py_CLEAR(out);
+            else PyList_SET_ITEM(out, i, item);
+        }
+        free(backs[i].data);
+    }
+    return out;
+}
+
 /* --- methods ------------------------------------------------------------- */
 
 static PyObject *Pump_fileno(Pump *self, PyObject *Py_UNUSED(ignored)) {
-    return PyLong_FromLong(self->epfd);
+    if (closed(self)) return NULL;
+    return PyLong_FromLong(self->ring != NULL ? ring_fileno(self->ring) : self->epfd);
+}
+
+static PyObject *Pump_backend(Pump *self, PyObject *Py_UNUSED(ignored)) {
+    return PyUnicode_FromString(self->ring != NULL ? "io_uring" : "epoll");
+}
+
+static PyObject *Pump_active(Pump *self, PyObject *Py_UNUSED(ignored)) {
+    return PyLong_FromLong(self->active);
+}
+
+static int grow(Pump *self, int fd) {
+    if (fd < self->nslots) return 0;
+    int size = self->nslots ? self->nslots : 64;
+    while (size <= fd) size *= 2;
+    Slot **grown = PyMem_Realloc(self->slots, sizeof(Slot *) * (size_t)size);
+    if (grown == NULL) return -1;
+    memset(grown + self->nslots, 0, sizeof(Slot *) * (size_t)(size - self->nslots));
+    self->slots = grown;
+    self->nslots = size;
+    return 0;
 }
 
 static PyObject *Pump_add(Pump *self, PyObject *args) {
     int fd;
     PyObject *peer;
-    if (!PyArg_ParseTuple(args, "iO!", &fd, &PyTuple_Type, &peer)) return NULL;
+    if (!PyArg_ParseTuple(args, "iO!", &fd, &PyTuple_Type, &peer) || closed(self)) return NULL;
     if (fd < 0) return PyErr_Format(PyExc_ValueError, "bad fd %d", fd);
     if (find(self, fd) != NULL) return PyErr_Format(PyExc_ValueError, "fd %d is already in", fd);
     Slot *slot = PyMem_Calloc(1, sizeof(Slot));
@@ -217,27 +323,28 @@ static PyObject *Pump_add(Pump *self, PyObject *args) {
         PyMem_Free(slot);
         return NULL;
     }
-    if (fd >= self->nslots) {
-        int size = self->nslots ? self->nslots : 64;
-        while (size <= fd) size *= 2;
-        Slot **grown = PyMem_Realloc(self->slots, sizeof(Slot *) * (size_t)size);
-        if (grown == NULL) {
-            PyMem_Free(slot);
-            return PyErr_NoMemory();
-        }
-        memset(grown + self->nslots, 0, sizeof(Slot *) * (size_t)(size - self->nslots));
-        self->slots = grown;
-        self->nslots = size;
-    }
-    struct epoll_event ev;
-    memset(&ev, 0, sizeof(ev));
-    ev.events = EPOLLIN;
-    ev.data.fd = fd;
-    if (epoll_ctl(self->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+    if (grow(self, fd) < 0) {
         PyMem_Free(slot);
-        return PyErr_SetFromErrno(PyExc_OSError);
+        return PyErr_NoMemory();
+    }
+    if (self->ring != NULL) {
+        if (ring_add(self, slot) < 0) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            ring_remove(self, slot);  /* frees it once nothing is in flight */
+            return NULL;
+        }
+    } else {
+        struct epoll_event ev;
+        memset(&ev, 0, sizeof(ev));
+        ev.events = EPOLLIN;
+        ev.data.fd = fd;
+        if (epoll_ctl(self->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+            PyMem_Free(slot);
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
     }
     self->slots[fd] = slot;
+    self->active++;
     Py_RETURN_NONE;
 }
 
@@ -246,10 +353,15 @@ static PyObject *Pump_remove(Pump *self, PyObject *arg) {
     if (fd == -1 && PyErr_Occurred()) return NULL;
     Slot *slot = find(self, fd);
     if (slot == NULL) Py_RETURN_NONE;
-    epoll_ctl(self->epfd, EPOLL_CTL_DEL, fd, NULL);  /* gone already if it was closed */
-    drop_chunk(slot);
     self->slots[fd] = NULL;
-    PyMem_Free(slot);
+    self->active--;
+    lockstep_drop_chunk(slot);
+    if (self->ring != NULL) {
+        ring_remove(self, slot);
+    } else {
+        epoll_ctl(self->epfd, EPOLL_CTL_DEL, fd, NULL);  /* gone already if it was closed */
+        PyMem_Free(slot);
+    }
     Py_RETURN_NONE;
 }
 
@@ -262,7 +374,7 @@ static PyObject *Pump_arm(Pump *self, PyObject *args) {
     Slot *slot = lookup(self, fd);
     if (slot == NULL) return NULL;
     if (blksize < 1) return PyErr_Format(PyExc_ValueError, "bad blksize %zd", blksize);
-    drop_chunk(slot);
+    lockstep_drop_chunk(slot);
     if (PyObject_GetBuffer(chunk, &slot->chunk, PyBUF_SIMPLE) < 0) return NULL;
     slot->has_chunk = 1;
     slot->sent = sent;
@@ -279,112 +391,69 @@ static PyObject *Pump_take(Pump *self, PyObject *arg) {
     if (slot == NULL) return NULL;
     long long packets = slot->packets;
     slot->packets = 0;
-    drop_chunk(slot);
+    lockstep_drop_chunk(slot);
     if (packets == 0) return Py_BuildValue("(LdL)", -1LL, 0.0, 0LL);
     return Py_BuildValue("(LdL)", slot->sent, slot->sent_at, packets);
-}
-
-static int keep(Handback *back, int fd, const char *data, ssize_t len,
-                const struct sockaddr_storage *addr, socklen_t addrlen) {
-    back->data = malloc(len > 0 ? (size_t)len : 1);
-    if (back->data == NULL) return -1;
-    memcpy(back->data, data, (size_t)len);
-    back->fd = fd;
-    back->len = len;
-    back->addr = *addr;
-    back->addrlen = addrlen;
-    return 0;
-}
-
-/* Read what is ready, answer the ACKs that need no decision, and count what
- * Python must see. Runs without the GIL. */
-static int pump_batch(Pump *self, int budget, double spin, Handback *backs, int *nbacks) {
-    struct epoll_event events[EVENTS];
-    int handled = 0;
-    double idle_since = 0.0;
-    while (handled < budget && *nbacks < HANDBACK_MAX) {
-        int n = epoll_wait(self->epfd, events, EVENTS, 0);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) break;
-        if (n == 0) {
-            /* Nothing ready: busy-poll for up to `spin` seconds before the
-             * loop sleeps, while such polls see ACKs; after spin_misses in
-             * a row that saw none, only once every spin_probe wake-ups. */
-            if (spin <= 0.0 || *nbacks > 0) break;
-            if (idle_since == 0.0 && self->misses >= self->spin_misses) {
-                if (++self->waits < self->spin_probe) break;
-                self->waits = 0;
-                self->misses = self->spin_misses - 1;
-            }
-            double now = monotonic();
-            if (idle_since == 0.0) {
-                idle_since = now;
-            } else if (now - idle_since >= spin) {
-                self->misses++;
-                break;
-            }
-            continue;
-        }
-        if (idle_since != 0.0) self->misses = 0;
-        idle_since = 0.0;
-        for (int i = 0; i < n && *nbacks < HANDBACK_MAX; i++) {
-            int fd = events[i].data.fd;
-            Slot *slot = find(self, fd);
-            if (slot == NULL) continue;
-            for (int k = 0; k < READS_PER_EVENT && *nbacks < HANDBACK_MAX; k++) {
-                struct sockaddr_storage addr;
-                socklen_t addrlen = sizeof(addr);
-                ssize_t len = recvfrom(fd, self->buffer, RECV_MAX, MSG_DONTWAIT,
-                                       (struct sockaddr *)&addr, &addrlen);
-                if (len < 0) {
-                    if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-                    continue;  /* EINTR, or an ICMP error reported late: read on */
-                }
-                handled++;
-                if (answer(slot, (const unsigned char *)self->buffer, len, &addr, addrlen)) {
-                    break;  /* lock-step: nothing more comes before our DATA */
-                }
-                /* Python's, and so is what follows from this peer, in order. */
-                slot->armed = 0;
-                if (keep(&backs[*nbacks], fd, self->buffer, len, &addr, addrlen) < 0) return -1;
-                (*nbacks)++;
-            }
-        }
-    }
-    return 0;
 }
 
 static PyObject *Pump_run(Pump *self, PyObject *args) {
     int budget;
     double spin = 0.0;
-    if (!PyArg_ParseTuple(args, "i|d", &budget, &spin)) return NULL;
+    if (!PyArg_ParseTuple(args, "i|d", &budget, &spin) || closed(self)) return NULL;
+    int failed;
+    if (self->ring != NULL) {
+        Py_BEGIN_ALLOW_THREADS
+        failed = ring_poll(self);
+        Py_END_ALLOW_THREADS
+        ring_clear(self->ring);
+        ring_sweep(self);
+        if (failed && errno != ENOMEM) return PyErr_SetFromErrno(PyExc_OSError);
+        PyObject *out = handed_back(self->queue, self->nqueue);
+        self->nqueue = 0;
+        return failed ? PyErr_NoMemory() : out;
+    }
     Handback backs[HANDBACK_MAX];
-    int nbacks = 0, failed;
+    int nbacks = 0;
     Py_BEGIN_ALLOW_THREADS
     failed = pump_batch(self, budget, spin, backs, &nbacks);
     Py_END_ALLOW_THREADS
-    PyObject *out = failed ? NULL : PyList_New(nbacks);
-    if (failed) PyErr_NoMemory();
-    for (int i = 0; i < nbacks; i++) {
-        if (out != NULL) {
-            PyObject *item = Py_BuildValue("(iy#N)", backs[i].fd, backs[i].data,
-                                           backs[i].len, make_addr(&backs[i].addr));
-            if (item == NULL) Py_CLEAR(out);
-            else PyList_SET_ITEM(out, i, item);
-        }
-        free(backs[i].data);
+    PyObject *out = handed_back(backs, nbacks);
+    if (failed) {
+        Py_XDECREF(out);
+        return PyErr_NoMemory();
     }
     return out;
 }
 
+static PyObject *Pump_wait(Pump *self, PyObject *args) {
+    int epfd, budget;
+    double timeout, spin;
+    if (!PyArg_ParseTuple(args, "iddi", &epfd, &timeout, &spin, &budget) || closed(self))
+        return NULL;
+    if (self->ring == NULL) {
+        PyErr_SetString(PyExc_ValueError, "wait() is for the io_uring backend");
+        return NULL;
+    }
+    int failed;
+    Py_BEGIN_ALLOW_THREADS
+    failed = ring_wait(self, epfd, timeout, spin, budget);
+    Py_END_ALLOW_THREADS
+    ring_sweep(self);
+    if (failed) return errno == ENOMEM ? PyErr_NoMemory() : PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
 static PyObject *Pump_close(Pump *self, PyObject *Py_UNUSED(ignored)) {
     for (int fd = 0; fd < self->nslots; fd++) {
-        if (self->slots[fd] != NULL) {
-            drop_chunk(self->slots[fd]);
-            PyMem_Free(self->slots[fd]);
-            self->slots[fd] = NULL;
-        }
+        Slot *slot = self->slots[fd];
+        if (slot == NULL) continue;
+        self->slots[fd] = NULL;
+        lockstep_drop_chunk(slot);
+        if (self->ring != NULL) ring_remove(self, slot);
+        else PyMem_Free(slot);
     }
+    self->active = 0;
+    ring_close(self);
     if (self->epfd >= 0) {
         close(self->epfd);
         self->epfd = -1;
@@ -393,13 +462,21 @@ static PyObject *Pump_close(Pump *self, PyObject *Py_UNUSED(ignored)) {
 }
 
 static int Pump_init(Pump *self, PyObject *args, PyObject *kw) {
-    static char *names[] = {"spin_misses", "spin_probe", NULL};
-    int spin_misses, spin_probe;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "ii", names, &spin_misses, &spin_probe))
+    static char *names[] = {"spin_misses", "spin_probe", "ring", NULL};
+    int spin_misses, spin_probe, ring = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "ii|p", names, &spin_misses, &spin_probe, &ring))
         return -1;
     self->spin_misses = spin_misses;
     self->spin_probe = spin_probe;
-    if (self->epfd >= 0) return 0;
+    if (self->epfd >= 0 || self->ring != NULL) return 0;
+    if (ring) {
+        self->ring = ring_open(RING_ENTRIES);
+        if (self->ring == NULL) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        return 0;
+    }
     self->buffer = PyMem_Malloc(RECV_MAX);
     if (self->buffer == NULL) {
         PyErr_NoMemory();
@@ -426,12 +503,21 @@ static void Pump_dealloc(Pump *self) {
     Py_XDECREF(done);
     PyMem_Free(self->slots);
     PyMem_Free(self->buffer);
+    PyMem_RawFree(self->queue);
     Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *ring_supported(PyObject *module, PyObject *Py_UNUSED(ignored)) {
+    (void)module;
+    return PyBool_FromLong(ring_available());
 }
 
 static PyMethodDef Pump_methods[] = {
     {"fileno", (PyCFunction)Pump_fileno, METH_NOARGS,
-     "The epoll descriptor: readable when a socket in the pump is."},
+     "epoll: its descriptor, readable when a socket in the pump is; io_uring: an "
+     "eventfd, readable when datagrams wait for run()."},
+    {"backend", (PyCFunction)Pump_backend, METH_NOARGS, "'epoll' or 'io_uring'."},
+    {"active", (PyCFunction)Pump_active, METH_NOARGS, "How many sockets are in the pump."},
     {"add", (PyCFunction)Pump_add, METH_VARARGS,
      "add(fd, peer): watch a transfer's socket; peer as the socket module gives it."},
     {"remove", (PyCFunction)Pump_remove, METH_O, "remove(fd): forget it (before closing it)."},
@@ -444,8 +530,18 @@ static PyMethodDef Pump_methods[] = {
     {"run", (PyCFunction)Pump_run, METH_VARARGS,
      "run(budget, spin=0.0) -> [(fd, datagram, addr)]: answer what needs no decision, "
      "for up to `budget` datagrams, busy-polling up to `spin` seconds when none is "
-     "ready (adaptive); return the others, in order."},
-    {"close", (PyCFunction)Pump_close, METH_NOARGS, "Close the epoll descriptor."},
+     "ready (adaptive; epoll); return the others, in order."},
+    {"wait", (PyCFunction)Pump_wait, METH_VARARGS,
+     "wait(epfd, timeout, spin, budget), io_uring only: answer what needs no decision "
+     "until a datagram is Python's, `epfd` (if >= 0) is readable, `timeout` seconds "
+     "pass (< 0: no limit) or `budget` datagrams came; busy-poll as run()."},
+    {"close", (PyCFunction)Pump_close, METH_NOARGS, "Close the pump's descriptors."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMethodDef module_methods[] = {
+    {"ring_supported", ring_supported, METH_NOARGS,
+     "Was the io_uring backend compiled in? (The kernel may still refuse it.)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -466,6 +562,7 @@ static struct PyModuleDef module = {
     .m_name = "pybootd._lockstep",
     .m_doc = "Compiled per-block path of lock-step TFTP reads (see pybootd/server/tftp_pump.py).",
     .m_size = -1,
+    .m_methods = module_methods,
 };
 
 PyMODINIT_FUNC PyInit__lockstep(void) {

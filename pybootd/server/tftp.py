@@ -113,6 +113,7 @@ class TftpService:
             self.runtime.loop.add_reader(sock.fileno(), self._on_listener, sock)
         if tftp_pump.available():
             self.pump = tftp_pump.Pump(self.runtime.loop, self.conf.busy_poll / 1e6)
+            log.info("TFTP lock-step pump: %s", self.pump.backend)
         where = ", ".join(format_peer(s.getsockname()[:2]) for s in self.listeners)
         root = self.conf.root_url or self.conf.root_path
         log.info("TFTP serving %s on %s", root, where)

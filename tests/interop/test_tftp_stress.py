@@ -107,6 +107,64 @@ def test_lossy_link_eight_windowed_transfers_at_once(lab: NetLab) -> None:
         assert " 0 retransmits" not in server.log()
 
 
+def test_lossy_link_eight_lockstep_transfers_at_once(lab: NetLab) -> None:
+    """Concurrent lock-step reads go through the compiled pump (io_uring
+    here): lost, duplicated and reordered ACKs and DATA are Python's to
+    decide, and every file still arrives whole."""
+    with public_tmpdir("lossy8ls") as base, lossy_link(lab, Impairment()) as link:
+        sha = write_file(base / "root" / "payload.bin", 512 * 1024)
+        (base / "root").chmod(0o755)
+        server = Pybootd(lab, link.hosts.server, base).start(
+            {"root": base / "root", **LOSSY_SERVER})
+        fetches = in_netns(link.hosts.client, lambda: asyncio.run(
+            swarm(8, "payload.bin", 1468, 1, deadline=100, timeout=0.3)), timeout=120)
+        assert [f.error for f in fetches] == [""] * 8, server.log()[-3000:]
+        assert {f.digest.hexdigest() for f in fetches} == {sha}
+        wait_for(lambda: len(re.findall(COMPLETE, server.log())) == 8, 20,
+                 what="8 complete transfers in the log")
+        assert " 0 retransmits" not in server.log()
+        assert_pump(server.log())
+
+
+def assert_pump(log: str) -> None:
+    """The daemon's pump is io_uring where the kernel allows it (CI: here)."""
+    match = re.search(r"TFTP lock-step pump: (\S+)", log)
+    assert match is not None, "the compiled pump is not running"
+    if match[1] != "io_uring":
+        probe = _lockstep_refusal()
+        assert probe is not None, f"pump is {match[1]} though io_uring works here"
+        print(f"pump: {match[1]} ({probe})")
+
+
+def _lockstep_refusal() -> str | None:
+    from pybootd import _lockstep
+    try:
+        _lockstep.Pump(spin_misses=1, spin_probe=1, ring=True).close()
+    except OSError as exc:
+        return str(exc)
+    return None
+
+
+def test_100_lockstep_clients_at_once(lab: NetLab, enough_files: None) -> None:
+    """A room of PCs booting: 100 lock-step reads at once through the pump."""
+    hosts = two_hosts(lab)
+    with public_tmpdir("room") as base:
+        sha = write_file(base / "root" / "one-mib.bin", SWARM_FILE_SIZE)
+        (base / "root").chmod(0o755)
+        server = Pybootd(lab, hosts.server, base).start({"root": base / "root"})
+        fetches = in_netns(hosts.client, lambda: asyncio.run(
+            swarm(100, "one-mib.bin", 1468, 1, deadline=150)), timeout=180)
+        failures = [f"{i}: {f.error or f'{f.size} bytes'}" for i, f in enumerate(fetches)
+                    if f.error or f.size != SWARM_FILE_SIZE]
+        assert not failures, f"{len(failures)} failed: {failures[:10]}\n{server.log()[-3000:]}"
+        assert {f.digest.hexdigest() for f in fetches} == {sha}
+        assert peak_overlap(fetches) >= 50
+        log = server.log()
+        assert log.count("read one-mib.bin complete") == 100
+        assert_pump(log)
+        assert server.stop() == 0
+
+
 # --- 500 clients at once ----------------------------------------------------------------------
 SWARM = 500
 SWARM_FILE_SIZE = MIB

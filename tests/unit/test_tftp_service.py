@@ -22,7 +22,7 @@ from tftpclient import Client, TftpFailure
 
 from pybootd.config import parse_config
 from pybootd.errors import PybootdError, TftpError
-from pybootd.server import tftp, tftp_transfer
+from pybootd.server import tftp, tftp_pump, tftp_transfer
 from pybootd.server.runtime import Runtime
 from pybootd.server.tftp import TftpService
 from pybootd.server.tftp_lockstep import SPIN_MISSES, SPIN_PROBE, ThreadedReadTransfer
@@ -41,10 +41,11 @@ def free_port() -> int:
 class Server:
     """A TftpService on its own loop in a thread."""
 
-    def __init__(self, ini: str, path: Path, **kw: Any) -> None:
+    def __init__(self, ini: str, path: Path, *, ring: bool = False, **kw: Any) -> None:
+        """*ring*: the daemon's loop, which can wait in the pump's io_uring."""
         self.config = parse_config(ini, path)
         self.port = self.config.tftp.port
-        self.loop = asyncio.new_event_loop()
+        self.loop = tftp_pump.new_event_loop() if ring else asyncio.new_event_loop()
         self.executor = ThreadPoolExecutor(4)
         self.runtime = Runtime(self.config, self.loop, self.executor)
         self.service = TftpService(self.runtime, **kw)
