@@ -22,10 +22,11 @@ first, so the page cache is warm) to the same client, over loopback:
 * dnsmasq's TFTP listens on port 69 only, so it runs in a network namespace
   of its own (loopback only) and its clients join that namespace (setns, no
   extra process); the others run on the host loopback on free high ports;
-* 100 concurrent clients (blksize 1468, windowsize 1, the client chosen for
-  that blksize: client processes share the 2 cores with the servers, so a
-  light one matters) each fetching an 8 MiB file: aggregate MB/s from the
-  first client started to the last one done;
+* 100 concurrent clients (blksize 1468, windowsize 1, the client that spent
+  the least CPU per block against tftpd-hpa in the calibration: client
+  processes share the 2 cores with the servers, so the lightest one leaves
+  the most to the server) each fetching an 8 MiB file: aggregate MB/s from
+  the first client started to the last one done;
 * pybootd's peak RSS: VmHWM from /proc/PID/status at the end of the run.
 
 Each figure is the best of ``--runs`` runs (best, not median: other work on
@@ -74,6 +75,7 @@ import hashlib
 import importlib.util
 import os
 import re
+import resource
 import shlex
 import shutil
 import signal
@@ -440,32 +442,57 @@ def rows(ws1_clients: dict[int, str], blksizes: tuple[int, ...] = BLKSIZES,
             for ws in windowsizes for bs in blksizes]
 
 
+@dataclass
+class Calibration:
+    """Per blksize, against the reference server: the fastest windowsize-1
+    client (for the single-client rows) and the one that spends the least CPU
+    per transfer (for the concurrent test: there the clients share the cores
+    with the server, so the lightest one leaves the most to the server and the
+    figure measures servers, not clients)."""
+
+    fastest: dict[int, str]
+    lightest: dict[int, str]
+    report: list[str]
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def calibrate(server: Server, payload: Payload, out: Path, blksizes: tuple[int, ...],
-              runs: int) -> tuple[dict[int, str], list[str]]:
-    """The fastest windowsize-1 client at each blksize, against *server*."""
+              runs: int) -> Calibration:
+    """The fastest and the lightest windowsize-1 clients at each blksize."""
     candidates = [c for c in WS1_CLIENTS if shutil.which(c)]
     chosen: dict[int, str] = {}
+    lightest: dict[int, str] = {}
     report: list[str] = []
     for bs in blksizes:
         best: dict[str, float] = {}
+        cpu: dict[str, float] = {}
         for _ in range(runs):
             for client in candidates:  # interleaved: noise hits every client alike
+                before = _children_cpu()
                 got = fetch(client, server, payload, out, bs, 1, verify=False, timeout=60.0)
+                used = _children_cpu() - before
                 if isinstance(got, float):
                     best[client] = min(best.get(client, got), got)
+                    cpu[client] = min(cpu.get(client, used), used)
         if not best:
-            chosen[bs] = "atftp"
+            chosen[bs] = lightest[bs] = "atftp"
             report.append(f"{bs}: every client failed, atftp")
             continue
+        lightest[bs] = min(cpu, key=lambda c: cpu[c])
+        blocks = payload.size // bs + 1
         # atftp (the client of the windowsize rows) unless another is clearly faster:
         # under load, best-of-3 differences of a few per cent are noise.
         fastest = min(best, key=lambda c: best[c])
         keep = "atftp" in best and best["atftp"] <= best[fastest] * PREFER_MARGIN
         chosen[bs] = "atftp" if keep else fastest
         report.append(f"{bs}: " + ", ".join(
-            f"{c} {payload.size / t / 1e6:.1f}" for c, t in sorted(best.items(),
-                                                                   key=lambda kv: kv[1])))
-    return chosen, report
+            f"{c} {payload.size / best[c] / 1e6:.1f} MB/s {1e6 * cpu[c] / blocks:.1f} us/blk"
+            for c in sorted(best, key=lambda c: best[c])))
+    return Calibration(chosen, lightest, report)
 
 
 def rmem_default() -> int:
@@ -556,14 +583,18 @@ def bench(args: argparse.Namespace, work: Path) -> int:
             return 1
         if args.ws1_client == "auto":
             reference = next((s for s in live if s.name == "tftpd-hpa"), live[0])
-            ws1, report = calibrate(reference, small, out, args.blksizes, args.calibration_runs)
+            calibrated = calibrate(reference, small, out, args.blksizes,
+                                   args.calibration_runs)
+            ws1, light = calibrated.fastest, calibrated.lightest
             calibration = [f"ws1 client: the fastest against {reference.name} "
-                           f"({small.size // MIB} MiB, best of {args.calibration_runs}, MB/s; "
+                           f"({small.size // MIB} MiB, best of {args.calibration_runs}; "
                            f"atftp unless another is {PREFER_MARGIN - 1:.0%} faster) "
-                           f"at each blksize, {'; '.join(report)}"]
+                           f"at each blksize; the {args.clients} concurrent clients: the "
+                           f"one with the least CPU per block (client processes' "
+                           f"rusage), {'; '.join(calibrated.report)}"]
             print(f"# {calibration[0]}", file=sys.stderr)
         else:
-            ws1 = dict.fromkeys(args.blksizes, args.ws1_client)
+            ws1 = light = dict.fromkeys(args.blksizes, args.ws1_client)
         table: dict[Row, dict[str, Cell]] = {}
         for bs, ws, client in rows(ws1, args.blksizes, args.windowsizes):
             cells: dict[str, Cell] = {}
@@ -598,7 +629,7 @@ def bench(args: argparse.Namespace, work: Path) -> int:
                     cell.add(got)
                     print(f"# run {run + 1} {server.name:9} bs {bs:5} ws {ws:2} {client:7} "
                           f"{_fmt(got, cell.size)} {cell.note}", file=sys.stderr)
-        many_client = args.many_client or ws1.get(args.many_blksize, "atftp")
+        many_client = args.many_client or light.get(args.many_blksize, "atftp")
         for run in range(args.many_runs):
             for server in live[run % len(live):] + live[:run % len(live)]:
                 cell = many[server.name]

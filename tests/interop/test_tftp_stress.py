@@ -3,9 +3,10 @@
 * Loss, duplication and reordering on both ends of the link (``tc netem``;
   where the kernel has no netem, as on the CI machines, a userspace relay
   that impairs the same packets): real clients in lock-step and with
-  windowsize 8 still get the right sha256.
+  windowsize 8 still get the right sha256, one at a time and 8 at once.
 * 500 transfers of 1 MiB at once from an asyncio client in the client's
-  namespace (one socket per transfer): all succeed, truly concurrently.
+  namespace (one socket per transfer): all succeed, truly concurrently;
+  100 in lock-step at once, through the daemon's compiled pump.
 * SIGTERM while a transfer runs: it finishes, the daemon exits 0 within the
   grace and takes no new request meanwhile.
 """
@@ -91,39 +92,27 @@ def test_lossy_link_transfers_complete(lab: NetLab, kind: ClientKind, kib: int) 
         assert int(done[2]) > 0  # the link really lost packets
 
 
-def test_lossy_link_eight_windowed_transfers_at_once(lab: NetLab) -> None:
-    """The asyncio client of the swarm below (RFC 7440 window restarts), 8 at once."""
+@pytest.mark.parametrize("windowsize, kib", [(8, 2048), (1, 512)], ids=["ws8", "lockstep"])
+def test_lossy_link_eight_transfers_at_once(lab: NetLab, windowsize: int, kib: int) -> None:
+    """The asyncio client of the swarm below, 8 at once: with windowsize 8
+    (RFC 7440 window restarts), and in lock-step, where concurrent reads go
+    through the compiled pump (io_uring here) and lost, duplicated and
+    reordered ACKs and DATA are Python's to decide."""
     with public_tmpdir("lossy8") as base, lossy_link(lab, Impairment()) as link:
-        sha = write_file(base / "root" / "payload.bin", 2 * MIB)
+        sha = write_file(base / "root" / "payload.bin", kib * 1024)
         (base / "root").chmod(0o755)
         server = Pybootd(lab, link.hosts.server, base).start(
             {"root": base / "root", **LOSSY_SERVER})
         fetches = in_netns(link.hosts.client, lambda: asyncio.run(
-            swarm(8, "payload.bin", 1468, 8, deadline=100, timeout=0.3)), timeout=120)
+            swarm(8, "payload.bin", 1468, windowsize, deadline=100, timeout=0.3)),
+            timeout=120)
         assert [f.error for f in fetches] == [""] * 8, server.log()[-3000:]
         assert {f.digest.hexdigest() for f in fetches} == {sha}
         wait_for(lambda: len(re.findall(COMPLETE, server.log())) == 8, 20,
                  what="8 complete transfers in the log")
         assert " 0 retransmits" not in server.log()
-
-
-def test_lossy_link_eight_lockstep_transfers_at_once(lab: NetLab) -> None:
-    """Concurrent lock-step reads go through the compiled pump (io_uring
-    here): lost, duplicated and reordered ACKs and DATA are Python's to
-    decide, and every file still arrives whole."""
-    with public_tmpdir("lossy8ls") as base, lossy_link(lab, Impairment()) as link:
-        sha = write_file(base / "root" / "payload.bin", 512 * 1024)
-        (base / "root").chmod(0o755)
-        server = Pybootd(lab, link.hosts.server, base).start(
-            {"root": base / "root", **LOSSY_SERVER})
-        fetches = in_netns(link.hosts.client, lambda: asyncio.run(
-            swarm(8, "payload.bin", 1468, 1, deadline=100, timeout=0.3)), timeout=120)
-        assert [f.error for f in fetches] == [""] * 8, server.log()[-3000:]
-        assert {f.digest.hexdigest() for f in fetches} == {sha}
-        wait_for(lambda: len(re.findall(COMPLETE, server.log())) == 8, 20,
-                 what="8 complete transfers in the log")
-        assert " 0 retransmits" not in server.log()
-        assert_pump(server.log())
+        if windowsize == 1:
+            assert_pump(server.log())
 
 
 def assert_pump(log: str) -> None:
@@ -370,7 +359,10 @@ def test_over_max_sessions_is_server_busy_then_served(lab: NetLab) -> None:
 GRACE = 15  # [daemon] shutdown_grace of the SIGTERM test
 
 
-def test_sigterm_lets_the_running_transfer_finish(lab: NetLab) -> None:
+@pytest.mark.parametrize("count", [1, 2], ids=["one", "two-through-the-pump"])
+def test_sigterm_lets_the_running_transfers_finish(lab: NetLab, count: int) -> None:
+    """One transfer (the lone thread's) or two (both then in the compiled
+    pump, the loop waiting in its io_uring when the signal comes)."""
     hosts = two_hosts(lab)
     with public_tmpdir("sigterm") as base:
         size = 24 * MIB  # about 1.5 s at blksize 512 in lock-step
@@ -380,25 +372,32 @@ def test_sigterm_lets_the_running_transfer_finish(lab: NetLab) -> None:
         # where this transfer can take seconds, still lets it finish in time.
         server = Pybootd(lab, hosts.server, base).start(
             {"root": base / "root"}, daemon={"shutdown_grace": GRACE})
-        local = base / "got"
         kind = ClientKind("curl-blksize512", "curl", blksize=512)
-        client = lab.popen(hosts.client, kind.argv(SERVER_IP, "kernel.bin", local, size))
-        server.wait_log(rf"{CLIENT_IP}:\d+: RRQ kernel.bin")
+        locals_ = [base / f"got{i}" for i in range(count)]
+        clients = []
+        for local in locals_:
+            since = len(server.log())
+            clients.append(lab.popen(hosts.client, kind.argv(SERVER_IP, "kernel.bin", local, size)))
+            server.wait_log(rf"{CLIENT_IP}:\d+: RRQ kernel.bin", since=since)
         time.sleep(0.2)
         assert server.proc is not None
         server.proc.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
-        server.wait_log(rf"waiting up to {GRACE}s for 1 transfer\(s\) to finish", timeout=5)
+        server.wait_log(rf"waiting up to {GRACE}s for {count} transfer\(s\) to finish",
+                        timeout=5)
         with ns_client(hosts.client, timeout=0.5) as late, pytest.raises(socket.timeout):
             late.get("kernel.bin")  # no longer accepting: no answer at all
         status = server.proc.wait(timeout=GRACE + 5)
         exited = time.monotonic() - signalled
-        output, _ = client.communicate(timeout=30)
-        assert client.returncode == 0, output
-        assert sha256_file(local) == sha
+        for client, local in zip(clients, locals_):
+            output, _ = client.communicate(timeout=30)
+            assert client.returncode == 0, output
+            assert sha256_file(local) == sha
         assert status == 0, server.log()
         assert exited < GRACE + 0.5, f"exit {exited:.2f}s after SIGTERM"
-        assert "read kernel.bin complete" in server.log()
+        assert server.log().count("read kernel.bin complete") == count
+        if count == 2:
+            assert_pump(server.log())
 
 
 def test_sigterm_when_idle_exits_at_once(lab: NetLab) -> None:
