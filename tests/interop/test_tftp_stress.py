@@ -389,7 +389,7 @@ def test_sigterm_lets_the_running_transfers_finish(lab: NetLab, count: int) -> N
             late.get("kernel.bin")  # no longer accepting: no answer at all
         status = server.proc.wait(timeout=GRACE + 5)
         exited = time.monotonic() - signalled
-        for client, local in zip(clients, locals_):
+        for client, local in zip(clients, locals_, strict=True):
             output, _ = client.communicate(timeout=30)
             assert client.returncode == 0, output
             assert sha256_file(local) == sha
