@@ -405,12 +405,17 @@ static PyObject *Pump_run(Pump *self, PyObject *args) {
         Py_BEGIN_ALLOW_THREADS
         failed = ring_poll(self);
         Py_END_ALLOW_THREADS
+        int err = errno;  /* before the calls below can change it */
         ring_clear(self->ring);
         ring_sweep(self);
-        if (failed && errno != ENOMEM) return PyErr_SetFromErrno(PyExc_OSError);
         PyObject *out = handed_back(self->queue, self->nqueue);
         self->nqueue = 0;
-        return failed ? PyErr_NoMemory() : out;
+        if (failed && out != NULL && PyList_GET_SIZE(out) == 0) {
+            Py_DECREF(out);
+            errno = err;
+            return err == ENOMEM ? PyErr_NoMemory() : PyErr_SetFromErrno(PyExc_OSError);
+        }
+        return out;  /* the datagrams first: an error that lasts comes again */
     }
     Handback backs[HANDBACK_MAX];
     int nbacks = 0;
@@ -438,8 +443,10 @@ static PyObject *Pump_wait(Pump *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     failed = ring_wait(self, epfd, timeout, spin, budget);
     Py_END_ALLOW_THREADS
+    int err = errno;  /* before ring_sweep can change it */
     ring_sweep(self);
-    if (failed) return errno == ENOMEM ? PyErr_NoMemory() : PyErr_SetFromErrno(PyExc_OSError);
+    errno = err;
+    if (failed) return err == ENOMEM ? PyErr_NoMemory() : PyErr_SetFromErrno(PyExc_OSError);
     Py_RETURN_NONE;
 }
 

@@ -139,9 +139,20 @@ static void sqe_push(Ring *r) {
     __atomic_store_n(r->sq_tail, *r->sq_tail + 1, __ATOMIC_RELEASE);
 }
 
-static int queue_recv(Ring *r, Slot *slot) {
+/* A RECVMSG or SENDMSG of `msg` on the slot's socket. */
+static int queue_msg(Ring *r, int opcode, Slot *slot, struct msghdr *msg, int kind) {
     struct io_uring_sqe *sqe = sqe_get(r);
     if (sqe == NULL) return -1;
+    sqe->opcode = (unsigned char)opcode;
+    sqe->fd = slot->fd;
+    sqe->addr = (uint64_t)(uintptr_t)msg;
+    sqe->len = 1;
+    sqe->user_data = TAG(slot, kind);
+    sqe_push(r);
+    return 0;
+}
+
+static int queue_recv(Ring *r, Slot *slot) {
     slot->riov.iov_base = slot->rbuf;
     slot->riov.iov_len = sizeof(slot->rbuf);
     memset(&slot->rmsg, 0, sizeof(slot->rmsg));
@@ -149,20 +160,13 @@ static int queue_recv(Ring *r, Slot *slot) {
     slot->rmsg.msg_namelen = sizeof(slot->raddr);
     slot->rmsg.msg_iov = &slot->riov;
     slot->rmsg.msg_iovlen = 1;
-    sqe->opcode = IORING_OP_RECVMSG;
-    sqe->fd = slot->fd;
-    sqe->addr = (uint64_t)(uintptr_t)&slot->rmsg;
-    sqe->len = 1;
-    sqe->user_data = TAG(slot, TAG_RECV);
-    sqe_push(r);
+    if (queue_msg(r, IORING_OP_RECVMSG, slot, &slot->rmsg, TAG_RECV) < 0) return -1;
     slot->recv_inflight = 1;
     return 0;
 }
 
 /* DATA `sent + 1` from the chunk (RFC 1350 section 5), to the peer. */
 static int queue_send(Ring *r, Slot *slot, long long offset, long long size) {
-    struct io_uring_sqe *sqe = sqe_get(r);
-    if (sqe == NULL) return -1;
     long long next = slot->sent + 1;
     slot->shdr[0] = 0;
     slot->shdr[1] = OP_DATA;
@@ -177,12 +181,7 @@ static int queue_send(Ring *r, Slot *slot, long long offset, long long size) {
     slot->smsg.msg_namelen = slot->peerlen;
     slot->smsg.msg_iov = slot->siov;
     slot->smsg.msg_iovlen = 2;
-    sqe->opcode = IORING_OP_SENDMSG;
-    sqe->fd = slot->fd;
-    sqe->addr = (uint64_t)(uintptr_t)&slot->smsg;
-    sqe->len = 1;
-    sqe->user_data = TAG(slot, TAG_SEND);
-    sqe_push(r);
+    if (queue_msg(r, IORING_OP_SENDMSG, slot, &slot->smsg, TAG_SEND) < 0) return -1;
     slot->send_inflight = 1;
     slot->send_reads_chunk = 1;
     slot->sent = next;

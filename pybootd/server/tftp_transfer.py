@@ -403,7 +403,7 @@ class ReadTransfer(Transfer):
         try:
             self.sock.sendmsg(buffers, self._gso, 0, self.peer)
         except OSError as exc:
-            if exc.errno not in _NO_GSO:  # BlockingIOError among them
+            if exc.errno not in _NO_GSO:  # BlockingIOError (EAGAIN) too: not a refusal
                 raise
             log.debug("%s: UDP GSO refused (%s), sending block by block", self.label,
                       exc.strerror)
