@@ -72,6 +72,11 @@ def _check_network(config: Config) -> LocalNetwork:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["leases"]:  # pybootd leases -c FILE [--json]
+        from pybootd.leasecmd import main as leases_main
+
+        return leases_main(argv[1:])
     args = _parser().parse_args(argv)
     if not args.config:
         print(f"pybootd: error: no configuration file: use -c FILE "

@@ -54,9 +54,12 @@ class TftpConfig:
     upload_dir: Path | None = None
     overwrite: bool = False
     max_upload_size: int = 1024**3
+    upload_quota: int = 4 * 1024**3  # bytes upload_dir may hold in all (existing files too)
+    max_client_sessions: int = 16  # concurrent transfers per client address
     cache_dir: Path | None = None
     cache_size: int = 1024**3
     http_timeout: float = 5.0
+    stale_max: float = 86400.0  # seconds a cached file is served while the mirror fails
     busy_poll: int = 100  # microseconds; 0 = off (see pybootd.server.tftp_lockstep)
 
 
@@ -166,9 +169,12 @@ _SCHEMA: dict[str, dict[str, Parser]] = {
         "upload_dir": v.text,
         "overwrite": v.boolean,
         "max_upload_size": v.size,
+        "upload_quota": v.size,
+        "max_client_sessions": v.integer(1, 100000),
         "cache_dir": v.text,
         "cache_size": v.size,
         "http_timeout": v.real(0.1, 600),
+        "stale_max": v.real(0, 365 * 86400),
         "busy_poll": v.integer(0, 10000),
     },
     "bootp": {

@@ -53,12 +53,18 @@ class ProtocolError(PybootdError):
 
 
 class TftpError(PybootdError):
-    """A TFTP transfer must end with an ERROR packet (RFC 1350 section 5)."""
+    """A TFTP transfer must end with an ERROR packet (RFC 1350 section 5).
 
-    def __init__(self, code: int, message: str) -> None:
+    ``message`` goes to the client, so it names only what the client asked
+    for: never an absolute path, a mirror URL or whether a file exists
+    outside the root. ``detail`` (default: the message) is for the log.
+    """
+
+    def __init__(self, code: int, message: str, detail: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.detail = detail if detail is not None else message
 
 
 class SourceError(PybootdError):

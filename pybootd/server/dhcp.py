@@ -41,6 +41,7 @@ from pybootd.dhcp.pool import Lease, LeasePool
 from pybootd.dhcp.pxe import ClientInfo, client_info
 from pybootd.dhcp.responder import Decision, Settings, respond
 from pybootd.errors import BadPacket, NetworkConfigError, SourceError
+from pybootd.loglimit import LogLimiter
 from pybootd.netif import LocalNetwork, find_network, local_networks
 from pybootd.server.dhcpacl import AccessControl, Verdict
 from pybootd.server.leasestore import LeaseStore
@@ -59,8 +60,6 @@ _RECV_SIZE = 4096  # larger than any sane request (RFC 2131: at least 576 accept
 _BATCH = 64  # datagrams read per wake-up before yielding to the loop
 _MAX_WAITING = 1024  # requests waiting for an access answer; more are dropped
 _STORE_TIMEOUT = 30.0
-_LOG_WINDOW = 10.0  # per-packet warnings: at most _LOG_BURST lines per window and topic
-_LOG_BURST = 10
 _ONCE_LIMIT = 4096  # (MAC, condition) pairs remembered for lines logged once
 _INCOMING_EVENTS = {
     MessageType.DISCOVER: "discover",
@@ -72,51 +71,6 @@ _INCOMING_EVENTS = {
 # Decisions that are replies get their own notification; release, decline and
 # inform are notified once, as the event the client sent.
 _REPLY_EVENTS = frozenset({"offer", "ack", "nak"})
-
-
-@dataclass
-class _Window:
-    until: float
-    level: int
-    written: int = 0
-    suppressed: int = 0
-
-
-class LogLimiter:
-    """At most *burst* lines per *window* seconds for each topic; the rest are counted.
-
-    The count of lines not written is logged when the topic's next window
-    starts, and by :meth:`flush` (at shutdown). Topics are fixed strings, so
-    the state stays small whatever the traffic. The clock is the caller's.
-    """
-
-    def __init__(self, window: float = _LOG_WINDOW, burst: int = _LOG_BURST) -> None:
-        self.window = window
-        self.burst = burst
-        self._windows: dict[str, _Window] = {}
-
-    def allow(self, topic: str, now: float, level: int = logging.WARNING) -> bool:
-        """May one more line of *topic* be written at *now*?"""
-        state = self._windows.get(topic)
-        if state is None or now >= state.until:
-            if state is not None:
-                self._report(topic, state)
-            state = self._windows[topic] = _Window(now + self.window, level)
-        if state.written < self.burst:
-            state.written += 1
-            return True
-        state.suppressed += 1
-        return False
-
-    def flush(self) -> None:
-        for topic, state in self._windows.items():
-            self._report(topic, state)
-        self._windows.clear()
-
-    def _report(self, topic: str, state: _Window) -> None:
-        if state.suppressed:
-            log.log(state.level, "%s: %d more lines not logged (at most %d per %gs)",
-                    topic, state.suppressed, self.burst, self.window)
 
 
 class _Peer:
@@ -205,7 +159,7 @@ class DhcpService:
         self.store: LeaseStore | None = None
         # ipxe_rom = chainload: tell an iPXE ROM from the iPXE it loads
         self.chains = ChainTracker() if self.bootp.ipxe_rom == "chainload" else None
-        self.limiter = LogLimiter()
+        self.limiter = LogLimiter(logger=log)
         self.acl = AccessControl(self.config, runtime, may_log=self._may_log)
         self.notifier: Notifier | None = None
         self.stats: dict[str, int] = {}
@@ -568,7 +522,7 @@ class DhcpService:
         return name
 
     def _malformed(self, source: tuple[str, int], size: int, exc: BadPacket) -> None:
-        """Log dropped packets, at most ``_LOG_BURST`` lines per ``_LOG_WINDOW`` seconds."""
+        """Log dropped packets, rate-limited (see :mod:`pybootd.loglimit`)."""
         self._count("malformed")
         if self.limiter.allow("malformed packet dropped", time.monotonic(), logging.INFO):
             log.info("%s:%d: malformed packet dropped (%d bytes): %s", *source, size, exc)

@@ -44,6 +44,12 @@ class Service(Protocol):
     async def start(self) -> None:
         """Bind sockets and begin serving. Called while still root."""
 
+    def reload(self, config: Config) -> None:
+        """Apply what can change while running (SIGHUP) from a validated *config*."""
+
+    def summary(self) -> str:
+        """One line of statistics since start, for SIGUSR1."""
+
     def stop_accepting(self) -> None:
         """Take no new requests; running transfers go on."""
 

@@ -22,10 +22,11 @@ from pybootd.dhcp.pool import Lease, LeaseState
 from pybootd.dhcp.pxe import ClientInfo, client_info
 from pybootd.dhcp.responder import ignore, respond
 from pybootd.errors import ConfigError, NetworkConfigError
+from pybootd.loglimit import LogLimiter
 from pybootd.netif import LocalNetwork
 from pybootd.server import dhcp as dhcp_service
 from pybootd.server import dhcpacl
-from pybootd.server.dhcp import DhcpService, LogLimiter, _Peer
+from pybootd.server.dhcp import DhcpService, _Peer
 from pybootd.server.dhcpacl import AccessControl, Verdict
 from pybootd.server.leasestore import LeaseStore
 from pybootd.server.notify import Notifier, format_event
