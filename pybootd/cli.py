@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import sys
 from collections.abc import Sequence
 
 from pybootd import __version__
-from pybootd.config import Config, load_config
+from pybootd.config import load_config
 from pybootd.errors import PybootdError
 from pybootd.logsetup import setup_logging
-from pybootd.netif import LocalNetwork
 
 DEFAULT_CONFIG = "/etc/pybootd/pybootd.ini"
 
@@ -33,42 +33,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def describe(config: Config, dhcp: bool, tftp: bool,
-             network: LocalNetwork | None = None) -> str:
-    """What would be served, for --check (*network*: the one DHCP detected)."""
-    lines = [f"configuration {config.path}: OK"]
-    if network is not None:
-        lines.append(f"DHCP: serves {network} (server address {network.address})")
-    if dhcp:
-        bootp = config.bootp
-        assert bootp is not None
-        if bootp.mode == "proxy":
-            lines.append(f"DHCP: proxy mode on port {bootp.port} and {bootp.pxe_port}, "
-                         "no addresses handed out")
-        else:
-            assert bootp.pool_start is not None
-            last = bootp.pool_start + (bootp.pool_count - 1)
-            lines.append(f"DHCP: pool {bootp.pool_start}-{last} ({bootp.pool_count} addresses),"
-                         f" boot file {bootp.boot_file}, access {bootp.access}")
-    if tftp:
-        t = config.tftp
-        root = t.root_url or t.root_path
-        where = t.address or (str(network.address) if network is not None and
-                              not t.address_set else "all addresses")
-        lines.append(f"TFTP: {root} on {where} port {t.port}, "
-                     f"blksize<={t.blocksize} windowsize<={t.windowsize}, "
-                     f"uploads {'to ' + str(t.upload_dir) if t.allow_write else 'off'}")
-        for rule in config.filters:
-            target = f"[{rule.target}]" if rule.indirect else rule.target
-            lines.append(f"  filter {rule.pattern} -> {target}")
-    return "\n".join(lines)
+_WHAT_TO_DO = {
+    errno.EACCES: "give pybootd's user access to it, or change the path in the configuration",
+    errno.EPERM: "give pybootd's user access to it, or change the path in the configuration",
+    errno.ENOENT: "create it, or change the path in the configuration",
+    errno.ENOTDIR: "a part of the path is a file: change the path in the configuration",
+    errno.EISDIR: "it is a folder: name a file",
+    errno.EROFS: "the file system is read-only: choose a writable path",
+    errno.ENOSPC: "the disk is full: free space",
+    errno.EADDRINUSE: "another program (another pybootd?) uses the port: stop it or "
+                      "change the port",
+    errno.EADDRNOTAVAIL: "the address is not on this host: change it (see --check)",
+}
 
 
-def _check_network(config: Config) -> LocalNetwork:
-    """The network DHCP would serve, as the daemon detects it (raises if none)."""
-    from pybootd.server.dhcp import detect_network
-
-    return detect_network(config)
+def os_error_line(exc: OSError) -> str:
+    """``PATH: what failed (strerror): what to do``, for an OSError no check foresaw."""
+    where = f"{exc.filename}: " if exc.filename is not None else ""
+    reason = exc.strerror or str(exc)
+    hint = _WHAT_TO_DO.get(exc.errno or 0, "run pybootd --check for details")
+    return f"{where}cannot start ({reason}): {hint}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -91,13 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    "serve (expected a [bootp] section)")
             dhcp = False
         if args.check:
-            network = _check_network(config) if dhcp else None
-            if tftp:
-                from pybootd.server.tftp import check_folders
+            from pybootd import check
 
-                check_folders(config)  # what TftpService.start checks too
-            print(describe(config, dhcp, tftp, network))
-            return 0
+            return check.run(config, dhcp, tftp)
         setup_logging(config.logger, args.debug)
         from pybootd.daemon import Daemon
         from pybootd.server.tftp_pump import new_event_loop
@@ -108,6 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PybootdError as exc:
         logging.getLogger("pybootd").debug("fatal", exc_info=True)
         print(f"pybootd: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # what no check foresaw: one line, never a traceback
+        logging.getLogger("pybootd").debug("fatal", exc_info=True)
+        print(f"pybootd: {os_error_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -7,6 +7,7 @@ Nothing outside this module sees the raw INI text.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
@@ -17,8 +18,12 @@ from pybootd import configvalues as v
 from pybootd.dhcp.arch import BOOTFILE_NAMES, HTTP_BOOT_ARCHES, IPXE_BOOTFILE_KEY, arch_name
 from pybootd.errors import ConfigError
 from pybootd.ini import Entry, Section, parse_ini
+from pybootd.tftp.filters import FILENAME_VAR
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+# tftpd-hpa's root on Debian. Never the configuration's folder: TFTP would
+# serve the configuration and the leases.
+DEFAULT_ROOT = Path("/srv/tftp")
 
 
 @dataclass(frozen=True)
@@ -43,8 +48,9 @@ class TftpConfig:
     address: str = ""  # "" = every local address (or the DHCP server's when both run)
     address_set: bool = False
     port: int = 69
-    root_path: Path | None = None  # a local folder ...
+    root_path: Path | None = DEFAULT_ROOT  # a local folder ...
     root_url: str | None = None  # ... or an http(s) URL prefix
+    root_set: bool = False  # False: root_path is DEFAULT_ROOT, the key was not given
     blocksize: int = 1468
     windowsize: int = 64
     timeout: float = 1.0
@@ -70,6 +76,15 @@ class FilterRule:
     pattern: str
     target: str
     indirect: bool
+    line: int
+
+
+@dataclass(frozen=True)
+class BootfileEntry:
+    """One ``[bootfile]`` line as written: ``key`` (lower case), the file, its line."""
+
+    key: str
+    file: str
     line: int
 
 
@@ -123,11 +138,18 @@ class Config:
     bootfiles: Mapping[int, str] = field(default_factory=dict)  # option 93 value -> file
     ipxe_bootfile: str | None = None
     ipxe_bootfiles: Mapping[int, str] = field(default_factory=dict)  # ipxe-ARCH keys
+    bootfile_entries: tuple[BootfileEntry, ...] = ()  # [bootfile] in file order
     lines: Mapping[tuple[str, str], int] = field(default_factory=dict)
 
     def error(self, section: str, key: str | None, message: str) -> ConfigError:
-        """A ConfigError pointing at ``section.key`` in this file."""
+        """A ConfigError pointing at ``section.key`` in this file.
+
+        When the key is not in the file the value is a default the reader
+        never wrote: the message says so and where to choose another.
+        """
         line = self.lines.get((section, key or ""))
+        if key is not None and line is None:
+            message += f" (not set, so the default: set [{section}] {key})"
         return ConfigError(message, path=str(self.path), line=line, section=section, key=key)
 
     @property
@@ -152,8 +174,8 @@ _SCHEMA: dict[str, dict[str, Parser]] = {
         "user": v.text,
         "group": v.text,
         "state_dir": v.text,
-        "stats_interval": v.real(0.1, 86400),
-        "shutdown_grace": v.real(0, 600),
+        "stats_interval": v.duration(0.1, 86400),
+        "shutdown_grace": v.duration(0, 600),
         "workers": v.integer(1, 256),
     },
     "tftp": {
@@ -162,7 +184,7 @@ _SCHEMA: dict[str, dict[str, Parser]] = {
         "root": v.text,
         "blocksize": v.integer(8, 65464),  # RFC 2348 range
         "windowsize": v.integer(1, 65535),  # RFC 7440 range
-        "timeout": v.real(0.01, 255),  # RFC 2349 allows 1..255 from clients
+        "timeout": v.duration(0.01, 255),  # RFC 2349 allows 1..255 from clients
         "retries": v.integer(0, 100),
         "max_sessions": v.integer(1, 100000),
         "allow_write": v.boolean,
@@ -173,8 +195,8 @@ _SCHEMA: dict[str, dict[str, Parser]] = {
         "max_client_sessions": v.integer(1, 100000),
         "cache_dir": v.text,
         "cache_size": v.size,
-        "http_timeout": v.real(0.1, 600),
-        "stale_max": v.real(0, 365 * 86400),
+        "http_timeout": v.duration(0.1, 600),
+        "stale_max": v.duration(0, 365 * 86400),
         "busy_poll": v.integer(0, 10000),
     },
     "bootp": {
@@ -190,7 +212,7 @@ _SCHEMA: dict[str, dict[str, Parser]] = {
         else v.ipv4(s),
         "dns": v.ipv4_list,
         "domain": v.hostname,
-        "lease_time": v.integer(60, 2**31 - 1),
+        "lease_time": v.whole_duration(60, 2**31 - 1),
         "servername": v.hostname,
         "boot_file": v.boot_file,
         "next_server": v.ipv4,
@@ -198,7 +220,7 @@ _SCHEMA: dict[str, dict[str, Parser]] = {
         "ipxe_rom": v.choice("script", "chainload"),
         "access": v.choice("none", "mac", "uuid", "http"),
         "notify": v.host_port_list,
-        "timeout": v.real(0.05, 60),
+        "timeout": v.duration(0.05, 60),
         "lease_file": v.text,
     },
     "http": {"location": v.http_url, "pxe": v.url_path, "dhcp": v.url_path},
@@ -270,8 +292,13 @@ def load_config(path: str | Path) -> Config:
         text = config_path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError("configuration file not found", path=str(config_path)) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read configuration: {exc}", path=str(config_path)) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the configuration ({exc.strerror or exc}): expected "
+                          "-c FILE, a readable INI file", path=str(config_path)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"cannot read the configuration (byte {exc.object[exc.start]:#x} at "
+                          f"offset {exc.start} is not UTF-8): save it as UTF-8 text",
+                          path=str(config_path)) from None
     return parse_config(text, config_path)
 
 
@@ -292,6 +319,8 @@ def parse_config(text: str, path: Path) -> Config:
     tftp = _tftp(reader)
     bootp = _bootp(reader, daemon)
     bootfiles, ipxe, ipxe_files = _bootfiles(reader, tftp.root_url)
+    entries = tuple(BootfileEntry(e.key.strip().lower(), e.value, e.line)
+                    for e in reader.entries("bootfile"))
     config = Config(
         path=reader.path,
         logger=logger,
@@ -306,6 +335,7 @@ def parse_config(text: str, path: Path) -> Config:
         bootfiles=bootfiles,
         ipxe_bootfile=ipxe,
         ipxe_bootfiles=ipxe_files,
+        bootfile_entries=entries,
         lines=reader.lines,
     )
     _cross_check(config, reader)
@@ -336,9 +366,11 @@ def _daemon(reader: _Reader) -> DaemonConfig:
 
 def _tftp(reader: _Reader) -> TftpConfig:
     values = reader.typed("tftp")
-    root = values.pop("root", ".")
+    values["root_set"] = "root" in values
+    root = values.pop("root", str(DEFAULT_ROOT))
     if root.lower().startswith(("http://", "https://")):
         values["root_url"] = v.http_url(root).rstrip("/") + "/"
+        values["root_path"] = None
     else:
         values["root_path"] = reader.path_value(root)
     for key in ("upload_dir", "cache_dir"):
@@ -366,8 +398,28 @@ def _filters(reader: _Reader) -> tuple[FilterRule, ...]:
                 raise reader.fail(
                     "empty [file] (expected [path/to/file])", entry.line, "filters", entry.key
                 )
+        _check_target(reader, entry, target, indirect)
         rules.append(FilterRule(entry.key, target, indirect, entry.line))
     return tuple(rules)
+
+
+_PLACEHOLDER = re.compile(r"\{[^{}]*\}")
+
+
+def _check_target(reader: _Reader, entry: Entry, target: str, indirect: bool) -> None:
+    """``{filename}`` is the only placeholder; a served relative target stays in the root."""
+    for match in _PLACEHOLDER.finditer(target):
+        if match.group() != FILENAME_VAR:
+            hint = _hint(match.group(), [FILENAME_VAR])
+            raise reader.fail(f"unknown placeholder {match.group()}{hint} (expected "
+                              f"{FILENAME_VAR}, the requested name)", entry.line, "filters",
+                              entry.key)
+    # An indirection file is the administrator's, found from the config's
+    # folder; a served target is a request path, and the server refuses "..".
+    if not indirect and not target.startswith("/") and ".." in re.split(r"[/\\]", target):
+        raise reader.fail(f"{target!r} has a '..' component, which could leave the root "
+                          "(expected a path inside the root, or an absolute path)",
+                          entry.line, "filters", entry.key)
 
 
 def _bootp(reader: _Reader, daemon: DaemonConfig) -> BootpConfig | None:

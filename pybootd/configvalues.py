@@ -21,6 +21,9 @@ FALSE_WORDS = frozenset({"off", "false", "disable", "disabled", "no", "low", "ko
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _SIZE_RE = re.compile(r"^(\d+)\s*([kmgt]?)(i?b)?$", re.IGNORECASE)
 _MAC_RE = re.compile(r"^[0-9a-f]{2}([-:]?)(?:[0-9a-f]{2}\1){4}[0-9a-f]{2}$", re.IGNORECASE)
+_DURATION_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|[dhms])", re.IGNORECASE)
+_DURATION_SYNTAX = "seconds, or numbers with units d, h, m, s, ms in that order, e.g. 90, 1h30m"
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$")
 
 
@@ -67,6 +70,64 @@ def real(low: float, high: float) -> Callable[[str], float]:
         return number
 
     return parse
+
+
+def duration(low: float, high: float) -> Callable[[str], float]:
+    """Seconds in ``low..high``: a plain number, or ``2d``, ``1h30m``, ``1.5s``, ``500ms``."""
+
+    def parse(value: str) -> float:
+        seconds = _seconds(value)
+        if seconds is None:
+            raise ValueError(f"{value!r} is not a duration (expected {_DURATION_SYNTAX}; "
+                             f"{_span(low)}..{_span(high)})")
+        if not low <= seconds <= high:
+            raise ValueError(f"{value.strip()} is out of range "
+                             f"(expected {_span(low)}..{_span(high)})")
+        return seconds
+
+    return parse
+
+
+def whole_duration(low: int, high: int) -> Callable[[str], int]:
+    """Like :func:`duration`, in whole seconds (``lease_time``)."""
+    parse_real = duration(low, high)
+
+    def parse(value: str) -> int:
+        seconds = parse_real(value)
+        if seconds != int(seconds):
+            raise ValueError(f"{value.strip()} is {seconds:g} seconds (expected whole seconds)")
+        return int(seconds)
+
+    return parse
+
+
+def _seconds(value: str) -> float | None:
+    """The seconds *value* spells, or None; units must come largest first."""
+    text = value.strip()
+    try:
+        return float(text) if re.fullmatch(r"\d+(\.\d+)?", text) else _with_units(text)
+    except ValueError:
+        return None
+
+
+def _with_units(text: str) -> float | None:
+    total, position, last = 0.0, 0, float("inf")
+    for match in _DURATION_PART.finditer(text):
+        unit = _DURATION_UNITS[match.group(2).lower()]
+        if match.start() != position or unit >= last:  # "1m1m", "30m1h": a typo, not a sum
+            return None
+        total += float(match.group(1)) * unit
+        position, last = match.end(), unit
+    return total if position == len(text) and position else None
+
+
+def _span(seconds: float) -> str:
+    """``86400`` -> ``86400s (1d)``: the bound in seconds, and in its largest whole unit."""
+    number = f"{seconds:.12g}s"
+    for unit, size in _DURATION_UNITS.items():
+        if 1 < size <= seconds and seconds % size == 0:
+            return f"{number} ({seconds / size:.12g}{unit})"
+    return number
 
 
 def size(value: str) -> int:

@@ -7,7 +7,13 @@ of ConfigParser's that the original pybootd documented:
 * ``[section]`` headers (names are case-insensitive),
 * ``key = value`` entries (split on the first ``=`` only, so MAC addresses
   with ``:`` and filter patterns stay whole),
-* whole-line comments starting with ``;`` or ``#``, and blank lines.
+* whole-line comments starting with ``;`` or ``#``, and blank lines,
+* inline comments: a ``;`` or ``#`` that follows whitespace ends the value
+  or the section header (ConfigParser's ``inline_comment_prefixes`` rule),
+  so ``http://host/boot.ipxe#x`` or ``a;b`` stay whole,
+* quoted values: a value that starts with ``"`` or ``'`` ends at the same
+  quote; the quotes are removed and what they hold is kept as it is
+  (``" ; "``), and only a comment may follow.
 
 Only :mod:`pybootd.config` uses this module.
 """
@@ -53,7 +59,8 @@ def parse_ini(text: str, path: str) -> dict[str, Section]:
                 line=number,
             )
         if stripped.startswith("["):
-            current = _section_header(stripped, number, path, sections)
+            header = _strip_comment(stripped).strip()
+            current = _section_header(header, number, path, sections)
             continue
         if current is None:
             raise ConfigError(
@@ -104,4 +111,32 @@ def _entry(stripped: str, number: int, path: str, section: Section) -> Entry:
                 section=section.name,
                 key=key,
             )
-    return Entry(key, value.strip(), number)
+    try:
+        return Entry(key, _value(value), number)
+    except ValueError as exc:
+        raise ConfigError(str(exc), path=path, line=number, section=section.name,
+                          key=key) from None
+
+
+def _strip_comment(text: str) -> str:
+    """*text* up to its first ``;`` or ``#`` that follows whitespace."""
+    for index, char in enumerate(text):
+        if char in ";#" and index > 0 and text[index - 1] in " \t":
+            return text[:index]
+    return text
+
+
+def _value(raw: str) -> str:
+    """The value after ``=``: inline comment removed, quotes unwrapped."""
+    text = raw.strip()
+    if not text or text[0] not in "\"'":
+        return _strip_comment(raw).strip()
+    quote = text[0]
+    end = text.find(quote, 1)
+    if end < 0:
+        raise ValueError(f"no closing {quote} in {text!r} (expected {quote}value{quote})")
+    rest = text[end + 1 :].strip()
+    if rest and rest[0] not in ";#":
+        raise ValueError(f"{rest!r} after the closing {quote} (expected nothing, or a comment "
+                         "starting with ; or #)")
+    return text[1:end]

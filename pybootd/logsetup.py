@@ -8,6 +8,7 @@ import os
 import re
 
 from pybootd.config import LoggerConfig
+from pybootd.errors import PybootdError
 
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
@@ -36,19 +37,30 @@ class SafeFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
+class LogSetupError(PybootdError):
+    """The log file cannot be opened (a missing folder, no permission)."""
+
+
+_debug = False  # -d: debug level whatever [logger] level says, across reloads
+
+
 def setup_logging(config: LoggerConfig, debug: bool = False) -> None:
+    """Send pybootd's lines where ``[logger]`` says; raises :class:`LogSetupError`."""
+    global _debug
     root = logging.getLogger("pybootd")
+    handler: logging.Handler
+    # Opened first: when that fails, the old handlers stay.
+    opened = _open_file(config.file) if config.type == "file" and config.file else None
     for old in list(root.handlers):
         root.removeHandler(old)
         old.close()
     root.propagate = False
-    level = logging.DEBUG if debug else getattr(logging, config.level.upper())
-    root.setLevel(level)
-    handler: logging.Handler
+    _debug = debug
+    set_level(config.level)
     if config.type == "none" and not debug:
         handler = logging.NullHandler()
-    elif config.type == "file" and config.file is not None:
-        handler = logging.handlers.WatchedFileHandler(config.file)
+    elif opened is not None:
+        handler = opened
     elif config.type == "syslog" and os.path.exists("/dev/log"):
         syslog = logging.handlers.SysLogHandler(
             address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON)
@@ -59,3 +71,48 @@ def setup_logging(config: LoggerConfig, debug: bool = False) -> None:
         handler = logging.StreamHandler()
     handler.setFormatter(SafeFormatter(FORMAT))
     root.addHandler(handler)
+
+
+def set_level(level: str) -> None:
+    """``[logger] level`` (also on SIGHUP); ``-d`` keeps debug."""
+    value = logging.DEBUG if _debug else getattr(logging, level.upper())
+    logging.getLogger("pybootd").setLevel(value)
+
+
+def _open_file(path: str | os.PathLike[str]) -> logging.FileHandler:
+    try:
+        return logging.handlers.WatchedFileHandler(path)
+    except OSError as exc:
+        folder = os.path.dirname(os.fspath(path))
+        advice = (f"create the folder {folder} first" if isinstance(exc, FileNotFoundError)
+                  else "expected a file pybootd may write, see [logger] file")
+        raise LogSetupError(f"cannot open log file {os.fspath(path)}: {exc.strerror} "
+                            f"({advice})") from None
+
+
+def reopen_log_files() -> list[str]:
+    """SIGUSR2: reopen every log file by name (after logrotate moved it).
+
+    Returns the files reopened. A file that cannot be reopened keeps its old
+    stream (and raises :class:`LogSetupError` once the others are done), so
+    no line is lost either way.
+    """
+    root = logging.getLogger("pybootd")
+    reopened, failed = [], []
+    for handler in list(root.handlers):
+        if not isinstance(handler, logging.FileHandler):
+            continue
+        try:
+            fresh = _open_file(handler.baseFilename)
+        except LogSetupError as exc:
+            failed.append(str(exc))
+            continue
+        fresh.setFormatter(handler.formatter)
+        fresh.setLevel(handler.level)
+        root.addHandler(fresh)
+        root.removeHandler(handler)
+        handler.close()
+        reopened.append(handler.baseFilename)
+    if failed:
+        raise LogSetupError("; ".join(failed))
+    return reopened

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, ip_address
 
 import netifaces
 
@@ -74,3 +75,20 @@ def interface_address(interface: str) -> IPv4Address | None:
         if net.interface == interface:
             return net.address
     return None
+
+
+def interface_names() -> list[str]:
+    """The names of this host's network interfaces."""
+    return list(netifaces.interfaces())
+
+
+def local_addresses() -> set[str]:
+    """Every IPv4 and IPv6 address of this host, as ``ip_address`` prints them."""
+    found = {str(net.address) for net in local_networks()}
+    for name in netifaces.interfaces():
+        for entry in netifaces.ifaddresses(name).get(netifaces.AF_INET6, []):
+            # netifaces writes a link-local address's scope: fe80::1%eth0
+            text = str(entry.get("addr", "")).split("%")[0]
+            with contextlib.suppress(ValueError):
+                found.add(str(ip_address(text)))
+    return found

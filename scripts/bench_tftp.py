@@ -184,7 +184,8 @@ def server_argv(server: Server, root: Path, work: Path, atftpd: str) -> list[str
             "[logger]\nlevel = warning\n"
             f"[daemon]\nuser = root\nstate_dir = {work / 'pybootd-state'}\n"
             f"[tftp]\naddress = {HOST}\nport = {port}\nroot = {root}\n"
-            "blocksize = 65464\nwindowsize = 64\nmax_sessions = 1000\n")
+            "blocksize = 65464\nwindowsize = 64\nmax_sessions = 1000\n"
+            "max_client_sessions = 1000\n")  # every client runs on this one host
         return [*PYBOOTD_CMD, "-t", "-c", str(ini)]
     if server.name == "tftpd-hpa":
         exe = shutil.which("in.tftpd")

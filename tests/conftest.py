@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,3 +19,18 @@ def lab() -> Iterator[NetLab]:
     """A fresh set of namespaces, removed after the test whatever happens."""
     with netlab() as the_lab:
         yield the_lab
+
+
+@pytest.fixture(autouse=True)
+def pybootd_logger_restored() -> Iterator[None]:
+    """A test that runs the CLI (setup_logging: its own handler, no propagation,
+    a level) must not change what a later test's caplog sees."""
+    logger = logging.getLogger("pybootd")
+    saved = (logger.level, logger.propagate, list(logger.handlers), logger.disabled)
+    logger.propagate = True
+    yield
+    for handler in logger.handlers:
+        if handler not in saved[2]:
+            handler.close()
+    logger.setLevel(saved[0])
+    logger.propagate, logger.handlers[:], logger.disabled = saved[1], saved[2], saved[3]

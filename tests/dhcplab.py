@@ -36,13 +36,14 @@ CLIENT_SCRIPT = """#!/bin/sh
 log={log}
 event="${{reason:-$1}}"
 addr="${{new_ip_address:-$ip}}"
-echo "$event $addr" >> "$log"
 case "$event" in
   bound|renew|BOUND|RENEW|REBIND|REBOOT)
     ip addr flush dev "$interface"; ip addr add "$addr/24" dev "$interface" ;;
   deconfig|RELEASE|EXPIRE|STOP|PREINIT)
     ip addr flush dev "$interface" ;;
 esac
+# Last: a test that sees the event finds the address already set.
+echo "$event $addr" >> "$log"
 exit 0
 """
 

@@ -19,7 +19,8 @@ class Mirror:
 
     With *gzip*, every body is sent gzip-encoded (``Content-Encoding: gzip``,
     Content-Length of the encoded bytes), whatever the client accepts: a
-    misconfigured mirror.
+    misconfigured mirror. With *fail_status* set (it may be set at any
+    time), every GET gets that status (a mirror in trouble: 503).
     """
 
     def __init__(self, folder: Path, host: str = "127.0.0.1", delay: float = 0.0,
@@ -28,6 +29,7 @@ class Mirror:
         self.delay = delay  # seconds to sleep between 64 KiB pieces
         self.gzip = gzip
         self.header_delay = header_delay  # seconds the header lines take to come
+        self.fail_status: int | None = None  # answer every GET with this status
         self.gets: list[tuple[str, int]] = []  # (path, status)
         self.broken: list[str] = []  # paths whose client closed the connection mid-body
         self.accept_encodings: list[str | None] = []  # Accept-Encoding of each GET
@@ -52,6 +54,10 @@ class Mirror:
         # The request path is percent-encoded bytes (RFC 3986 section 2.1).
         raw = urllib.parse.unquote_to_bytes(request.path.split("?")[0].lstrip("/"))
         path = self.folder / os.fsdecode(raw)
+        if self.fail_status is not None:
+            self.gets.append((request.path, self.fail_status))
+            request.send_error(self.fail_status)
+            return
         if not path.is_file():
             self.gets.append((request.path, 404))
             request.send_error(404)

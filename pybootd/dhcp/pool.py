@@ -48,6 +48,8 @@ class Lease:
     state: LeaseState
     expires: float  # seconds since the epoch; PERMANENT for a BOOTP binding
     pxe: bool = False  # the MAC was seen booting by PXE
+    hostname: str | None = None  # option 12 of its last REQUEST, for operators (RFC 2132 3.14)
+    uuid: str | None = None  # option 97 as dmidecode prints it (RFC 4578 2.3)
 
     def active(self, now: float) -> bool:
         """Held (offered, bound or quarantined) at *now*."""
@@ -75,11 +77,11 @@ class LeasePool:
         self.lease_time = lease_time
         self.offer_hold = offer_hold
         self.quarantine = quarantine
-        self.static: dict[str, IPv4Address] = dict(static or {})
-        self._static_owner = {ip: mac for mac, ip in self.static.items()}
-        self._excluded = {
-            *excluded, network.network_address, network.broadcast_address, *self._static_owner
-        }
+        self._fixed_excluded = {*excluded, network.network_address, network.broadcast_address}
+        self.static: dict[str, IPv4Address] = {}
+        self._static_owner: dict[IPv4Address, str] = {}
+        self._excluded: set[IPv4Address] = set()
+        self.set_static(static or {})
         self._by_ip: dict[IPv4Address, Lease] = {}
         self._by_mac: dict[str, IPv4Address] = {}
         # MACs seen booting by PXE, oldest first; bounded against floods of
@@ -130,7 +132,26 @@ class LeasePool:
         self._dirty.clear()
         return dirty
 
+    def counts(self, now: float) -> dict[str, int]:
+        """Addresses by state at *now*, for statistics: an ended hold or lease is free."""
+        counts = {str(state): 0 for state in LeaseState}
+        for lease in self._by_ip.values():
+            state = lease.state if lease.active(now) else LeaseState.FREE
+            counts[str(state)] += 1
+        return counts
+
     # --- transitions --------------------------------------------------------
+    def set_static(self, static: Mapping[str, IPv4Address]) -> None:
+        """Replace the reservations (SIGHUP); leases already given are kept.
+
+        A newly reserved address that another MAC holds goes to the reserved
+        MAC when that lease ends (see :meth:`static_blocker`).
+        """
+        self.static = dict(static)
+        self._static_owner = {ip: mac for mac, ip in self.static.items()}
+        self._excluded = {*self._fixed_excluded, *self._static_owner}
+        self._no_reclaim_until = 0.0
+
     def mark_pxe(self, mac: str) -> None:
         if mac in self._pxe:
             return
@@ -152,11 +173,13 @@ class LeasePool:
         return self._set(Lease(ip, mac, LeaseState.OFFERED, now + self.offer_hold,
                                self.seen_pxe(mac)), persist=False)
 
-    def request(self, mac: str, ip: IPv4Address, now: float, *,
-                permanent: bool = False) -> Lease | None:
+    def request(self, mac: str, ip: IPv4Address, now: float, *, permanent: bool = False,
+                hostname: str | None = None, uuid: str | None = None) -> Lease | None:
         """Bind *ip* to *mac* for ``lease_time``; None means NAK (RFC 2131 4.3.2).
 
         *permanent*: a BOOTP binding, which never expires (RFC 1534 section 2).
+        *hostname* and *uuid* are stored for operators; a renewal that omits
+        them keeps the ones the lease had.
         """
         if not self._may_bind(mac, ip, now):
             return None
@@ -165,9 +188,12 @@ class LeasePool:
             if current.active(now):
                 return None  # it holds another address: "requested address incorrect"
             self._orphan(current)
+        elif current is not None:
+            hostname = hostname if hostname is not None else current.hostname
+            uuid = uuid if uuid is not None else current.uuid
         expires = PERMANENT if permanent else now + self.lease_time
-        return self._set(Lease(ip, mac, LeaseState.BOUND, expires, self.seen_pxe(mac)),
-                         persist=True)
+        return self._set(Lease(ip, mac, LeaseState.BOUND, expires, self.seen_pxe(mac),
+                               hostname, uuid), persist=True)
 
     def forget_offer(self, mac: str, now: float) -> None:
         """The client chose another server (RFC 2131 section 4.3.2, SELECTING)."""

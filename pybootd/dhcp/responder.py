@@ -138,7 +138,10 @@ def respond(packet: DhcpPacket, client: ClientInfo, pool: LeasePool | None,
         return _proxy(packet, client, settings, kind)
     if not (client.netboot or settings.allow_simple_dhcp or pool.seen_pxe(client.mac)) \
             and kind not in (MessageType.RELEASE, MessageType.DECLINE):
-        return ignore("not a PXE client and allow_simple_dhcp is off")
+        # A lasting condition: logged at INFO once per MAC per window by the caller.
+        return ignore(f"{client.mac}: {_kind(kind)} ignored: plain DHCP client (not PXE) and "
+                      "allow_simple_dhcp is off (expected allow_simple_dhcp = on to serve it)",
+                      once="allow_simple_dhcp", topic="plain DHCP client ignored")
     if client.netboot:
         pool.mark_pxe(client.mac)
     if kind is None:
@@ -191,7 +194,7 @@ def _request(packet: DhcpPacket, client: ClientInfo, pool: LeasePool, settings: 
         return ignore("REQUEST names no address")
     if ip not in settings.network:
         return _nak(packet, settings, f"{ip} is not on {settings.network}")
-    lease = pool.request(client.mac, ip, now)
+    lease = pool.request(client.mac, ip, now, hostname=host_name(packet), uuid=client.uuid)
     if lease is None:
         holder = pool.static_blocker(client.mac, now)
         why = f" ({_held(holder, now)})" if holder is not None and holder.ip == ip else ""
@@ -244,12 +247,29 @@ def _bootp(packet: DhcpPacket, client: ClientInfo, pool: LeasePool, settings: Se
     if offered is None:
         return ignore(f"pool exhausted ({pool.count} addresses), no BOOTP reply", warning=True,
                       topic="pool exhausted")
-    lease = pool.request(client.mac, offered.ip, now, permanent=True)
+    lease = pool.request(client.mac, offered.ip, now, permanent=True,
+                         hostname=host_name(packet), uuid=client.uuid)
     if lease is None or lease.ip not in settings.network:
         return ignore(f"cannot bind {offered.ip} for BOOTP", warning=True,
                       topic="reservation outside the network")
     decision = _answer(packet, client, settings, None, lease.ip)
     return _with_persist(decision, pool.take_dirty())
+
+
+def host_name(packet: DhcpPacket) -> str | None:
+    """Option 12 as text for the lease file (RFC 2132 3.14: at least 1 byte, NVT ASCII).
+
+    Untrusted: bytes that are not UTF-8 are written ``\\xNN`` (storable
+    text), and whoever shows the name escapes control characters.
+    """
+    raw = packet.options.get(DhcpOption.HOST_NAME)
+    if not raw:
+        return None
+    return raw.rstrip(b"\0").decode("utf-8", "backslashreplace") or None
+
+
+def _kind(kind: MessageType | None) -> str:
+    return kind.name if kind is not None else "BOOTP"
 
 
 def _static_conflict(client: ClientInfo, pool: LeasePool, now: float) -> Decision | None:

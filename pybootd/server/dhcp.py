@@ -14,13 +14,22 @@ package; this module only moves bytes:
 * a malformed or hostile packet is logged and dropped; per-packet warnings
   (malformed packets, an exhausted pool, a foreign relay, overload, failed
   access queries) are rate-limited, so a flood writes a bounded number of
-  lines.
+  lines; a lasting refusal (access control, a plain DHCP client while
+  ``allow_simple_dhcp`` is off) is logged at INFO once per MAC per 300 s;
+* the sockets are bound without ``SO_REUSEADDR``: a second server on the port
+  fails at start instead of sharing the broadcasts; the lease file is locked
+  (see :mod:`pybootd.server.leasestore`);
+* a lease file that fails for good at run time (damaged, I/O error) stops
+  the daemon with exit status 1 (``Runtime.fatal``) rather than withholding
+  every ACK; a transient failure (locked) withholds that batch only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import errno
 import functools
 import logging
 import socket
@@ -41,10 +50,10 @@ from pybootd.dhcp.pool import Lease, LeasePool
 from pybootd.dhcp.pxe import ClientInfo, client_info
 from pybootd.dhcp.responder import Decision, Settings, respond
 from pybootd.errors import BadPacket, NetworkConfigError, SourceError
-from pybootd.loglimit import LogLimiter
+from pybootd.loglimit import LogLimiter, OncePer
 from pybootd.netif import LocalNetwork, find_network, local_networks
 from pybootd.server.dhcpacl import AccessControl, Verdict
-from pybootd.server.leasestore import LeaseStore
+from pybootd.server.leasestore import LeaseFileError, LeaseStore, is_fatal
 from pybootd.server.notify import Notifier
 from pybootd.server.runtime import Runtime
 
@@ -169,9 +178,12 @@ class DhcpService:
         self._writer: asyncio.Task[None] | None = None
         self._waiting: set[asyncio.Task[None]] = set()
         self._accepting = False
+        self._started = False
+        self._failed = False  # the lease file failed for good: nothing more is served
         self._ifnames: dict[int, str] = {}
         self._store_thread = ThreadPoolExecutor(1, thread_name_prefix="pybootd-leases")
-        self._once: dict[tuple[str, str], None] = {}
+        # Lasting conditions (a refused MAC): one INFO line per MAC per window.
+        self._once = OncePer(limit=_ONCE_LIMIT)
 
     # --- Service protocol ---------------------------------------------------
     async def start(self) -> None:
@@ -185,22 +197,55 @@ class DhcpService:
             try:
                 self.store = await self._in_store_thread(LeaseStore, self.config.lease_file)
                 leases = await self._in_store_thread(self.store.load)
+            except LeaseFileError:
+                raise  # says what is wrong with the file and what to do
             except (sqlite3.Error, OSError) as exc:
                 raise self.config.error(
                     "bootp", "lease_file", f"cannot use {self.config.lease_file}: {exc} "
                     "(expected a writable SQLite file)") from None
             self.pool.restore(leases)
-            log.info("%d leases loaded from %s", len(leases), self.config.lease_file)
         self.notifier = Notifier(self.bootp.notify)
         self._bind(self.bootp.port, boot_service=False)
         if self.bootp.pxe_port:
             self._bind(self.bootp.pxe_port, boot_service=True)
-        self._accepting = True
+        if self.pool is not None:  # after the binds: a failed start logs one line only
+            log.info("%d leases loaded from %s", len(self.pool.leases()), self.config.lease_file)
+        self._accepting = self._started = True
         for sock, boot_service in self._sockets:
             self.runtime.loop.add_reader(sock.fileno(), self._on_readable, sock, boot_service)
         log.info("DHCP %s on %s:%d (%s %s), pool %s", self.bootp.mode, self.bootp.address,
                  self.bootp.port, self.network.interface, self.network.network,
                  self._pool_text())
+
+    def reload(self, config: Config) -> None:
+        """SIGHUP: apply ``[mac]``, ``[uuid]``, ``[static_dhcp]``, ``[bootfile]``,
+        ``[bootp] access`` and ``[http]`` from *config*.
+
+        The daemon hands over a validated config whose other values are the
+        running ones (addresses, ports and the pool need a restart). Leases
+        are kept; a new reservation whose address another MAC holds is
+        served when that lease ends.
+        """
+        assert config.bootp is not None
+        self.config, self.bootp = config, config.bootp
+        if self.network is not None:
+            self.settings = self._settings(self.network)
+            if self.pool is not None:
+                self._check_static(self.network)
+                self.pool.set_static(config.static_dhcp)
+        acl = AccessControl(config, self.runtime, may_log=self._may_log)
+        acl.adopt(self.acl)
+        self.acl = acl
+
+    def summary(self) -> str:
+        """Leases by state and requests by outcome since start (SIGUSR1)."""
+        counts = ", ".join(f"{k}={v}" for k, v in sorted(self.stats.items()))
+        requests = f"requests: {counts or 'none'}"
+        if self.pool is None:
+            return f"proxy mode, no leases; {requests}"
+        states = self.pool.counts(time.time())
+        leases = ", ".join(f"{state} {n}" for state, n in states.items())
+        return f"leases: {leases} (pool of {self.pool.count}); {requests}"
 
     def stop_accepting(self) -> None:
         self._accepting = False
@@ -231,8 +276,9 @@ class DhcpService:
             self._store_thread.submit(store.close)
         self._store_thread.shutdown(wait=True, cancel_futures=False)
         self.limiter.flush()
-        counts = ", ".join(f"{k}={v}" for k, v in sorted(self.stats.items()))
-        log.info("DHCP stopped (%s)", counts or "no requests")
+        if self._started:  # a start that failed said why in one line: nothing to add
+            counts = ", ".join(f"{k}={v}" for k, v in sorted(self.stats.items()))
+            log.info("DHCP stopped (%s)", counts or "no requests")
 
     # --- setup --------------------------------------------------------------
     def _settings(self, network: LocalNetwork) -> Settings:
@@ -265,13 +311,16 @@ class DhcpService:
 
     def _pool(self, network: LocalNetwork) -> LeasePool:
         assert self.bootp.pool_start is not None and self.settings is not None
+        self._check_static(network)
+        return LeasePool(network.network, self.bootp.pool_start, self.bootp.pool_count,
+                         self.bootp.lease_time, static=self.config.static_dhcp,
+                         excluded=self._excluded(network))
+
+    def _check_static(self, network: LocalNetwork) -> None:
         for mac, ip in self.config.static_dhcp.items():
             if ip not in network.network:
                 log.warning("%s: static address %s is outside %s; it will not be served",
                             mac, ip, network.network)
-        return LeasePool(network.network, self.bootp.pool_start, self.bootp.pool_count,
-                         self.bootp.lease_time, static=self.config.static_dhcp,
-                         excluded=self._excluded(network))
 
     def _excluded(self, network: LocalNetwork) -> set[IPv4Address]:
         """Addresses of this network's servers, never handed out: this server,
@@ -284,9 +333,11 @@ class DhcpService:
         return {ip for ip in candidates if ip in network.network}
 
     def _bind(self, port: int, *, boot_service: bool) -> None:
+        # No SO_REUSEADDR: a second server on this port (another pybootd,
+        # dnsmasq) must make the bind fail, not split the requests (and the
+        # addresses) between two pools, as dnsmasq refuses too.
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
             sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
             with contextlib.suppress(OSError):
@@ -298,8 +349,8 @@ class DhcpService:
         except OSError as exc:
             sock.close()
             raise NetworkConfigError(
-                f"cannot listen on {self.bootp.address}:{port}/udp: {exc.strerror} "
-                "(expected root, and no other DHCP server on this port)") from None
+                f"cannot listen on {self.bootp.address}:{port}/udp for DHCP: {exc.strerror} "
+                f"({_bind_advice(exc, port, boot_service)})") from None
         sock.setblocking(False)
         self._sockets.append((sock, boot_service))
 
@@ -331,6 +382,8 @@ class DhcpService:
 
     def _received(self, data: bytes, ifindex: int, source: tuple[str, int],
                   sock: socket.socket, boot_service: bool) -> None:
+        if self._failed:
+            return
         self._count("received")
         try:
             packet = parse_packet_untrusted(data)
@@ -383,12 +436,13 @@ class DhcpService:
         if incoming is not None:
             self._notify(incoming, client, _requested(packet), None)
         if verdict is not Verdict.ALLOW:
-            self._count("denied" if verdict is Verdict.DENY else "unanswered")
-            log.info("%s: %s %s by access control (%s)", peer, _kind_name(kind),
-                     "denied" if verdict is Verdict.DENY else "ignored", self.acl.mode)
+            self._refused(peer, kind, verdict)
             if verdict is Verdict.DENY:
                 self._notify("denied", client, _requested(packet), None)
             return
+        if client.uuid is None and self.acl.uuid_of(client) is not None:
+            # A plain DHCP request after a PXE boot: its lease keeps the UUID.
+            client = dataclasses.replace(client, uuid=self.acl.uuid_of(client))
         decision = respond(packet, client, self.pool, self.settings, time.time(),
                            boot_service=boot_service, source=source, chains=self.chains)
         self._log(peer, kind, decision)
@@ -396,6 +450,18 @@ class DhcpService:
             self._queue(_Pending(decision, sock, ifindex, peer, client))
         else:
             self._finish(decision, sock, ifindex, peer, client)
+
+    def _refused(self, peer: _Peer, kind: MessageType | None, verdict: Verdict) -> None:
+        """INFO once per MAC per window (a lasting condition), debug for the repeats."""
+        denied = verdict is Verdict.DENY
+        self._count("denied" if denied else "unanswered")
+        mac = peer.client.mac
+        level = logging.INFO if self._once.first((mac, "access"), time.monotonic()) \
+            else logging.DEBUG
+        if log.isEnabledFor(level) and (level == logging.DEBUG or self.limiter.allow(
+                "access denied", time.monotonic(), logging.INFO)):
+            log.log(level, "%s: %s %s by access control: %s", peer, _kind_name(kind),
+                    "denied" if denied else "ignored", self.acl.reason(peer.client, verdict))
 
     def _finish(self, decision: Decision, sock: socket.socket, ifindex: int, peer: _Peer,
                 client: ClientInfo | None) -> None:
@@ -419,17 +485,29 @@ class DhcpService:
                 leases: list[Lease] = [lease for item in batch for lease in item.decision.persist]
                 try:
                     await self._in_store_thread(self.store.write, leases, time.time())
-                except Exception as exc:  # disk full, locked, read-only: keep serving
+                except Exception as exc:
                     self._count("store_errors")
                     log.error("lease file %s not written (%s): %d replies withheld",
                               self.config.lease_file, exc, len(batch))
-                    continue
+                    if is_fatal(exc):  # damaged or failing disk: serving nothing helps no one
+                        self._store_failed(exc)
+                        return
+                    continue  # locked, or slow: the clients retry
                 self._count("commits")
                 for item in batch:
                     self._finish(item.decision, item.sock, item.ifindex, item.peer,
                                  item.client)
         finally:
             self._writer = None
+
+    def _store_failed(self, exc: BaseException) -> None:
+        """A store that cannot be written stops the daemon (systemd restarts it, and
+        the start's check then says what is wrong with the file)."""
+        self._failed = True
+        self.stop_accepting()
+        self._pending.clear()
+        self.runtime.fatal(f"lease file {self.config.lease_file} cannot be written ({exc}); "
+                           "no lease can be acknowledged")
 
     async def _in_store_thread(self, func: Callable[..., T], *args: object) -> T:
         """Run SQLite work in the service's own writer thread, never on the loop.
@@ -502,14 +580,8 @@ class DhcpService:
         return self.limiter.allow(topic, time.monotonic())
 
     def _first_time(self, mac: str, condition: str) -> bool:
-        """Is it the first time *mac* meets *condition* (bounded memory)?"""
-        key = (mac, condition)
-        if key in self._once:
-            return False
-        if len(self._once) >= _ONCE_LIMIT:  # made-up MACs: forget the oldest
-            del self._once[next(iter(self._once))]
-        self._once[key] = None
-        return True
+        """Is it the first time in the window (300 s) that *mac* meets *condition*?"""
+        return self._once.first((mac, condition), time.monotonic())
 
     def _ifname(self, ifindex: int) -> str:
         name = self._ifnames.get(ifindex)
@@ -529,6 +601,16 @@ class DhcpService:
 
     def _count(self, what: str) -> None:
         self.stats[what] = self.stats.get(what, 0) + 1
+
+
+def _bind_advice(exc: OSError, port: int, boot_service: bool) -> str:
+    key = "pxe_port" if boot_service else "port"
+    if exc.errno == errno.EADDRINUSE:
+        return (f"another pybootd or DHCP server (dnsmasq, isc-dhcp-server, kea) uses it: "
+                f"stop it, or set [bootp] {key}")
+    if exc.errno == errno.EACCES and port < 1024:
+        return f"ports below 1024 need root: start pybootd as root, or set [bootp] {key}"
+    return f"expected an address of this host in [bootp] address, and a free [bootp] {key}"
 
 
 def _requested(packet: DhcpPacket) -> IPv4Address | None:

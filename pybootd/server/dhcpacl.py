@@ -102,6 +102,29 @@ class AccessControl:
             return cached[0]
         return None
 
+    def reason(self, client: ClientInfo, verdict: Verdict) -> str:
+        """Why *client* got *verdict* other than ALLOW, for the operator's log line."""
+        if self.mode == "mac":
+            listed = self.config.mac.get(client.mac)
+            return (f"{client.mac} is disabled in [mac]" if listed is False
+                    else f"{client.mac} is not in [mac] (access = mac)")
+        if self.mode == "uuid":
+            uuid = self.uuid_of(client)
+            if uuid is None:
+                return "no UUID known for this client (access = uuid; option 97 not sent)"
+            listed = self.config.uuid.get(uuid)
+            return (f"UUID {uuid} is disabled in [uuid]" if listed is False
+                    else f"UUID {uuid} is not in [uuid] (access = uuid)")
+        if verdict is Verdict.DENY:
+            return "the HTTP access service answered 401/403 (access = http)"
+        return "no usable answer from the HTTP access service (access = http)"
+
+    def adopt(self, old: AccessControl) -> None:
+        """Keep what *old* learned (UUIDs of MACs) across a reload (SIGHUP)."""
+        self._uuid_of_mac.update(old._uuid_of_mac)
+        while len(self._uuid_of_mac) > _MEMORY_LIMIT:
+            del self._uuid_of_mac[next(iter(self._uuid_of_mac))]
+
     def url(self, client: ClientInfo) -> str:
         http = self.config.http
         assert http is not None

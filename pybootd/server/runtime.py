@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from pybootd.config import Config
 from pybootd.errors import SourceError
 
 T = TypeVar("T")
+log = logging.getLogger("pybootd")
 
 
 @dataclass
@@ -22,6 +24,15 @@ class Runtime:
     config: Config
     loop: asyncio.AbstractEventLoop
     executor: ThreadPoolExecutor
+    # Called by a service that cannot go on (a damaged lease file): the daemon
+    # logs it and stops with a non-zero status, so systemd restarts it.
+    on_fatal: Callable[[str], None] | None = None
+
+    def fatal(self, message: str) -> None:
+        """A service can no longer serve: stop the process (exit status 1)."""
+        log.error("%s: stopping (exit status 1)", message)
+        if self.on_fatal is not None:
+            self.on_fatal(message)
 
     async def blocking(self, timeout: float, func: Callable[..., T], *args: object) -> T:
         """Run blocking *func* (disk, HTTP) in the bounded pool, never on the loop.

@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 import struct
+from collections import Counter
+from dataclasses import dataclass
 from ipaddress import ip_address
 from pathlib import Path
 
 from pybootd.config import Config, TftpConfig
 from pybootd.errors import BadPacket, PybootdError, SourceError, TftpError
+from pybootd.loglimit import LogLimiter, OncePer, clip
 from pybootd.server import tftp_pump
 from pybootd.server.runtime import Runtime
 from pybootd.server.tftp_lockstep import ThreadedReadTransfer
-from pybootd.server.tftp_transfer import ReadTransfer, Transfer, WriteTransfer
+from pybootd.server.tftp_transfer import (
+    SOURCE_UNAVAILABLE,
+    ReadTransfer,
+    Transfer,
+    WriteTransfer,
+)
 from pybootd.sources import local
 from pybootd.sources.api import (
     Handler,
@@ -37,12 +46,20 @@ from pybootd.tftp.session import Outcome, ReadSession, WriteSession
 log = logging.getLogger("pybootd.tftp")
 
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; absent from Python's module
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux value (socket(7))
 _IN_PKTINFO = struct.Struct("=i4s4s")  # ifindex, spec_dst, addr (linux/in.h)
 _IN6_PKTINFO = struct.Struct("=16sI")  # addr, ifindex (RFC 3542 section 6.1)
 SOCKET_BUFFER = 4 * 1024 * 1024
 MODES = ("octet", "netascii")
 REPEAT_AFTER_ABORT = 1.0  # seconds: a request this close to its transfer's abort is new
 SHUTDOWN_ABORT_WAIT = 2.0  # seconds an upload's abort waits for a write running in the pool
+REFUSAL_BURST = 100  # refusal lines per code per LOG_WINDOW (see TftpService.refusals)
+SHUTTING_DOWN = "server shutting down"
+# The listener's receive buffer: a room of PCs switched on at once sends
+# hundreds of RRQs in a few milliseconds, more than the default 208 KiB
+# holds (500 at once: 200 were dropped by the kernel).
+LISTENER_BUFFER = 4 * 1024 * 1024
+Key = tuple[str, int, int, str]  # client address, port, opcode, file name: one request
 
 
 # A request taken for a repeat: when it came, and _on_datagram's arguments.
@@ -65,6 +82,44 @@ def _require_folder(config: Config, key: str, path: Path) -> None:
         return
     what = "is not a folder" if path.exists() else "does not exist"
     raise config.error("tftp", key, f"{path} {what} (expected an existing folder)")
+
+
+def boot_file_names(config: Config) -> frozenset[str]:
+    """The configured boot files, normalized like requests: a client that
+    cannot get one of these cannot boot, so that is worth a warning (a
+    missing pxelinux.cfg probe is not). URLs (HTTP boot) are not TFTP's."""
+    names = [*config.bootfiles.values(), *config.ipxe_bootfiles.values(),
+             config.ipxe_bootfile, config.bootp.boot_file if config.bootp else None]
+    found = set()
+    for name in names:
+        if name and "://" not in name:
+            with contextlib.suppress(TftpError):  # a name no request can match
+                found.add(normalize_request_path(name))
+    return frozenset(found)
+
+
+@dataclass
+class Totals:
+    """Transfers since start, for summary() (ServerStats is reset every
+    stats_interval)."""
+
+    ok: int = 0
+    failed: int = 0
+    aborted: int = 0
+    sent: int = 0
+    received: int = 0
+
+    def add(self, stats: TransferStats) -> None:
+        if stats.outcome.startswith("complete"):
+            self.ok += 1
+        elif stats.outcome == "aborted by client":
+            self.aborted += 1
+        else:
+            self.failed += 1
+        if stats.direction == "read":
+            self.sent += stats.bytes
+        else:
+            self.received += stats.bytes
 
 
 class TftpService:
@@ -93,18 +148,33 @@ class TftpService:
         self.server_stats = server_stats
         self.stats = ServerStats(config.daemon.stats_interval)
         self.listeners: list[socket.socket] = []
-        self.active: dict[tuple[str, int, int, str], Transfer | None] = {}
+        # Requests being served, oldest first (eviction takes the oldest);
+        # None while the file is being opened.
+        self.active: dict[Key, Transfer | None] = {}
+        self._per_address: Counter[str] = Counter()  # entries of active by client address
         self.threaded: ThreadedReadTransfer | None = None  # the one with a thread of its own
-        self._repeats: dict[tuple[str, int, int, str], _Repeat] = {}  # see _transfer_done
+        self._repeats: dict[Key, _Repeat] = {}  # see _transfer_done
+        # Requests whose file is being opened: their socket, client and name (see close).
+        self._opening: dict[Key, tuple[socket.socket, tuple[str, int], str]] = {}
+        self._closed = False
         self._stats_timer: asyncio.TimerHandle | None = None
         self.pump: tftp_pump.Pump | None = None  # lock-step reads' compiled path
+        self.limiter = LogLimiter(logger=log)  # lines a client can cause (loglimit)
+        # A refused request's line is all the operator sees of it, and a room
+        # of PCs booting pxelinux makes ~9 "not found" probes each: a larger
+        # budget than the other topics, still bounded (~20 KB per 10 s).
+        self.refusals = LogLimiter(burst=REFUSAL_BURST, logger=log)
+        self._missing = OncePer()  # (client address, boot file) warned about
+        self.boot_files = boot_file_names(config)
+        self.totals = Totals()
 
     # --- lifecycle ------------------------------------------------------------
     async def start(self) -> None:
         """Raises PybootdError (a missing root or upload_dir, a port taken)."""
         await self.runtime.blocking(DISK_TIMEOUT, check_folders, self.runtime.config)
+        self.upload_quota: local.UploadQuota | None = None
         if self.conf.allow_write and self.conf.upload_dir is not None:
-            await self._sweep_uploads(self.conf.upload_dir)
+            self.upload_quota = await self._sweep_uploads(self.conf.upload_dir)
         if self.http is not None:
             await self.runtime.blocking(DISK_TIMEOUT, self.http.load)
         for family, host in self._bind_targets():
@@ -119,12 +189,16 @@ class TftpService:
         log.info("TFTP serving %s on %s", root, where)
         self._schedule_stats()
 
-    async def _sweep_uploads(self, upload_dir: Path) -> None:
-        """Temporary files of uploads a previous run could not remove."""
-        removed = await self.runtime.blocking(DISK_TIMEOUT, local.sweep_stale_uploads,
-                                              upload_dir)
+    async def _sweep_uploads(self, upload_dir: Path) -> local.UploadQuota:
+        """Temporary files of uploads a previous run could not remove, and
+        what upload_dir holds, for upload_quota (one bounded walk)."""
+        removed, held = await self.runtime.blocking(DISK_TIMEOUT, local.scan_upload_dir,
+                                                    upload_dir)
         if removed:
             log.info("removed %d stale temporary upload file(s) in %s", removed, upload_dir)
+        log.info("%s holds %d bytes (upload_quota %d)", upload_dir, held,
+                 self.conf.upload_quota)
+        return local.UploadQuota(self.conf.upload_quota, held)
 
     def _bind_targets(self) -> list[tuple[int, str]]:
         if self.address:
@@ -139,6 +213,24 @@ class TftpService:
     def ports(self) -> list[int]:
         return [s.getsockname()[1] for s in self.listeners]
 
+    def reload(self, config: Config) -> None:
+        """SIGHUP: ``[filters]`` and the boot file names (for the missing
+        boot file warning) take effect for the next request; the rest of
+        ``[tftp]`` needs a restart (the daemon says so)."""
+        rules = [Rule(r.pattern, r.target, r.indirect, r.line) for r in config.filters]
+        self.resolver.filters = FilterSet(rules)
+        self.boot_files = boot_file_names(config)
+        log.info("TFTP: %d filter rule(s) and %d boot file name(s) reloaded", len(rules),
+                 len(self.boot_files))
+
+    def summary(self) -> str:
+        totals = self.totals
+        running = sum(1 for t in self.active.values() if t is not None)
+        finished = totals.ok + totals.failed + totals.aborted
+        return (f"{running} running, {finished} finished ({totals.ok} ok, "
+                f"{totals.failed} failed, {totals.aborted} aborted), {totals.sent} bytes sent, "
+                f"{totals.received} received")
+
     def stop_accepting(self) -> None:
         for sock in self.listeners:
             self.runtime.loop.remove_reader(sock.fileno())
@@ -152,13 +244,28 @@ class TftpService:
             await asyncio.wait(pending, timeout=timeout)
 
     def close(self) -> None:
+        """Every transfer still running gets ERROR 0 and a log line before
+        this returns: the daemon exits right after, so nothing may be left
+        for a later turn of the loop or for the lone transfer's thread."""
         self.stop_accepting()
+        self._closed = True
+        for sock, peer, filename in self._opening.values():
+            # Not started yet (a mirror can take http_timeout to answer): told now.
+            with contextlib.suppress(OSError):
+                sock.sendto(encode_error(ErrorCode.NOT_DEFINED, SHUTTING_DOWN), peer)
+            if self._may_log("TFTP requests not served: shutting down"):
+                log.warning("%s: %s not served: server shutting down", format_peer(peer),
+                            clip(filename))
         for transfer in list(self.active.values()):
             if isinstance(transfer, WriteTransfer):
                 # Now, not in the pool: the daemon drops queued pool work as it exits.
                 transfer.abort_now(SHUTDOWN_ABORT_WAIT)
+            elif isinstance(transfer, ThreadedReadTransfer):
+                transfer.stop_now(SHUTTING_DOWN, SHUTTING_DOWN)
             elif transfer is not None:
-                transfer.fail(Outcome.FAILED, "server shutting down", ErrorCode.NOT_DEFINED)
+                transfer.fail(Outcome.FAILED, SHUTTING_DOWN, ErrorCode.NOT_DEFINED)
+        self.limiter.flush()
+        self.refusals.flush()
         if self._stats_timer is not None:
             self._stats_timer.cancel()
         if self.http is not None:
@@ -188,7 +295,8 @@ class TftpService:
             request = parse_packet_untrusted(data)
         except BadPacket as exc:
             self.stats.increment("malformed_requests")
-            log.warning("%s: malformed request dropped: %s", label, exc)
+            if self._may_log("malformed requests dropped"):
+                log.warning("%s: malformed request dropped: %s", label, clip(str(exc)))
             return
         if not isinstance(request, Request):
             log.debug("%s: %s sent to the server port ignored", label, type(request).__name__)
@@ -199,33 +307,90 @@ class TftpService:
             # transfer already replies, a second one would confuse it. (A
             # different request from the same port is a new transfer: tftp-hpa
             # reuses its port for every command of a session.)
-            log.debug("%s: repeated request for %s ignored", label, request.filename)
+            log.debug("%s: repeated request for %s ignored", label, clip(request.filename))
             self._repeats[key] = (self.runtime.loop.time(), (listener, data, addr, local_addr))
             return
-        if len(self.active) >= self.conf.max_sessions:
-            self.stats.increment("refused_busy")
-            log.warning("%s: refused %s: %d sessions running", label, request.filename,
-                        len(self.active))
+        refusal = self._admit(peer, request)
+        if refusal is not None:
             with contextlib.suppress(OSError):
-                listener.sendto(encode_error(ErrorCode.NOT_DEFINED, "server busy"), addr)
+                listener.sendto(encode_error(ErrorCode.NOT_DEFINED, refusal), addr)
             return
         try:
             sock = _transfer_socket(listener.family, local_addr, addr)
         except OSError as exc:
-            log.error("%s: cannot open a transfer socket: %s", label, exc)
+            if self._may_log("transfer sockets not opened", logging.ERROR):
+                log.error("%s: cannot open a transfer socket: %s", label, exc)
             return
         self.active[key] = None
+        self._per_address[peer[0]] += 1
         if self.threaded is not None:
             self.threaded.hand_over()  # no longer alone: back to the loop (the GIL)
             self.threaded = None
         self.stats.increment("requests")
         self.runtime.loop.create_task(self._serve(request, peer, sock, key))
 
+    def _admit(self, peer: tuple[str, int], request: Request) -> str | None:
+        """Room for one more transfer? None, or the ERROR 0 text that says why not.
+
+        One address gets at most max_client_sessions, so that one host
+        cannot take every slot; when all are taken, the oldest transfer whose
+        client never answered makes room (see _evict_silent): RRQs that are
+        never ACKed (a flood, spoofed sources) cannot keep real clients out."""
+        label, name = format_peer(peer), clip(request.filename)
+        running = self._per_address[peer[0]]
+        if running >= self.conf.max_client_sessions:
+            self.stats.increment("refused_per_address")
+            if self._may_log("TFTP requests refused: too many from one address"):
+                log.warning("%s: refused %s: %d transfers from this address running "
+                            "(max_client_sessions)", label, name, running)
+            return "too many transfers from this address"
+        if len(self.active) < self.conf.max_sessions or self._evict_silent():
+            return None
+        self.stats.increment("refused_busy")
+        if self._may_log("TFTP requests refused: server busy"):
+            log.warning("%s: refused %s: %d sessions running", label, name, len(self.active))
+        return "server busy"
+
+    def _evict_silent(self) -> bool:
+        """End the oldest transfer whose client never answered (ERROR 0
+        "server busy"), to make room for a new request. False: every
+        transfer is established (or still opening its file)."""
+        stale = next(((key, t) for key, t in self.active.items()
+                      if t is not None and not t.finished and not t.established), None)
+        if stale is None:
+            return False
+        key, transfer = stale
+        self._drop(key)  # its slot is free now, even if its thread ends it a little later
+        self._repeats.pop(key, None)
+        self.stats.increment("evicted")
+        if self._may_log("TFTP transfers evicted: no answer, server full"):
+            log.warning("%s: %s %s evicted for a new request: the server is full and this "
+                        "client never answered", transfer.label, transfer.direction,
+                        clip(transfer.name))
+        transfer.fail(Outcome.FAILED, "evicted: no answer while the server was full",
+                      ErrorCode.NOT_DEFINED, "server busy")
+        return True
+
+    def _drop(self, key: Key, transfer: Transfer | None = None) -> None:
+        """Forget request *key* (only if it is still *transfer*'s, when given)."""
+        if key not in self.active or (transfer is not None and self.active[key] is not transfer):
+            return
+        del self.active[key]
+        self._per_address[key[0]] -= 1
+        if self._per_address[key[0]] <= 0:
+            del self._per_address[key[0]]
+
+    def _may_log(self, topic: str, level: int = logging.WARNING) -> bool:
+        """A line a client can cause: at most LOG_BURST per topic per window."""
+        return log.isEnabledFor(level) and self.limiter.allow(topic, self.runtime.loop.time(),
+                                                              level)
+
     async def _serve(self, request: Request, peer: tuple[str, int], sock: socket.socket,
-                     key: tuple[str, int, int, str]) -> None:
+                     key: Key) -> None:
         label = format_peer(peer)
         asked = dict(request.options)
-        served = ""
+        served = name = ""
+        self._opening[key] = (sock, peer, request.filename)
         try:
             if request.mode not in MODES:
                 raise TftpError(ErrorCode.ILLEGAL_OPERATION,
@@ -236,34 +401,60 @@ class TftpService:
             else:
                 transfer = await self._start_read(request, name, peer, sock)
             served = transfer.served
+            if self._closed:  # close() came meanwhile, and told the client
+                transfer.discard()
+                return
             transfer.key = key
+            transfer.limiter = self.limiter
             self.active[key] = transfer
             self.stats.active_sessions = sum(1 for t in self.active.values() if t)
             transfer.start()  # type: ignore[attr-defined]
         except (TftpError, SourceError) as exc:
-            code, message = (exc.code, exc.message) if isinstance(exc, TftpError) else (
-                ErrorCode.NOT_DEFINED, str(exc))
-            self._refuse(sock, peer, request, code, message)
-            self.active.pop(key, None)
+            # A SourceError's text names a mirror URL or a path: the log's only.
+            code, message, detail = (exc.code, exc.message, exc.detail) if isinstance(
+                exc, TftpError) else (ErrorCode.NOT_DEFINED, SOURCE_UNAVAILABLE, str(exc))
+            self._refuse(sock, peer, request, code, message, detail, name)
+            self._drop(key)
             self._repeats.pop(key, None)
             self._report(TransferStats(peer, request.filename, served,
                                        "write" if request.is_write else "read", request.mode,
-                                       asked, {}, 0, 0, 0, 0.0, "refused", message))
+                                       asked, {}, 0, 0, 0, 0.0, "refused", detail))
         except Exception:
-            log.exception("%s: internal error serving %s", label, request.filename)
+            log.exception("%s: internal error serving %s", label, clip(request.filename))
             self._refuse(sock, peer, request, ErrorCode.NOT_DEFINED, "internal error")
-            self.active.pop(key, None)
+            self._drop(key)
             self._repeats.pop(key, None)
+        finally:
+            self._opening.pop(key, None)
 
     def _refuse(self, sock: socket.socket, peer: tuple[str, int], request: Request, code: int,
-                message: str) -> None:
+                message: str, detail: str | None = None, name: str = "") -> None:
+        """Send ERROR *code* *message*; log *detail* (rate-limited, per code)."""
         level = logging.INFO if code == ErrorCode.FILE_NOT_FOUND else logging.WARNING
-        log.log(level, "%s: %s %s refused: ERROR %d %s", format_peer(peer),
-                request.opcode.name, request.filename, code, message)
+        if not self._missing_boot_file(peer, name, code) and log.isEnabledFor(level) and \
+                self.refusals.allow(f"TFTP requests refused with ERROR {code}",
+                                    self.runtime.loop.time(), level):
+            log.log(level, "%s: %s %s refused: ERROR %d %s", format_peer(peer),
+                    request.opcode.name, clip(request.filename), code,
+                    clip(message if detail is None else detail))
         self.stats.increment(f"error_{code}")
         with contextlib.suppress(OSError):
             sock.sendto(encode_error(code, message), peer)
         sock.close()
+
+    def _missing_boot_file(self, peer: tuple[str, int], name: str, code: int) -> bool:
+        """A configured boot file that is not there: that client cannot boot.
+        A warning (True: logged) instead of the INFO line, once per client and
+        file per OncePer window; pxelinux's probes of other names stay INFO."""
+        if code != ErrorCode.FILE_NOT_FOUND or name not in self.boot_files:
+            return False
+        if not self._missing.first((peer[0], name), self.runtime.loop.time()):
+            return False
+        if self._may_log("missing boot files"):
+            log.warning("%s: boot file %s not found: it is configured as a boot file, so "
+                        "this client cannot boot (is it in the root, or does a filter "
+                        "map it?)", format_peer(peer), clip(name))
+        return True
 
     async def _start_read(self, request: Request, name: str, peer: tuple[str, int],
                           sock: socket.socket) -> ReadTransfer:
@@ -277,9 +468,9 @@ class TftpService:
             source.close()
             raise
         session = ReadSession(negotiated, self.conf.retries)
-        log.info("%s: RRQ %s%s %s%s", format_peer(peer), request.filename,
-                 f" -> {opened.served}" if opened.served != name else "", request.mode,
-                 "".join(f" {k}={v}" for k, v in negotiated.oack))
+        log.info("%s: RRQ %s%s %s%s", format_peer(peer), clip(request.filename),
+                 f" -> {clip(opened.served)}" if opened.served != name else "", request.mode,
+                 "".join(f" {k}={clip(v)}" for k, v in negotiated.oack))
         kw = {"name": request.filename, "served": opened.served, "mode": request.mode,
               "asked": dict(request.options), "granted": dict(negotiated.oack),
               "on_done": self._transfer_done}
@@ -306,30 +497,29 @@ class TftpService:
         if not self.conf.allow_write or self.conf.upload_dir is None:
             raise TftpError(ErrorCode.ACCESS_VIOLATION, "uploads are not allowed")
         negotiated = negotiate(request.options, self.limits, size=None, is_write=True)
+        # upload_quota (RFC 1350 ERROR 3 when full); never one of the daemon's own files.
         upload = await self.runtime.blocking(DISK_TIMEOUT, local.Upload, self.conf.upload_dir,
-                                             name, self.conf.overwrite)
+                                             name, self.conf.overwrite, self.upload_quota,
+                                             negotiated.tsize, self.resolver.protected)
         session = WriteSession(negotiated, self.conf.retries)
-        log.info("%s: WRQ %s %s%s", format_peer(peer), request.filename, request.mode,
-                 "".join(f" {k}={v}" for k, v in negotiated.oack))
+        log.info("%s: WRQ %s %s%s", format_peer(peer), clip(request.filename), request.mode,
+                 "".join(f" {k}={clip(v)}" for k, v in negotiated.oack))
         return WriteTransfer(self.runtime, sock, peer, session, upload,
                              self.conf.max_upload_size, name=request.filename, served=name,
                              mode=request.mode, asked=dict(request.options),
                              granted=dict(negotiated.oack), on_done=self._transfer_done)
 
     def _transfer_done(self, transfer: Transfer, stats: TransferStats) -> None:
-        self.active.pop(transfer.key, None)
-        repeat = self._repeats.pop(transfer.key, None)
+        mine = self.active.get(transfer.key) is transfer  # not if evicted (_evict_silent)
+        self._drop(transfer.key, transfer)
+        repeat = self._repeats.pop(transfer.key, None) if mine else None
         if transfer is self.threaded:
             self.threaded = None
         self.stats.active_sessions = sum(1 for t in self.active.values() if t)
+        self.totals.add(stats)
         succeeded = stats.outcome.startswith("complete")
         aborted = stats.outcome == "aborted by client"
-        rate = stats.bytes / stats.duration / 1e6 if stats.duration > 0 else 0.0
-        log.log(logging.WARNING if not (succeeded or aborted) else logging.INFO,
-                "%s: %s %s %s: %d bytes in %.3fs (%.1f MB/s), %d packets, %d retransmits%s",
-                format_peer(transfer.peer), stats.direction, stats.filename, stats.outcome,
-                stats.bytes, stats.duration, rate, stats.packets, stats.retransmits,
-                f" ({stats.error})" if stats.error else "")
+        self._log_end(transfer, stats, succeeded or aborted)
         self.stats.increment("transfers_" + ("ok" if succeeded else
                                              "aborted" if aborted else "failed"))
         self.stats.increment("bytes_sent" if stats.direction == "read" else "bytes_received",
@@ -343,6 +533,22 @@ class TftpService:
             # loop before the ERROR has ended the probe (the lone lock-step
             # thread sees the ERROR, the loop the request). Not a repeat, then.
             self._on_datagram(*repeat[1])
+
+    def _log_end(self, transfer: Transfer, stats: TransferStats, ok: bool) -> None:
+        """One line per transfer; rate-limited only for a client that never
+        answered (a flood of RRQs must not make as many lines). A client
+        that ends its transfer with an ERROR did answer (UEFI's tsize probe)."""
+        level = logging.INFO if ok else logging.WARNING
+        silent = not transfer.established and stats.outcome != Outcome.ABORTED.value
+        if silent and not self._may_log("TFTP transfers ended before the client answered",
+                                        level):
+            return
+        rate = stats.bytes / stats.duration / 1e6 if stats.duration > 0 else 0.0
+        log.log(level, "%s: %s %s %s: %d bytes in %.3fs (%.1f MB/s), %d packets, "
+                "%d retransmits%s", format_peer(transfer.peer), stats.direction,
+                clip(stats.filename), stats.outcome, stats.bytes, stats.duration, rate,
+                stats.packets, stats.retransmits,
+                f" ({clip(stats.error)})" if stats.error else "")
 
     def _report(self, stats: TransferStats) -> None:
         if self.session_stats is None:
@@ -379,9 +585,13 @@ def _ipv6_usable() -> bool:
 
 
 def _listener(family: int, host: str, port: int) -> socket.socket:
+    """The server port, bound without SO_REUSEADDR or SO_REUSEPORT: a second
+    server on the same port (another pybootd, tftpd-hpa) must fail to start
+    rather than share the requests, as dnsmasq does. (The IPv6 socket is
+    V6ONLY, so it never conflicts with the IPv4 one on the same port.)"""
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        _large_receive_buffer(sock)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
@@ -391,9 +601,22 @@ def _listener(family: int, host: str, port: int) -> socket.socket:
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
-        raise PybootdError(f"cannot listen on {format_peer((host, port))} for TFTP: "
-                           f"{exc.strerror}") from None
+        where = format_peer((host, port))
+        if exc.errno == errno.EADDRINUSE:
+            raise PybootdError(f"cannot listen on {where} for TFTP: {exc.strerror} (another "
+                               "TFTP server, or another pybootd, runs on this port)") from None
+        raise PybootdError(f"cannot listen on {where} for TFTP: {exc.strerror}") from None
     return sock
+
+
+def _large_receive_buffer(sock: socket.socket) -> None:
+    """LISTENER_BUFFER, beyond net.core.rmem_max when we may (root: SO_RCVBUFFORCE)."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, LISTENER_BUFFER)
+    # Linux reports twice what was set (socket(7)); less means rmem_max capped it.
+    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < LISTENER_BUFFER:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, LISTENER_BUFFER)
 
 
 def _local_address(ancdata: list[tuple[int, int, bytes]]) -> tuple[str, int] | None:

@@ -42,8 +42,15 @@ import threading
 import time
 from collections.abc import Callable
 
-from pybootd.errors import PybootdError, TftpError
-from pybootd.server.tftp_transfer import _ACK, _DATA, ReadTransfer
+from pybootd.errors import PybootdError, SourceError, TftpError
+from pybootd.loglimit import LogLimiter, clip
+from pybootd.server.tftp_transfer import (
+    _ACK,
+    _DATA,
+    INTERNAL_ERROR,
+    SOURCE_UNAVAILABLE,
+    ReadTransfer,
+)
 from pybootd.tftp.packets import HEADER, Ack, Error, ErrorCode, encode_error, encode_oack
 from pybootd.tftp.session import WAIT, Action, Finish, Outcome, SendOack, SendWindow, Wait
 
@@ -54,7 +61,11 @@ RECEIVE_BUFFER = 2048  # a client sends ACKs and ERRORs; longer datagrams are cu
 _TIMEVAL = struct.Struct("@ll")  # struct timeval for SO_RCVTIMEO
 SPIN_MISSES = 4  # polls in a row that saw nothing before the thread only sleeps
 SPIN_PROBE = 1024  # waits after which it polls again
-Ending = tuple[Outcome, str, int | None]  # outcome, detail, ERROR code to send
+# How long close() waits for the thread to stop: a wait in recvfrom ends
+# within STOP_POLL, a source read within its own bound (mostly much less).
+STOP_JOIN = 4 * STOP_POLL
+# outcome, detail (logged), ERROR code to send, message to send (None: the detail)
+Ending = tuple[Outcome, str, int | None, str | None]
 
 
 class _Resume:
@@ -75,6 +86,8 @@ class ThreadedReadTransfer(ReadTransfer):
         self._misses = 0 if busy_poll > 0 else SPIN_MISSES
         self._waits = 0
         self._stop: Ending | None = None
+        self._result: Ending | None = None  # how the thread ended, once it has
+        self._thread_limiter = LogLimiter(logger=log)  # the service's is the loop's only
         self._handover = False  # asked by the loop: another transfer started
         self._on_loop = False  # handed over: an ordinary ReadTransfer now
         self._rcvtimeo = -1.0
@@ -86,12 +99,39 @@ class ThreadedReadTransfer(ReadTransfer):
         self.sock.setblocking(True)
         self._thread.start()
 
-    def fail(self, outcome: Outcome, detail: str, code: int | None = None) -> None:
-        """From the loop (shutdown): the thread ends the transfer within STOP_POLL."""
+    def fail(self, outcome: Outcome, detail: str, code: int | None = None,
+             message: str | None = None) -> None:
+        """From the loop: the thread ends the transfer within STOP_POLL."""
         if self._on_loop:
-            super().fail(outcome, detail, code)
+            super().fail(outcome, detail, code, message)
         elif not self.finished and self._stop is None:
-            self._stop = (outcome, detail, code)
+            self._stop = (outcome, detail, code, message)
+
+    def stop_now(self, detail: str, message: str, wait: float = STOP_JOIN) -> None:
+        """At close, from the loop: end the transfer before returning, the
+        client told (ERROR 0 *message*) and the end logged. The daemon exits
+        right after close(), so what the thread would do later never happens:
+        it is waited for (up to *wait* seconds), and what it left undone is
+        done here."""
+        if self.finished:
+            return
+        if self._on_loop:
+            super().fail(Outcome.FAILED, detail, ErrorCode.NOT_DEFINED, message)
+            return
+        self.fail(Outcome.FAILED, detail, ErrorCode.NOT_DEFINED, message)
+        self._thread.join(wait)
+        result = self._result
+        if self._thread.is_alive() or result is None:
+            # Stuck in a read, or stopped for a hand-over the loop has not
+            # run yet: nothing was sent, so say it from here.
+            super().fail(Outcome.FAILED, detail, ErrorCode.NOT_DEFINED, message)
+            return
+        self._ended(result[0], result[1])  # the thread sent its ERROR, if any
+
+    def log_limiter(self) -> LogLimiter:
+        """Lines caused from the thread (a foreign TID) are bounded by a
+        limiter of its own: the service's is not thread-safe."""
+        return self.limiter if self._on_loop else self._thread_limiter
 
     def hand_over(self) -> None:
         """From the loop: go on as an ordinary transfer (within STOP_POLL)."""
@@ -100,6 +140,7 @@ class ThreadedReadTransfer(ReadTransfer):
     def _resume(self, action: Action | None) -> None:
         """On the loop, once the thread has stopped touching the transfer."""
         self._on_loop = True
+        self._thread_limiter.flush()
         if self._stop is not None:
             super().fail(*self._stop)
             return
@@ -113,6 +154,7 @@ class ThreadedReadTransfer(ReadTransfer):
 
     def _ended(self, outcome: Outcome, detail: str) -> None:
         """On the loop, once the thread is done with the socket."""
+        self._thread_limiter.flush()
         super().finish(outcome, detail)
 
     # --- the thread -------------------------------------------------------------
@@ -120,16 +162,18 @@ class ThreadedReadTransfer(ReadTransfer):
         try:
             result = self._serve()
         except Exception as exc:  # a plugin's or our bug ends this transfer only
-            log.exception("%s: serving %s failed", self.label, self.served)
-            result = Outcome.FAILED, f"internal error: {exc}", 0
+            log.exception("%s: serving %s failed", self.label, clip(self.served))
+            result = Outcome.FAILED, f"internal error: {exc}", 0, INTERNAL_ERROR
         if isinstance(result, _Resume):
             with contextlib.suppress(RuntimeError):  # the loop is gone at exit
                 self.loop.call_soon_threadsafe(self._resume, result.action)
             return
-        outcome, detail, code = result
+        outcome, detail, code, message = result
         if code is not None:
             with contextlib.suppress(OSError):
-                self.sock.sendto(encode_error(code, detail), self.peer)
+                self.sock.sendto(encode_error(code, detail if message is None else message),
+                                 self.peer)
+        self._result = result  # before the thread ends: stop_now() reads it after join()
         with contextlib.suppress(RuntimeError):  # the loop is gone at exit
             self.loop.call_soon_threadsafe(self._ended, outcome, detail)
 
@@ -142,16 +186,19 @@ class ThreadedReadTransfer(ReadTransfer):
             if self._handover:
                 return _Resume(action)
             if isinstance(action, Finish):
-                return action.outcome, action.detail, None
+                return action.outcome, action.detail, None, None
             try:
                 if isinstance(action, SendWindow):
                     self._send_window_blocking(action.first, action.first + action.count)
                 elif isinstance(action, SendOack):
                     self.sock.sendto(encode_oack(action.options), self.peer)
             except TftpError as exc:
-                return Outcome.FAILED, exc.message, exc.code
-            except (PybootdError, OSError) as exc:
-                return Outcome.FAILED, str(exc), ErrorCode.NOT_DEFINED
+                return Outcome.FAILED, exc.detail, exc.code, exc.message
+            except PybootdError as exc:  # the source's reason (a path, a URL) is ours
+                return Outcome.FAILED, str(exc), ErrorCode.NOT_DEFINED, SOURCE_UNAVAILABLE
+            except OSError as exc:
+                return (Outcome.FAILED, f"send failed: {exc.strerror}", ErrorCode.NOT_DEFINED,
+                        None)
             action = self._next_action()
 
     def _send_window_blocking(self, block: int, end: int) -> None:
@@ -160,7 +207,7 @@ class ThreadedReadTransfer(ReadTransfer):
         while block < end:
             payload = store.block(block)
             while payload is None:
-                self.feed(self._read_blocking(self.chunk))
+                self.feed(self._read_source())
                 payload = store.block(block)
             sock.sendmsg((HEADER.pack(_DATA, block & 0xFFFF), payload), (), 0, peer)
             self.packets += 1
@@ -170,6 +217,13 @@ class ThreadedReadTransfer(ReadTransfer):
             block += 1
         session.window_sent(end - 1, False, time.monotonic())
         store.release_before(session.acked + 1)
+
+    def _read_source(self) -> bytes:
+        """The next chunk; an OSError of the source is a SourceError (not a send's)."""
+        try:
+            return self._read_blocking(self.chunk)
+        except OSError as exc:
+            raise SourceError(f"reading {self.served}: {exc}") from None
 
     def _next_action(self) -> Action | None:
         """Wait for the client's answer or the session's deadline (None: a

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pybootd.errors import BadPacket, PybootdError, SourceError, TftpError
+from pybootd.loglimit import LogLimiter, clip
 from pybootd.sources.api import TransferStats
 from pybootd.sources.chunks import DISK_TIMEOUT, ChunkSource
 from pybootd.tftp.blocks import BlockStore
@@ -69,6 +70,10 @@ GSO_MAX_BYTES = 65000  # below 65535 less the IPv6 and UDP headers
 _NO_GSO = {errno.EINVAL, errno.EIO, errno.EMSGSIZE, errno.ENOPROTOOPT, errno.EOPNOTSUPP}
 _DATA = int(Opcode.DATA)
 _ACK = int(Opcode.ACK)
+# What a client is told when the bytes cannot be read: the reason (a mirror
+# URL, a path, an OS error) is for the log only.
+SOURCE_UNAVAILABLE = "source unavailable"
+INTERNAL_ERROR = "internal error"
 
 
 def chunk_size(blksize: int, windowsize: int) -> int:
@@ -123,6 +128,15 @@ class Transfer:
         self.done: asyncio.Future[None] = self.loop.create_future()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
+        # Lines a client can cause (a foreign TID) go through the service's
+        # limiter, shared by every transfer; the service sets it at start.
+        self.limiter = LogLimiter(logger=log)
+
+    @property
+    def established(self) -> bool:
+        """Has the client answered once? Until then the service may evict
+        the transfer for a new one (pybootd.tftp.session.FIRST_ANSWER_WAIT)."""
+        raise NotImplementedError
 
     # --- timer: one handle, re-armed lazily ----------------------------------
     def arm(self, deadline: float | None) -> None:
@@ -181,13 +195,20 @@ class Transfer:
 
     def foreign(self, addr: tuple[str, int]) -> None:
         """A packet from another TID: tell it off, carry on (RFC 1350 section 4)."""
-        log.info("%s: packet from foreign TID %s answered with ERROR 5", self.label, _label(addr))
+        if self.log_limiter().allow("packet from a foreign TID", time.monotonic(), logging.INFO):
+            log.info("%s: packet from foreign TID %s answered with ERROR 5", self.label,
+                     _label(addr))
         self.send(encode_error(ErrorCode.UNKNOWN_TID, "Unknown transfer ID"), addr)
 
-    def fail(self, outcome: Outcome, detail: str, code: int | None = None) -> None:
-        """End the transfer; send ERROR *code* first if given."""
+    def log_limiter(self) -> LogLimiter:
+        return self.limiter
+
+    def fail(self, outcome: Outcome, detail: str, code: int | None = None,
+             message: str | None = None) -> None:
+        """End the transfer; send ERROR *code* first if given, with *message*
+        (default: *detail*, which only the log gets otherwise)."""
         if code is not None and not self.finished:
-            self.send(encode_error(code, detail))
+            self.send(encode_error(code, detail if message is None else message))
         self.finish(outcome, detail)
 
     def finish(self, outcome: Outcome, detail: str = "") -> None:
@@ -215,6 +236,12 @@ class Transfer:
 
     def release(self) -> None:
         raise NotImplementedError
+
+    def discard(self) -> None:
+        """Never started (the service closed while it was being set up):
+        close what it holds, silently."""
+        self.sock.close()
+        self.release()
 
     def byte_count(self) -> int:
         raise NotImplementedError
@@ -278,17 +305,26 @@ class ReadTransfer(Transfer):
 
     def _sync(self) -> None:
         """Take the state back from the pump and catch the session up."""
+        if self._take_pumped():
+            self.store.release_before(self.session.acked + 1)
+            self._fill()
+
+    def _take_pumped(self) -> bool:
+        """Disarm the pump and count what it sent into the session (True: some)."""
         if self.pump is None or not self._attached or self.finished:
-            return
+            return False
         sent, sent_at, packets = self.pump.take(self.sock.fileno())
         if not packets:
-            return
+            return False
         self.packets += packets
         store = self.store
         eof = store.last_block is not None and sent >= store.last_block
         self.session.fast_forward(sent, sent_at, eof)
-        store.release_before(self.session.acked + 1)
-        self._fill()
+        return True
+
+    def finish(self, outcome: Outcome, detail: str = "") -> None:
+        self._take_pumped()  # the blocks the pump sent count in the stats (an abort, close)
+        super().finish(outcome, detail)
 
     def _rearm(self) -> None:
         """Let the pump answer the ACK of the block last sent, and the next
@@ -425,14 +461,15 @@ class ReadTransfer(Transfer):
         try:
             chunk = await self.source.read(self.chunk)
         except TftpError as exc:
-            self.fail(Outcome.FAILED, exc.message, exc.code)
+            self.fail(Outcome.FAILED, exc.detail, exc.code, exc.message)
             return
-        except (PybootdError, OSError) as exc:
-            self.fail(Outcome.FAILED, str(exc), ErrorCode.NOT_DEFINED)
+        except (PybootdError, OSError) as exc:  # a mirror or disk failing: its reason is ours
+            self.fail(Outcome.FAILED, str(exc), ErrorCode.NOT_DEFINED, SOURCE_UNAVAILABLE)
             return
         except Exception as exc:  # a plugin's bug must end this transfer only
-            log.exception("%s: reading %s failed", self.label, self.served)
-            self.fail(Outcome.FAILED, f"internal error: {exc}", ErrorCode.NOT_DEFINED)
+            log.exception("%s: reading %s failed", self.label, clip(self.served))
+            self.fail(Outcome.FAILED, f"internal error: {exc}", ErrorCode.NOT_DEFINED,
+                      INTERNAL_ERROR)
             return
         finally:
             self._reading = False
@@ -457,6 +494,15 @@ class ReadTransfer(Transfer):
         self._sync()
         self._act(self.session.on_timer(self.loop.time()))
         self._rearm()
+
+    @property
+    def established(self) -> bool:
+        if (not self.session.established and self.pump is not None and self._attached
+                and not self.finished):
+            # The pump may have answered the first ACKs in C: ask it.
+            self._sync()
+            self._rearm()
+        return self.session.established
 
     def release(self) -> None:
         self.source.close()
@@ -564,9 +610,9 @@ class WriteTransfer(Transfer):
                 # Only now may the last block be ACKed (RFC 1350 section 6).
                 self._act(self.session.committed(self.loop.time()), b"")
         except TftpError as exc:
-            self.fail(Outcome.FAILED, exc.message, exc.code)
-        except (SourceError, OSError) as exc:
-            self.fail(Outcome.FAILED, str(exc), ErrorCode.NOT_DEFINED)
+            self.fail(Outcome.FAILED, exc.detail, exc.code, exc.message)
+        except (SourceError, OSError) as exc:  # the reason (a path, an OS error) is ours
+            self.fail(Outcome.FAILED, str(exc), ErrorCode.NOT_DEFINED, "cannot store the file")
 
     def on_timer(self) -> None:
         self._act(self.session.on_timer(self.loop.time()), b"")
@@ -593,6 +639,17 @@ class WriteTransfer(Transfer):
         self.fail(Outcome.FAILED, "server shutting down", ErrorCode.NOT_DEFINED)
         try:
             self.upload.abort(wait)
+        except OSError as exc:
+            log.warning("%s: removing %s failed: %s", self.label, self.upload.temp, exc)
+
+    @property
+    def established(self) -> bool:
+        return self.session.established
+
+    def discard(self) -> None:
+        super().discard()
+        try:
+            self.upload.abort(0)
         except OSError as exc:
             log.warning("%s: removing %s failed: %s", self.label, self.upload.temp, exc)
 

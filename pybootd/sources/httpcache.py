@@ -6,6 +6,16 @@
 * A complete file is served from disk; after ``FRESH_SECONDS`` it is
   revalidated with ``If-None-Match``/``If-Modified-Since`` (a 304 costs no
   download).
+* Stale-if-error (RFC 5861 section 4): when that revalidation fails (no
+  connection, a timeout, a 5xx answer), the complete copy is served, with
+  a warning once per file per ``ONCE_WINDOW``, as long as it was last
+  validated less than ``[tftp] stale_max`` seconds ago; a 404 still means
+  the file is gone.
+* A complete file that no transfer reads holds no descriptor: each reader
+  opens its own, so a big cache costs nothing of the process's limit
+  (systemd's default is 1024, and a session already holds a socket).
+* What a client is told never holds a mirror URL or a cache path: those go
+  to the log (``TftpError.detail``).
 * The cache is bounded by ``cache_size``: least recently used files that no
   transfer reads are removed first. ``cache_size = 0`` keeps nothing.
 * The file is asked for as it is stored (``Accept-Encoding: identity``); a
@@ -36,7 +46,8 @@ from typing import Any
 import requests
 from urllib3.response import HTTPResponse
 
-from pybootd.errors import SourceError, TftpError
+from pybootd.errors import TftpError
+from pybootd.loglimit import OncePer
 from pybootd.server.runtime import Runtime
 from pybootd.sources.api import FileResponse
 from pybootd.sources.chunks import DISK_TIMEOUT, PooledSource
@@ -50,6 +61,12 @@ DOWNLOAD_CHUNK = 64 * 1024
 MAX_REQUESTS = 8  # threads waiting for a mirror's answer (headers)
 MAX_DOWNLOADS = 32  # files downloading at once, one thread each
 _versions = itertools.count()
+_NEVER = float("-inf")  # a monotonic time longer ago than any
+
+
+class MirrorFailure(TftpError):
+    """The mirror could not answer (no connection, a timeout, HTTP 5xx): a
+    cached copy may be served instead (stale-if-error, RFC 5861 section 4)."""
 
 
 class Entry:
@@ -64,7 +81,10 @@ class Entry:
         self.error: str | None = None
         self.etag: str | None = None
         self.last_modified: str | None = None
-        self.validated_at = 0.0
+        self.validated_at = _NEVER  # monotonic: the mirror last confirmed this copy
+        self.validated_wall = 0.0  # the same, wall clock (kept in the .json across restarts)
+        self.checked_at = _NEVER  # monotonic: the mirror was last asked (or failed)
+        self.serving_stale = False  # the last revalidation failed
         self.last_used = 0.0
         self.refs = 0
         self.fd = -1
@@ -84,15 +104,29 @@ class Entry:
         while self.available <= offset and not self.complete and self.error is None:
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise SourceError(f"mirror sent nothing for {timeout:g}s: {self.url}")
+                raise TftpError(ErrorCode.NOT_DEFINED, f"mirror sent nothing for {timeout:g}s",
+                                f"mirror sent nothing for {timeout:g}s: {self.url}")
             waiter = loop.create_future()
             self._waiters.append(waiter)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(waiter, remaining)
 
+    def needs_check(self, now: float, stale_max: float) -> bool:
+        """Ask the mirror again before serving? After FRESH_SECONDS, and at
+        once when a stale copy served through an outage passed stale_max."""
+        if now - self.checked_at >= FRESH_SECONDS:
+            return True
+        return self.serving_stale and now - self.validated_at >= stale_max
+
+    def validated(self) -> None:
+        self.validated_at = self.checked_at = time.monotonic()
+        self.validated_wall = time.time()
+        self.serving_stale = False
+
     def meta(self) -> dict[str, Any]:
         return {"url": self.url, "file": self.data_path.name, "size": self.size,
-                "etag": self.etag, "last_modified": self.last_modified}
+                "etag": self.etag, "last_modified": self.last_modified,
+                "validated": self.validated_wall}
 
 
 class CachedSource:
@@ -110,7 +144,8 @@ class CachedSource:
         count = min(n, entry.available - self._offset)
         if count <= 0:
             if entry.error is not None:
-                raise SourceError(f"download from the mirror failed: {entry.error}")
+                raise TftpError(ErrorCode.NOT_DEFINED, "download from the mirror failed",
+                                f"download from the mirror failed: {entry.url}: {entry.error}")
             return b""
         data: bytes = await self._cache.runtime.blocking(
             DISK_TIMEOUT, os.pread, entry.fd, count, self._offset
@@ -136,7 +171,7 @@ class _CachedFile(FileResponse):
 
 class HttpCache:
     def __init__(self, runtime: Runtime, base_url: str, cache_dir: Path, max_bytes: int,
-                 timeout: float) -> None:
+                 timeout: float, stale_max: float | None = None) -> None:
         self.runtime = runtime
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         self.cache_dir = cache_dir
@@ -148,6 +183,8 @@ class HttpCache:
         self._downloads = ThreadPoolExecutor(MAX_DOWNLOADS, thread_name_prefix="pybootd-dl")
         self._running = 0  # downloads submitted and not yet done
         self.downloads = 0  # complete upstream downloads (for tests and stats)
+        self.stale_max = runtime.config.tftp.stale_max if stale_max is None else stale_max
+        self._stale_warned = OncePer()  # a stale copy served: one warning per URL per window
 
     # --- start and stop ---------------------------------------------------
     def load(self) -> None:
@@ -165,6 +202,7 @@ class HttpCache:
             entry = Entry(meta["url"], data_path, meta["size"])
             entry.available, entry.complete = meta["size"], True
             entry.etag, entry.last_modified = meta.get("etag"), meta.get("last_modified")
+            _adopt_validation(entry, meta.get("validated"))
             self.entries[entry.url] = entry
         for stray in self.cache_dir.glob("*.part"):
             self._remove_files(stray)
@@ -183,29 +221,48 @@ class HttpCache:
         raw = relative.encode("utf-8", "surrogateescape")
         return self.base_url + urllib.parse.quote(raw, safe="/~-._")
 
-    async def open(self, relative: str) -> CachedSource | PooledSource:
-        """Start (or join) the download of *relative*. Raises TftpError."""
+    async def open(self, relative: str, peer: str = "",
+                   shown: str | None = None) -> CachedSource | PooledSource:
+        """Start (or join) the download of *relative*. Raises TftpError,
+        whose message names only *shown* (what the client asked for)."""
+        ask = _Ask(shown or relative, peer)
         url = self.url_for(relative)
         entry = self.entries.get(url)
-        now = time.monotonic()
-        if entry is None or (entry.complete and now - entry.validated_at >= FRESH_SECONDS):
-            entry = await self._single_flight(url, entry)
-        if entry.complete and entry.fd >= 0 and entry.size is not None:
-            return self._attach_file(entry)
-        return self._attach(entry)
+        if entry is None or (entry.complete and entry.needs_check(time.monotonic(),
+                                                                  self.stale_max)):
+            entry = await self._single_flight(url, entry, ask)
+        # Held from here on: never evicted while its file is being opened.
+        entry.refs += 1
+        entry.last_used = time.monotonic()
+        if entry.complete and entry.size is not None:
+            try:
+                return await self._open_file(entry, ask)
+            except BaseException:
+                self.release(entry)
+                raise
+        return CachedSource(self, entry)
 
-    def _attach_file(self, entry: Entry) -> PooledSource:
-        """A complete file, served like a local one from its own descriptor.
+    async def _open_file(self, entry: Entry, ask: _Ask) -> PooledSource:
+        """A complete file, served like a local one from a descriptor of its own.
 
         Measured (scripts/bench_boot.py, BIOS from a warm cache): read through
         CachedSource, a pool round trip per chunk, the initrd took 8.7 s where
         dnsmasq took 7.4 s from disk, and the boot 1.07x as long. As a local
         file it gets the page-cached reads on the loop and, when alone, the
-        lock-step thread. The duplicate descriptor stays valid if the entry is
+        lock-step thread. The descriptor is opened for this reader and closed
+        with it, so an idle cache holds none; it stays valid if the entry is
         evicted meanwhile (the data is unlinked, not gone).
         """
-        entry.refs += 1
-        entry.last_used = time.monotonic()
+        try:
+            fd = await self.runtime.blocking(DISK_TIMEOUT, os.open, str(entry.data_path),
+                                             os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:  # removed behind our back: fetched again next time
+            if self.entries.get(entry.url) is entry:
+                del self.entries[entry.url]
+                self._retire(entry)
+            raise TftpError(ErrorCode.NOT_DEFINED, "cache error",
+                            f"{ask.peer}: cannot open the cached copy of {entry.url}: "
+                            f"{exc.strerror}") from None
         loop = self.runtime.loop
 
         def release() -> None:  # PooledSource closes in the pool: back to the loop
@@ -213,10 +270,10 @@ class HttpCache:
                 loop.call_soon_threadsafe(self.release, entry)
 
         assert entry.size is not None
-        data = _CachedFile(os.dup(entry.fd), entry.size, release)
+        data = _CachedFile(fd, entry.size, release)
         return PooledSource(self.runtime, data, entry.size)
 
-    async def _single_flight(self, url: str, stale: Entry | None) -> Entry:
+    async def _single_flight(self, url: str, stale: Entry | None, ask: _Ask) -> Entry:
         pending = self._opening.get(url)
         if pending is not None:
             return await asyncio.shield(pending)
@@ -224,43 +281,88 @@ class HttpCache:
         future.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._opening[url] = future
         try:
-            entry = await self._fetch(url, stale)
+            entry = await self._fetch(url, stale, ask)
             future.set_result(entry)
             return entry
         except BaseException as exc:
-            future.set_exception(exc if isinstance(exc, Exception) else SourceError("cancelled"))
+            future.set_exception(exc if isinstance(exc, Exception) else
+                                 TftpError(ErrorCode.NOT_DEFINED, "cancelled"))
             raise
         finally:
             del self._opening[url]
 
-    async def _fetch(self, url: str, stale: Entry | None) -> Entry:
+    async def _fetch(self, url: str, stale: Entry | None, ask: _Ask) -> Entry:
         headers = {}
         if stale is not None:
             if stale.etag:
                 headers["If-None-Match"] = stale.etag
             if stale.last_modified:
                 headers["If-Modified-Since"] = stale.last_modified
+        try:
+            response = await self._ask_mirror(url, headers)
+        except MirrorFailure as exc:
+            return self._serve_stale(stale, exc, ask)
+        if response.status_code == 304 and stale is not None:
+            response.close()
+            self._revalidated(stale, ask)
+            return stale
+        try:
+            return await self._start_download(url, response, stale, ask)
+        except MirrorFailure as exc:
+            response.close()
+            return self._serve_stale(stale, exc, ask)
+        except BaseException as exc:
+            response.close()
+            if isinstance(exc, TftpError) and exc.code == ErrorCode.FILE_NOT_FOUND \
+                    and stale is not None and self.entries.get(url) is stale:
+                del self.entries[url]  # gone from the mirror: gone from the cache
+                self._retire(stale)
+            raise
+
+    async def _ask_mirror(self, url: str, headers: dict[str, str]) -> requests.Response:
+        """The mirror's answer (headers). Raises MirrorFailure."""
         request = self._requests.submit(self._get, url, headers)
         try:
-            response = await asyncio.wait_for(asyncio.wrap_future(request), self.timeout + 1)
+            return await asyncio.wait_for(asyncio.wrap_future(request), self.timeout + 1)
         except BaseException as exc:
             # An answer that comes after we gave up must not keep its connection.
             request.add_done_callback(_close_late_answer)
             if isinstance(exc, TimeoutError):
-                raise TftpError(ErrorCode.NOT_DEFINED, f"mirror did not answer in "
-                                f"{self.timeout:g}s: {url}") from None
+                raise MirrorFailure(ErrorCode.NOT_DEFINED,
+                                    f"mirror did not answer in {self.timeout:g}s",
+                                    f"mirror did not answer in {self.timeout:g}s: {url}") \
+                    from None
             raise
-        if response.status_code == 304 and stale is not None:
-            response.close()
-            await self._reopen(stale)
-            stale.validated_at = time.monotonic()
-            log.debug("%s: not modified", url)
-            return stale
-        try:
-            return await self._start_download(url, response, stale)
-        except BaseException:
-            response.close()
-            raise
+
+    def _serve_stale(self, stale: Entry | None, exc: MirrorFailure, ask: _Ask) -> Entry:
+        """The complete cached copy when the mirror fails, within stale_max
+        of its last validation (RFC 5861 section 4); else the error."""
+        if stale is None or not stale.complete or self.entries.get(stale.url) is not stale:
+            raise exc
+        now = time.monotonic()
+        age = now - stale.validated_at
+        if age >= self.stale_max:
+            raise MirrorFailure(exc.code, exc.message,
+                                f"{exc.detail} (the cached copy, validated {age:.0f}s ago, "
+                                f"is past stale_max {self.stale_max:g}s)") from None
+        # Not asked again for FRESH_SECONDS: each request would wait for
+        # the outage's timeout.
+        stale.checked_at, stale.serving_stale = now, True
+        if self._stale_warned.first(stale.url, now):
+            log.warning("%s: %s: %s; serving the cached copy, validated %.0fs ago "
+                        "(stale_max %gs)", ask.peer, ask.shown, exc.detail, age, self.stale_max)
+        return stale
+
+    def _revalidated(self, entry: Entry, ask: _Ask) -> None:
+        """A 304: the copy is current; its .json keeps when (across restarts)."""
+        if entry.serving_stale:
+            log.info("%s: %s: the mirror answers again; the cached copy is current",
+                     ask.peer, ask.shown)
+        entry.validated()
+        log.debug("%s: not modified", entry.url)
+        meta_path, text = entry.data_path.with_suffix(".json"), json.dumps(entry.meta())
+        with contextlib.suppress(RuntimeError):  # the pool is shut down: we are exiting
+            self.runtime.executor.submit(_write_meta, meta_path, text)
 
     def _get(self, url: str, headers: dict[str, str]) -> requests.Response:
         try:
@@ -268,19 +370,14 @@ class HttpCache:
             return requests.get(url, headers=headers, stream=True,
                                 timeout=(self.timeout, self.timeout))
         except requests.RequestException as exc:
-            raise TftpError(ErrorCode.NOT_DEFINED, f"mirror unreachable: {_reason(exc)}") \
-                from None
-
-    async def _reopen(self, entry: Entry) -> None:
-        if entry.fd < 0:
-            entry.fd = await self.runtime.blocking(
-                DISK_TIMEOUT, os.open, str(entry.data_path), os.O_RDONLY | os.O_CLOEXEC)
+            raise MirrorFailure(ErrorCode.NOT_DEFINED, f"mirror unreachable: {_safe_reason(exc)}",
+                                f"mirror unreachable: {url}: {_reason(exc)}") from None
 
     async def _start_download(self, url: str, response: requests.Response,
-                              stale: Entry | None) -> Entry:
+                              stale: Entry | None, ask: _Ask) -> Entry:
         """Create the cache file and start the download thread. The caller
         closes *response* if this raises."""
-        _check_status(url, response.status_code)
+        _check_status(url, response.status_code, ask.shown)
         if self._running >= MAX_DOWNLOADS:
             raise TftpError(ErrorCode.NOT_DEFINED,
                             f"{MAX_DOWNLOADS} downloads from the mirror already running")
@@ -289,7 +386,7 @@ class HttpCache:
         entry = Entry(url, path, _file_size(url, response))
         entry.etag = response.headers.get("ETag")
         entry.last_modified = response.headers.get("Last-Modified")
-        entry.validated_at = time.monotonic()
+        entry.validated()
         temp = path.with_suffix(".part")
         write_fd, entry.fd = await self.runtime.blocking(DISK_TIMEOUT, _create_part, temp)
         if stale is not None:
@@ -311,7 +408,7 @@ class HttpCache:
                     entry.available += len(chunk)
                     loop.call_soon_threadsafe(entry.notify)
             if entry.size is not None and entry.available != entry.size:
-                raise SourceError(f"truncated: {entry.available} of {entry.size} bytes")
+                raise ValueError(f"truncated: {entry.available} of {entry.size} bytes")
             os.rename(temp, entry.data_path)
             entry.size = entry.available
             entry.data_path.with_suffix(".json").write_text(json.dumps(entry.meta()))
@@ -336,21 +433,20 @@ class HttpCache:
             return
         self.downloads += 1
         log.info("%s: downloaded %d bytes", entry.url, entry.available)
+        if entry.refs <= 0:
+            self._close_fd(entry)  # complete and idle: no descriptor (see _open_file)
         self._evict()
 
     # --- references and eviction -------------------------------------------------
-    def _attach(self, entry: Entry) -> CachedSource:
-        entry.refs += 1
-        entry.last_used = time.monotonic()
-        return CachedSource(self, entry)
-
     def release(self, entry: Entry) -> None:
         entry.refs -= 1
         entry.last_used = time.monotonic()
         if entry.refs <= 0 and entry.retired:
             self._drop(entry)
-        else:
-            self._evict()
+            return
+        if entry.refs <= 0 and entry.complete:
+            self._close_fd(entry)  # the download's descriptor, once nobody follows it
+        self._evict()
 
     def _retire(self, entry: Entry) -> None:
         """A newer version replaced *entry*: drop it when nobody reads it."""
@@ -393,14 +489,27 @@ class HttpCache:
                 path.unlink()
 
 
-def _check_status(url: str, status: int) -> None:
+class _Ask:
+    """Who asked, for messages: the name as the client knows it, its peer."""
+
+    def __init__(self, shown: str, peer: str) -> None:
+        self.shown = shown
+        self.peer = peer
+
+
+def _check_status(url: str, status: int, shown: str) -> None:
+    """What the client gets: the same as for a local file (ERROR 1 "file
+    not found: NAME" for a 404), never the URL (that goes to the log)."""
     if status == 200:
         return
+    detail = f"mirror answered HTTP {status} for {url}"
     if status in (404, 410):
-        raise TftpError(ErrorCode.FILE_NOT_FOUND, f"file not found on the mirror: {url}")
+        raise TftpError(ErrorCode.FILE_NOT_FOUND, f"file not found: {shown}", detail)
     if status in (401, 403):
-        raise TftpError(ErrorCode.ACCESS_VIOLATION, f"mirror refused access ({status})")
-    raise TftpError(ErrorCode.NOT_DEFINED, f"mirror answered HTTP {status} for {url}")
+        raise TftpError(ErrorCode.ACCESS_VIOLATION, f"mirror refused access ({status})", detail)
+    # RFC 5861 section 4: 500, 502, 503, 504 are the errors a stale copy may cover.
+    kind = MirrorFailure if status >= 500 else TftpError
+    raise kind(ErrorCode.NOT_DEFINED, f"mirror answered HTTP {status}", detail)
 
 
 def _file_size(url: str, response: requests.Response) -> int | None:
@@ -412,6 +521,7 @@ def _file_size(url: str, response: requests.Response) -> int | None:
     if codings and codings != ["identity"]:
         if not all(c in HTTPResponse.CONTENT_DECODERS for c in codings):
             raise TftpError(ErrorCode.NOT_DEFINED,
+                            "mirror sent a Content-Encoding that cannot be decoded",
                             f"mirror sent Content-Encoding {header!r}, which cannot be "
                             f"decoded: {url}")
         return None
@@ -424,15 +534,16 @@ def _create_part(temp: Path) -> tuple[int, int]:
     try:
         write_fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     except OSError as exc:
-        raise TftpError(ErrorCode.NOT_DEFINED, f"cannot create {temp}: {exc.strerror}") \
-            from None
+        raise TftpError(ErrorCode.NOT_DEFINED, "cache error",
+                        f"cannot create {temp}: {exc.strerror}") from None
     try:
         return write_fd, os.open(temp, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         os.close(write_fd)
         with contextlib.suppress(OSError):
             temp.unlink()
-        raise TftpError(ErrorCode.NOT_DEFINED, f"cannot open {temp}: {exc.strerror}") from None
+        raise TftpError(ErrorCode.NOT_DEFINED, "cache error",
+                        f"cannot open {temp}: {exc.strerror}") from None
 
 
 def _close_late_answer(request: Future[requests.Response]) -> None:
@@ -440,9 +551,31 @@ def _close_late_answer(request: Future[requests.Response]) -> None:
         request.result().close()
 
 
-def _reason(exc: BaseException) -> str:
+def _adopt_validation(entry: Entry, validated: object) -> None:
+    """A file a previous run left: validated when its .json says (wall
+    clock), so that stale_max holds across a restart; never, if unknown."""
+    if isinstance(validated, int | float) and validated > 0:
+        age = max(0.0, time.time() - validated)
+        entry.validated_at = time.monotonic() - age
+        entry.validated_wall = float(validated)
+
+
+def _write_meta(path: Path, text: str) -> None:
+    with contextlib.suppress(OSError):  # best effort: only the restart's stale_max needs it
+        path.write_text(text)
+
+
+def _safe_reason(exc: BaseException) -> str:
+    """_reason without what a client must not see (the URL in requests' texts)."""
     if isinstance(exc, requests.Timeout):
         return "timed out"
     if isinstance(exc, requests.ConnectionError):
         return "connection failed"
+    return "request failed"
+
+
+def _reason(exc: BaseException) -> str:
+    """For the log: requests' own text past the two common cases."""
+    if isinstance(exc, requests.Timeout | requests.ConnectionError):
+        return _safe_reason(exc)
     return str(exc) or type(exc).__name__

@@ -1,5 +1,33 @@
 """Option negotiation: RFC 2347 (framework), 2348 (blksize), 2349 (timeout,
-tsize) and 7440 (windowsize)."""
+tsize) and 7440 (windowsize).
+
+Be liberal in what is accepted: RFC 2347 section 2 lets a server omit from
+its OACK any option it does not grant, and the transfer then goes on with
+the defaults. So a value pybootd cannot use is ignored (not echoed), never
+refused, as tftpd-hpa and dnsmasq do; the one refusal is the one RFC 2349
+allows, an upload announced larger than the server takes. Per option:
+
+``blksize`` (RFC 2348)
+    8..65464 is granted, clamped to ``[tftp] blocksize``; larger is clamped
+    too (section 2: the server may answer with a smaller size). Below 8 or
+    not a number: ignored (512-byte blocks).
+``windowsize`` (RFC 7440)
+    1..65535 is granted, clamped to ``[tftp] windowsize`` and to a burst of
+    ``WINDOW_BYTES``; larger is clamped. 0 or not a number: ignored
+    (lock-step).
+``timeout`` (RFC 2349 section 3)
+    1..255 seconds is honoured. Outside that range or not a number:
+    ignored (the server's own timeout).
+``tsize`` (RFC 2349 section 4)
+    In a read request it is a size request (the client is to send 0; atftp
+    0.8 sends ``enable``): whatever the value, the OACK carries the file's
+    size when it is known (octet mode, an HTTP root with Content-Length),
+    and omits it otherwise. In a write request it is the upload's size: a
+    number larger than ``max_upload_size`` gets ERROR 3 (the server may
+    refuse, section 4); a value that is not a number is ignored.
+
+Options pybootd does not know are ignored (RFC 2347 section 2).
+"""
 
 from __future__ import annotations
 
@@ -44,17 +72,29 @@ class Negotiated:
 _MAX_DIGITS = 20  # a 64-bit tsize; blksize, timeout, windowsize need far fewer
 
 
-def _number(name: str, value: str) -> int:
-    # ASCII digits only: str.isdigit() also takes "²", which int() refuses,
-    # and a value of thousands of digits is refused by int() too.
+def _number(value: str) -> int | None:
+    """The value as a number, or None for anything else (then ignored).
+
+    ASCII digits only: str.isdigit() also takes "²", which int() refuses,
+    and a value of thousands of digits is refused by int() too."""
     text = value.strip()
     if not 0 < len(text) <= _MAX_DIGITS or text.strip("0123456789"):
-        raise TftpError(ErrorCode.OPTION_REFUSED, f"option {name}={value!r} is not a number")
+        return None
     return int(text)
 
 
-def _too_small(name: str, value: int, low: int) -> TftpError:
-    return TftpError(ErrorCode.OPTION_REFUSED, f"option {name}={value} is below {low}")
+def _at_least(value: str, low: int) -> int | None:
+    asked = _number(value)
+    return asked if asked is not None and asked >= low else None
+
+
+@dataclass
+class _Draft:
+    blksize: int
+    windowsize: int
+    timeout: float
+    tsize: int | None
+    granted: list[tuple[str, str]]
 
 
 def negotiate(
@@ -67,50 +107,66 @@ def negotiate(
     """Grant what can be honoured; only options the client sent, in its order.
 
     *size* is the file size for a read (None when unknown: netascii or an
-    HTTP source without Content-Length). Raises :class:`TftpError` 8 for a
-    value that cannot be honoured, 3 for an upload over the limit.
+    HTTP source without Content-Length). A value that cannot be used is
+    ignored (see the module's docstring). Raises :class:`TftpError` 3 for an
+    upload announced over the limit, nothing else.
     """
-    blksize, windowsize, timeout, tsize = DEFAULT_BLKSIZE, 1, limits.timeout, None
-    granted: list[tuple[str, str]] = []
+    draft = _Draft(DEFAULT_BLKSIZE, 1, limits.timeout, None, [])
     for name, value in options:
         if name == "blksize":
-            asked = _number(name, value)
-            if asked < MIN_BLKSIZE:
-                raise _too_small(name, asked, MIN_BLKSIZE)
-            # RFC 2348: the server may answer with a smaller size.
-            blksize = min(asked, MAX_BLKSIZE, limits.blksize)
-            granted.append((name, str(blksize)))
+            _blksize(draft, value, limits)
         elif name == "windowsize":
-            asked = _number(name, value)
-            if asked < MIN_WINDOWSIZE:
-                raise _too_small(name, asked, MIN_WINDOWSIZE)
-            windowsize = min(asked, MAX_WINDOWSIZE, limits.windowsize)
-            granted.append((name, str(windowsize)))
+            _windowsize(draft, value, limits)
         elif name == "timeout":
-            asked = _number(name, value)
-            if not MIN_TIMEOUT <= asked <= MAX_TIMEOUT:
-                raise TftpError(
-                    ErrorCode.OPTION_REFUSED,
-                    f"option timeout={asked} is outside {MIN_TIMEOUT}..{MAX_TIMEOUT}",
-                )
-            timeout = float(asked)
-            granted.append((name, str(asked)))
+            _timeout(draft, value)
         elif name == "tsize":
-            asked = _number(name, value)
-            if is_write:
-                if limits.max_upload is not None and asked > limits.max_upload:
-                    raise TftpError(
-                        ErrorCode.DISK_FULL,
-                        f"upload of {asked} bytes exceeds the limit of {limits.max_upload}",
-                    )
-                tsize = asked
-                granted.append((name, str(asked)))
-            elif size is not None:
-                # RFC 2349 section 4: the server answers with the file's size.
-                tsize = size
-                granted.append((name, str(size)))
+            _tsize(draft, value, limits, size, is_write)
         # RFC 2347 section 2: unknown options are ignored.
+    windowsize, granted = draft.windowsize, draft.granted
     if windowsize > 1:
-        windowsize = min(windowsize, max(1, limits.window_bytes // blksize))
+        windowsize = min(windowsize, max(1, limits.window_bytes // draft.blksize))
         granted = [(n, str(windowsize) if n == "windowsize" else v) for n, v in granted]
-    return Negotiated(blksize, windowsize, timeout, tsize, tuple(granted))
+    return Negotiated(draft.blksize, windowsize, draft.timeout, draft.tsize, tuple(granted))
+
+
+def _blksize(draft: _Draft, value: str, limits: Limits) -> None:
+    asked = _at_least(value, MIN_BLKSIZE)
+    if asked is not None:
+        # RFC 2348 section 2: the server may answer with a smaller size.
+        draft.blksize = min(asked, MAX_BLKSIZE, limits.blksize)
+        draft.granted.append(("blksize", str(draft.blksize)))
+
+
+def _windowsize(draft: _Draft, value: str, limits: Limits) -> None:
+    asked = _at_least(value, MIN_WINDOWSIZE)
+    if asked is not None:
+        # RFC 7440 section 3: the server may answer with a smaller window.
+        draft.windowsize = min(asked, MAX_WINDOWSIZE, limits.windowsize)
+        draft.granted.append(("windowsize", str(draft.windowsize)))
+
+
+def _timeout(draft: _Draft, value: str) -> None:
+    asked = _number(value)
+    if asked is not None and MIN_TIMEOUT <= asked <= MAX_TIMEOUT:
+        draft.timeout = float(asked)
+        draft.granted.append(("timeout", str(asked)))
+
+
+def _tsize(draft: _Draft, value: str, limits: Limits, size: int | None,
+           is_write: bool) -> None:
+    if not is_write:
+        # RFC 2349 section 4: in a read request, a request for the size
+        # (the value is meant to be 0; it is not looked at).
+        if size is not None:
+            draft.tsize = size
+            draft.granted.append(("tsize", str(size)))
+        return
+    asked = _number(value)
+    if asked is None:
+        return  # an upload of unknown size: its bytes are counted as they come
+    if limits.max_upload is not None and asked > limits.max_upload:
+        raise TftpError(ErrorCode.DISK_FULL, "disk full or allocation exceeded",
+                        f"upload of {asked} bytes exceeds max_upload_size "
+                        f"({limits.max_upload})")
+    draft.tsize = asked
+    draft.granted.append(("tsize", str(asked)))

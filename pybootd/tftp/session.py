@@ -18,6 +18,12 @@ from pybootd.tftp.options import Negotiated
 from pybootd.tftp.packets import MAX_BLOCK
 
 MAX_BACKOFF = 8.0  # seconds; the retransmit timeout doubles up to this
+# Seconds a session waits for the client's first answer (the ACK of the
+# OACK or of DATA 1; DATA 1 of an upload) before it ends, whatever its retry
+# budget (31 s by default): RRQs that are never answered (a flood, spoofed
+# sources) must not hold a session slot for long. A real client answers in
+# milliseconds and asks again when its request was lost.
+FIRST_ANSWER_WAIT = 3.0
 
 
 class Outcome(Enum):
@@ -110,7 +116,8 @@ class _Retry:
 class ReadSession:
     """The server side of an RRQ: sends DATA, reads ACKs (RFC 1350, RFC 7440)."""
 
-    def __init__(self, negotiated: Negotiated, retries: int) -> None:
+    def __init__(self, negotiated: Negotiated, retries: int,
+                 first_answer_wait: float = FIRST_ANSWER_WAIT) -> None:
         self.blksize = negotiated.blksize
         self.windowsize = negotiated.windowsize
         self.oack = negotiated.oack
@@ -122,17 +129,27 @@ class ReadSession:
         self.awaiting_oack_ack = False
         self.sending = False  # a SendWindow is out and window_sent() not yet called
         self.finished: Outcome | None = None
+        self.first_answer_wait = first_answer_wait
+        self.first_answer_by = 0.0  # set by start()
+        self.established = False  # the client answered once (see FIRST_ANSWER_WAIT)
 
     @property
     def retransmits(self) -> int:
         return self.retry.used
 
     def start(self, now: float) -> Action:
+        self.first_answer_by = now + self.first_answer_wait
         if self.oack:
             self.awaiting_oack_ack = True
-            self.deadline = now + self.retry.timeout
+            self._wait_answer(now)
             return SendOack(self.oack)
         return self._next_window()
+
+    def _wait_answer(self, now: float) -> None:
+        """The next deadline: the retransmission's, or sooner, the first answer's."""
+        self.deadline = now + self.retry.timeout
+        if not self.established:
+            self.deadline = min(self.deadline, self.first_answer_by)
 
     def _next_window(self, retransmit: bool = False) -> SendWindow:
         count = self.windowsize
@@ -148,7 +165,7 @@ class ReadSession:
         if eof:
             self.last_block = last
         self.sending = False
-        self.deadline = now + self.retry.timeout
+        self._wait_answer(now)
 
     def fast_forward(self, sent: int, sent_at: float, eof: bool) -> None:
         """Blocks through *sent* went out in lock-step, each answering the
@@ -163,6 +180,7 @@ class ReadSession:
         self.sent_through = sent
         if eof:
             self.last_block = sent
+        self.established = self.established or self.acked > 0
         self.retry.reset()
         self.deadline = sent_at + self.retry.timeout
 
@@ -179,6 +197,7 @@ class ReadSession:
             if block != 0:
                 return WAIT
             self.awaiting_oack_ack = False
+            self.established = True
             self.retry.reset()
             return self._next_window()
         acked = self._absolute(block)
@@ -188,6 +207,7 @@ class ReadSession:
             # RFC 1123 section 4.2.3.1). The timer recovers real loss.
             return WAIT
         self.acked = acked
+        self.established = True
         self.retry.reset()
         if self.last_block is not None and acked >= self.last_block:
             return self._finish(Outcome.COMPLETE)
@@ -203,6 +223,10 @@ class ReadSession:
     def on_timer(self, now: float) -> Action:
         if self.finished is not None or self.deadline is None or now < self.deadline:
             return WAIT
+        if not self.established and now >= self.first_answer_by and self.retry.left > 0:
+            # (When the retry budget ends as soon, the budget's ending stands.)
+            return self._finish(Outcome.TIMED_OUT,
+                                f"no answer to the first packet in {self.first_answer_wait:g}s")
         if not self.retry.spend():
             if self.last_block is not None and self.sent_through >= self.last_block:
                 # The client most likely has it all and its last ACK was lost
@@ -210,7 +234,7 @@ class ReadSession:
                 return self._finish(Outcome.COMPLETE_UNCONFIRMED)
             return self._finish(Outcome.TIMED_OUT, f"no ACK after block {self.acked}")
         if self.awaiting_oack_ack:
-            self.deadline = now + self.retry.timeout
+            self._wait_answer(now)
             return SendOack(self.oack, retransmit=True)
         return self._next_window(retransmit=True)
 
@@ -230,7 +254,8 @@ class WriteSession:
     session dallies one timeout to answer a repeated final DATA.
     """
 
-    def __init__(self, negotiated: Negotiated, retries: int) -> None:
+    def __init__(self, negotiated: Negotiated, retries: int,
+                 first_answer_wait: float = FIRST_ANSWER_WAIT) -> None:
         self.blksize = negotiated.blksize
         self.windowsize = negotiated.windowsize
         self.oack = negotiated.oack
@@ -241,13 +266,21 @@ class WriteSession:
         self.deadline: float | None = None
         self.finished: Outcome | None = None
         self._gap_acked = -1
+        self.first_answer_wait = first_answer_wait
+        self.first_answer_by = 0.0  # set by start()
+
+    @property
+    def established(self) -> bool:
+        """Has DATA 1 come (see FIRST_ANSWER_WAIT)?"""
+        return self.received > 0
 
     @property
     def retransmits(self) -> int:
         return self.retry.used
 
     def start(self, now: float) -> Action:
-        self.deadline = now + self.retry.timeout
+        self.first_answer_by = now + self.first_answer_wait
+        self.deadline = min(now + self.retry.timeout, self.first_answer_by)
         if self.oack:
             return SendOack(self.oack)
         return SendAck(0)
@@ -303,9 +336,14 @@ class WriteSession:
             return WAIT
         if self.complete:
             return self._finish(Outcome.COMPLETE)
+        if self.received == 0 and now >= self.first_answer_by and self.retry.left > 0:
+            return self._finish(Outcome.TIMED_OUT,
+                                f"no DATA 1 in {self.first_answer_wait:g}s")
         if not self.retry.spend():
             return self._finish(Outcome.TIMED_OUT, f"no DATA after block {self.received}")
         self.deadline = now + self.retry.timeout
+        if self.received == 0:
+            self.deadline = min(self.deadline, self.first_answer_by)
         if self.received == 0 and self.oack:
             return SendOack(self.oack, retransmit=True)
         return SendAck(self.received, retransmit=True)

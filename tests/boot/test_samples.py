@@ -51,3 +51,11 @@ def test_systemd_unit() -> None:
     assert service["Type"] == "notify"
     assert service["ExecStart"].split()[1:] == ["-c", "/etc/pybootd/pybootd.ini"]
     assert "/var/lib/pybootd" in service["ReadWritePaths"]
+
+
+@pytest.mark.parametrize("name", SAMPLES)
+def test_sample_sets_its_root(name: str) -> None:
+    """A copied sample never falls back to the default root (/srv/tftp)."""
+    config = load_config(ETC / name)
+    assert config.tftp.root_set
+    assert config.tftp.root_path == INSTALLER or config.tftp.root_url is not None

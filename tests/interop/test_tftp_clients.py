@@ -3,9 +3,12 @@
 tftp-hpa, atftp (lock-step, windowsize 8, large blocks), curl and busybox
 fetch files of 0, 511, 512, 513 bytes and 1 MiB; 40 MiB at blksize 512 (the
 block number rolls over past 65535: tftp-hpa, curl, atftp) and 100 MiB at
-blksize 65464 (curl, atftp, busybox) arrive with the same sha256; netascii
-is converted on the wire and back; every way out of the root is refused
-with ERROR 2; ``[filters]`` rename requests; uploads
+blksize 65464 (curl, atftp, busybox) arrive with the same sha256; atftp
+0.8's ``--option "tsize enable"`` gets its file and the size; netascii
+is converted on the wire and back; every way out of the root is refused:
+a name that climbs out with ERROR 2, a symlink out of the root with what a
+missing file gets (ERROR 1, nothing told of what lies outside);
+``[filters]`` rename requests; uploads
 obey ``allow_write``, ``overwrite`` and ``max_upload_size``.
 
 One daemon (dropped to ``nobody``, as in production) serves the read-only
@@ -25,6 +28,7 @@ from netlab import NetLab, netlab, wait_for
 from tftp_support import (
     ALL_CLIENTS,
     ATFTP,
+    ATFTP_TSIZE,
     CLIENT_IP,
     CURL,
     HPA,
@@ -103,7 +107,7 @@ def filters(admin: Path) -> list[tuple[str, str]]:
         ("menu.cfg", f"[{admin / 'indirect.txt'}]"),
         ("first/?", "store/first-a"),
         ("first/*", "store/first-b"),
-        ("evil/*", "../{filename}"),
+        # ("evil/*", "../{filename}") is refused when the configuration loads.
     ]
 
 
@@ -184,6 +188,18 @@ def test_rollover_40mib_blksize_512(served: Served, kind: ClientKind) -> None:
     assert int(done[2]) >= 81921 > 65535  # block numbers wrapped past 65535
 
 
+@pytest.mark.parametrize("name", ["one-mib.bin", "s513.bin", "empty.bin"])
+def test_atftp_tsize_enable_gets_the_file_and_its_size(served: Served, name: str) -> None:
+    """atftp 0.8 sends tsize=enable (not 0): a size request to tftpd-hpa and
+    dnsmasq, so to pybootd too (RFC 2349 section 4), never ERROR 8."""
+    mark = served.server.mark()
+    local, report = get(served, ATFTP_TSIZE, name, SIZES[name])
+    assert sha256_file(local) == served.sha[name], report
+    line = granted(served, name, mark)
+    assert f"tsize={SIZES[name]}" in line and "blksize=1468" in line, line
+    served.server.wait_log(rf"read {re.escape(name)} complete: {SIZES[name]} bytes", since=mark)
+
+
 @pytest.mark.parametrize("kind", HUGE_CLIENTS, ids=lambda k: k.name)
 def test_100mib_blksize_65464(served: Served, kind: ClientKind) -> None:
     line, _ = fetch_checked(served, kind, HUGE)
@@ -223,17 +239,22 @@ def test_netascii_wire_and_round_trip(served: Served) -> None:
 
 
 # --- escapes ---------------------------------------------------------------------------
-ESCAPES = [
+ESCAPES = [  # names that climb out: ERROR 2, which tells nothing of what is there
     "../outside/secret",
     "../../../../../../etc/passwd",
     "/../../etc/passwd",
     "..\\..\\etc\\passwd",
     "sub/../../outside/secret",
+]
+# Symlinks out of the root: what a missing file gets, whether the file they
+# reach exists (passwd), is unreadable to the daemon's user (shadow) or not.
+LINK_ESCAPES = [
     "outside-link",
     "relative-escape",
     "passwd-link",
     "etc-dir/passwd",
-    "evil/outside/secret",  # a [filters] target that climbs out
+    "etc-dir/shadow",
+    "etc-dir/no-such-file",
 ]
 CONTROL_NAMES = ["sub/file\x01", "sub\nfile", "one-mib.bin\x7f", "\x1b[2J"]
 
@@ -272,11 +293,25 @@ def test_log_lines_carry_no_raw_control_characters(served: Served) -> None:
         assert LOG_LINE.match(line), f"a log line the server did not write: {line!r}"
 
 
-@pytest.mark.parametrize("name", ESCAPES, ids=ascii)
-def test_escape_refused_tftp_hpa(served: Served, name: str) -> None:
+@pytest.mark.parametrize("name", LINK_ESCAPES)
+def test_symlink_out_of_the_root_is_file_not_found(served: Served, name: str) -> None:
+    mark = served.server.mark()
+    with ns_client(served.hosts.client) as client:
+        port = client.sock.getsockname()[1]
+        with pytest.raises(TftpFailure) as failure:
+            client.get(name)
+    assert (failure.value.code, failure.value.message) == (1, f"file not found: {name}")
+    # The log tells the administrator why.
+    served.server.wait_log(rf"{re.escape(CLIENT_IP)}:{port}: RRQ {re.escape(name)} refused: "
+                           r"ERROR 1 .*leads outside", since=mark)
+
+
+@pytest.mark.parametrize("name,code", [(n, 2) for n in ESCAPES] + [(n, 1) for n in LINK_ESCAPES],
+                         ids=ascii)
+def test_escape_refused_tftp_hpa(served: Served, name: str, code: int) -> None:
     local = served.downloads / "escape"
     run = fetch(served.lab, served.hosts.client, HPA, name, local)
-    assert client_error(HPA, run) == 2, run
+    assert client_error(HPA, run) == code, run
     assert not local.exists() or local.stat().st_size == 0
     assert served.server.alive()
 
@@ -288,6 +323,9 @@ def test_escape_refused_other_clients(served: Served, kind: ClientKind) -> None:
     local = served.downloads / "escape2"
     run = fetch(served.lab, served.hosts.client, kind, name, local)
     assert client_error(kind, run) == 2, run
+    assert not local.exists() or SECRET not in local.read_text(errors="replace")
+    run = fetch(served.lab, served.hosts.client, kind, "outside-link", local)
+    assert client_error(kind, run) == 1, run
     assert not local.exists() or SECRET not in local.read_text(errors="replace")
 
 
@@ -340,6 +378,32 @@ def test_non_utf8_names_are_logged_to_a_log_file(lab: NetLab) -> None:
         log = server.log()
         assert "RRQ caf" in log and "complete: 2000 bytes" in log, log
         assert "RRQ missing-" in log, log
+
+
+def test_the_daemon_never_serves_its_own_files(lab: NetLab) -> None:
+    """The issue's case: the root is the configuration file's folder, which
+    holds state_dir and the log file too. Each of them gets what a missing
+    file gets, from pybootd and as tftp-hpa sees it; the root still serves."""
+    hosts = two_hosts(lab)
+    with public_tmpdir("own") as base:
+        write_text(base / "hello.txt", "hello")
+        write_text(base / "state" / "leases.sqlite", SECRET)
+        (base / "state").chmod(0o755)
+        server = Pybootd(lab, hosts.server, base)
+        server.log_path.touch(mode=0o666)
+        server.log_path.chmod(0o666)  # the daemon opens it after dropping to nobody
+        server.start({"root": base}, daemon={"state_dir": base / "state"},
+                     logger={"type": "file", "file": server.log_path, "level": "info"})
+        with ns_client(hosts.client) as client:
+            assert client.get("hello.txt").data == b"hello"
+        for name in ("pybootd.ini", "state/leases.sqlite", "pybootd.log"):
+            with ns_client(hosts.client) as client, pytest.raises(TftpFailure) as failure:
+                client.get(name)
+            assert (failure.value.code, failure.value.message) == (1, f"file not found: {name}")
+            run = fetch(lab, hosts.client, HPA, name, base / "fetched")
+            assert client_error(HPA, run) == 1, run
+        server.wait_log(r"RRQ pybootd\.ini refused: ERROR 1 .*protected daemon file")
+        assert server.stop() == 0
 
 
 # --- protocol corners on the wire ---------------------------------------------------------

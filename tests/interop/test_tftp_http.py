@@ -3,7 +3,8 @@
 The mirror is ``python -m http.server`` inside the server's namespace, which
 logs one line per request: the tests count its GETs. Ten real clients at
 once cost one download; an upstream 404 is ERROR 1; a stopped or silent
-mirror is a clean ERROR 0 within the timeout, and the daemon goes on serving.
+mirror is a clean ERROR 0 within the timeout, and the daemon goes on serving,
+cached copies too, also once they are due for revalidation (stale-if-error).
 """
 
 from __future__ import annotations
@@ -180,9 +181,18 @@ def test_stopped_mirror_is_a_clean_error_and_serving_goes_on(mirrored: Mirrored)
     assert seconds < HTTP_TIMEOUT + 1.5, f"ERROR 0 after {seconds:.2f}s"
     server.wait_log(r"RRQ other.bin refused: ERROR 0 mirror unreachable")
     assert server.alive()
+    assert "http://" not in failure.message and "192.0.2." not in failure.message, failure
     # Still serving: a file fetched while it was fresh comes from the cache ...
     with ns_client(mirrored.hosts.client) as client:
         assert sha256_bytes(client.get("small.bin").data) == mirrored.sha["small.bin"]
+    # ... and once it is due for revalidation, which fails, too (RFC 5861
+    # stale-if-error, within stale_max), with a warning naming file and reason.
+    mark = server.mark()
+    time.sleep(FRESH_SECONDS + 0.5)
+    with ns_client(mirrored.hosts.client, timeout=HTTP_TIMEOUT + 5) as client:
+        assert sha256_bytes(client.get("small.bin").data) == mirrored.sha["small.bin"]
+    server.wait_log(r"WARNING .*small\.bin: mirror unreachable.*serving the cached copy",
+                    since=mark)
     # ... and once the mirror is back, what failed works.
     mirrored.mirror.start()
     with ns_client(mirrored.hosts.client) as client:

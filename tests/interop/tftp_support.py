@@ -213,6 +213,7 @@ class ClientKind:
     tool: str
     blksize: int | None = None
     windowsize: int | None = None
+    atftp_options: tuple[str, ...] = ()  # more ``--option`` values, as given (atftp only)
 
     def argv(self, host: str, remote: str, local: Path, size: int | None = None,
              mode: str = "octet") -> list[str]:
@@ -224,6 +225,8 @@ class ClientKind:
             for option, value in (("blksize", self.blksize), ("windowsize", self.windowsize)):
                 if value is not None:
                     opts += ["--option", f"{option} {value}"]
+            for extra in self.atftp_options:
+                opts += ["--option", extra]
             return ["atftp", *opts, "--tftp-timeout", "1", "-g", "-r", remote, "-l", str(local),
                     host]
         if self.tool == "curl":
@@ -249,6 +252,9 @@ HPA = ClientKind("tftp-hpa", "tftp")
 ATFTP = ClientKind("atftp", "atftp")
 ATFTP_WS8 = ClientKind("atftp-ws8", "atftp", windowsize=8)
 ATFTP_BIG = ClientKind("atftp-blksize1428", "atftp", blksize=1428)
+# atftp 0.8's way to ask for the size: the RRQ carries tsize=enable (field notes).
+ATFTP_TSIZE = ClientKind("atftp-tsize-enable", "atftp", blksize=1468,
+                         atftp_options=("tsize enable",))
 CURL = ClientKind("curl", "curl")
 CURL_BIG = ClientKind("curl-blksize1468", "curl", blksize=1468)
 BUSYBOX = ClientKind("busybox", "busybox")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,8 @@ def test_defaults() -> None:
     config = parse_config("", PATH)
     assert config.tftp.port == 69 and config.tftp.blocksize == 1468
     assert config.tftp.windowsize == 64 and config.tftp.timeout == 1.0
-    assert config.tftp.root_path == Path("/etc/pybootd")
+    # Never the configuration's folder: that would serve pybootd.ini and the leases.
+    assert config.tftp.root_path == Path("/srv/tftp") and not config.tftp.root_set
     assert config.bootp is None and config.daemon.user == "nobody"
 
 
@@ -197,3 +199,121 @@ def test_boot_file_of_127_bytes_fits() -> None:
 def test_uuid_keys_any_case_read_as_dmidecode_prints_them() -> None:
     config = parse_config("[uuid]\n4c4c4544-0042-3510-8052-b4c04f4b4e31 = on\n", PATH)
     assert config.uuid == {"4C4C4544-0042-3510-8052-B4C04F4B4E31": True}
+
+
+# --- inline comments and quotes ---------------------------------------------------
+
+@pytest.mark.parametrize(("text", "want"), [
+    # the README's own line
+    ("[bootp]\npool_start = 192.0.2.10\nallow_simple_dhcp = enable   ; plain clients too\n",
+     lambda c: c.bootp.allow_simple_dhcp is True),
+    ("[bootp]\npool_start = 192.0.2.10 # first address\nboot_file = pxelinux.0 ; BIOS\n",
+     lambda c: (str(c.bootp.pool_start), c.bootp.boot_file) == ("192.0.2.10", "pxelinux.0")),
+    ("[tftp]  ; the TFTP server\nport = 6969\t; tab before the comment\n",
+     lambda c: c.tftp.port == 6969),
+    ("[filters]\npxelinux.cfg/* = menu.cfg   ; every probe\n",
+     lambda c: c.filters[0].target == "menu.cfg"),
+    ("[filters]\nstartup = [dir/{filename}.cfg] # indirection\n",
+     lambda c: (c.filters[0].target, c.filters[0].indirect) == ("dir/{filename}.cfg", True)),
+    ("[mac]\nAA-BB-CC-DD-EE-FF = enable ; lab PC\n",
+     lambda c: c.mac == {"aa:bb:cc:dd:ee:ff": True}),
+    ("[bootfile]\nbios = undionly.kpxe # iPXE first\n",
+     lambda c: c.bootfiles[0] == "undionly.kpxe"),
+    ("[static_dhcp]\naa:bb:cc:dd:ee:01 = 192.0.2.5 ; printer\n",
+     lambda c: str(c.static_dhcp["aa:bb:cc:dd:ee:01"]) == "192.0.2.5"),
+    # "#" or ";" with no whitespace before it is part of the value
+    ("[bootfile]\nipxe = http://192.0.2.1/boot.ipxe#frag\n",
+     lambda c: c.ipxe_bootfile == "http://192.0.2.1/boot.ipxe#frag"),
+    ("[bootfile]\nbios = a;b#c\n", lambda c: c.bootfiles[0] == "a;b#c"),
+    # quotes keep what they hold, comment characters and spaces included
+    ('[bootfile]\nbios = "odd ; name #1" ; a comment\n',
+     lambda c: c.bootfiles[0] == "odd ; name #1"),
+    ("[filters]\nx = 'dir #2/{filename}'\n", lambda c: c.filters[0].target == "dir #2/{filename}"),
+])
+def test_inline_comments_and_quotes(text: str, want: Any) -> None:
+    assert want(parse_config(text, PATH))
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ('[bootfile]\nbios = "pxelinux.0\n', ':2: bootfile.bios: no closing " in \'"pxelinux.0\''),
+    ("[bootfile]\nbios = 'a' b\n", ":2: bootfile.bios: 'b' after the closing '"),
+    # a comment is not a value: the key is empty
+    ("[bootp]\npool_start = 192.0.2.10\nboot_file =   ; none\n", ":3: bootp.boot_file: empty"),
+])
+def test_quote_and_comment_errors(text: str, needle: str) -> None:
+    message = error_of(text)
+    assert message.startswith("/etc/pybootd/test.ini:") and needle in message, message
+
+
+# --- durations -------------------------------------------------------------------
+
+@pytest.mark.parametrize(("value", "seconds"), [
+    ("3600", 3600), ("1h", 3600), ("30m", 1800), ("90s", 90), ("2d", 172800),
+    ("1h30m", 5400), ("1h 30m", 5400), ("1.5h", 5400), ("1d2h3m4s", 93784), ("90S", 90),
+])
+def test_lease_time_with_units(value: str, seconds: int) -> None:
+    config = parse_config(f"[bootp]\npool_start = 192.0.2.10\nlease_time = {value}\n", PATH)
+    assert config.bootp is not None and config.bootp.lease_time == seconds
+    assert isinstance(config.bootp.lease_time, int)
+
+
+@pytest.mark.parametrize(("section", "key", "value", "seconds"), [
+    ("daemon", "stats_interval", "5m", 300.0),
+    ("daemon", "shutdown_grace", "1m30s", 90.0),
+    ("daemon", "shutdown_grace", "2.5", 2.5),
+    ("tftp", "timeout", "500ms", 0.5),
+    ("tftp", "http_timeout", "10s", 10.0),
+    ("tftp", "stale_max", "1d", 86400.0),
+    ("bootp", "timeout", "1.5s", 1.5),
+])
+def test_every_seconds_key_takes_units(section: str, key: str, value: str,
+                                       seconds: float) -> None:
+    text = f"[{section}]\n{key} = {value}\n"
+    if section == "bootp":
+        text += "pool_start = 192.0.2.10\n"
+    config = parse_config(text, PATH)
+    assert getattr(getattr(config, section), key) == seconds
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("[bootp]\npool_start = 192.0.2.10\nlease_time = 1x\n",
+     ":3: bootp.lease_time: '1x' is not a duration (expected seconds, or numbers with units "
+     "d, h, m, s, ms in that order, e.g. 90, 1h30m; 60s (1m)..2147483647s)"),
+    ("[bootp]\npool_start = 192.0.2.10\nlease_time = 30s\n",
+     ":3: bootp.lease_time: 30s is out of range (expected 60s (1m)..2147483647s)"),
+    ("[bootp]\npool_start = 192.0.2.10\nlease_time = 90.5s\n",
+     ":3: bootp.lease_time: 90.5s is 90.5 seconds (expected whole seconds)"),
+    ("[bootp]\npool_start = 192.0.2.10\nlease_time = 30m1h\n",
+     ":3: bootp.lease_time: '30m1h' is not a duration"),
+    ("[daemon]\nshutdown_grace = 11m\n",
+     ":2: daemon.shutdown_grace: 11m is out of range (expected 0s..600s (10m))"),
+    ("[tftp]\ntimeout = soon\n", ":2: tftp.timeout: 'soon' is not a duration"),
+    ("[tftp]\nstale_max = 1y\n", ":2: tftp.stale_max: '1y' is not a duration"),
+])
+def test_duration_errors(text: str, needle: str) -> None:
+    message = error_of(text)
+    assert message.startswith("/etc/pybootd/test.ini:") and needle in message, message
+
+
+# --- filter targets ----------------------------------------------------------------
+
+@pytest.mark.parametrize(("target", "needle"), [
+    ("efi/{filname}", "filters.*.efi: unknown placeholder {filname} (did you mean "
+     "'{filename}'?) (expected {filename}, the requested name)"),
+    ("efi/{file}", "unknown placeholder {file} (did you mean '{filename}'?)"),
+    ("[dir/{name}.cfg]", "unknown placeholder {name}"),
+    ("../{filename}", "filters.*.efi: '../{filename}' has a '..' component, which could "
+     "leave the root"),
+    ("efi/../../etc/{filename}", "has a '..' component"),
+])
+def test_filter_target_errors(target: str, needle: str) -> None:
+    message = error_of(f"[filters]\n*.efi = {target}\n")
+    assert message.startswith("/etc/pybootd/test.ini:2: ") and needle in message, message
+
+
+def test_filter_targets_the_administrator_chose_may_use_dotdot() -> None:
+    """An absolute target or an indirection file is the administrator's, not a client's."""
+    config = parse_config("[filters]\na = /srv/pub/../boot/{filename}\nb = [../menus/b.cfg]\n",
+                          PATH)
+    assert [r.target for r in config.filters] == ["/srv/pub/../boot/{filename}",
+                                                  "../menus/b.cfg"]

@@ -329,3 +329,31 @@ def test_never_two_macs_with_reservations_and_bootp(count: int) -> None:
     p = pool(count=count, static={macs[0]: reserved})
     p.restore([Lease(reserved, macs[1], LeaseState.BOUND, T0 + 500)])  # a stale holder
     random_walk(p, macs, count, bootp=0.05)
+
+
+def test_reservations_replaced_while_running() -> None:
+    """SIGHUP: a new reservation is served; one whose address another MAC holds waits."""
+    p = pool(count=5)
+    held = p.offer(A, None, T0)
+    assert held is not None and p.request(A, held.ip, T0) is not None
+    p.set_static({B: ip(50), C: held.ip})
+    offer = p.offer(B, None, T0 + 1)
+    assert offer is not None and offer.ip == ip(50)
+    assert p.offer(C, None, T0 + 1) is None  # A still holds it
+    assert p.static_blocker(C, T0 + 1) is not None
+    other = p.offer(D, None, T0 + 1)
+    assert other is not None and other.ip not in (ip(50), held.ip)
+    p.set_static({})
+    assert p.static == {} and p.in_range(ip(14))
+
+
+def test_counts_by_state() -> None:
+    p = pool(count=5)
+    a, b = p.offer(A, None, T0), p.offer(B, None, T0)
+    assert a is not None and b is not None
+    p.request(A, a.ip, T0)
+    p.decline(A, a.ip, T0 + 1)
+    c = p.offer(C, None, T0 + 2)
+    assert c is not None and p.request(C, c.ip, T0 + 2) is not None
+    assert p.counts(T0 + 3) == {"offered": 1, "bound": 1, "free": 0, "declined": 1}
+    assert p.counts(T0 + 100) == {"offered": 0, "bound": 1, "free": 1, "declined": 1}

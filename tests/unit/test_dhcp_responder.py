@@ -454,3 +454,27 @@ def test_any_parsed_request_gets_a_decision_never_an_exception(
             reply = reply_of(decision)
             assert reply.xid == 1 and reply.op == 2
             assert decision.destination is not None
+
+
+def test_ack_stores_host_name_and_uuid_a_renewal_keeps_them() -> None:
+    """What ``pybootd leases`` shows: option 12 and option 97 as dmidecode prints it."""
+    pool = new_pool()
+    options = {**pxe_options(), DhcpOption.HOST_NAME: b"pc-1"}
+    ip = dora(pool, options)
+    (lease,) = [item for item in pool.leases() if item.ip == ip]
+    assert (lease.hostname, lease.uuid) == ("pc-1", "4C4C4544-0042-3510-8051-B4C04F4D3132")
+    renew = answer(request(MessageType.REQUEST, ciaddr=ip), pool, now=T0 + 1800)
+    assert renew.event == "ack"
+    (stored,) = renew.persist
+    assert (stored.hostname, stored.uuid) == ("pc-1", "4C4C4544-0042-3510-8051-B4C04F4D3132")
+    assert stored.expires == T0 + 1800 + 3600
+
+
+def test_plain_client_refused_names_the_mac_and_the_key() -> None:
+    decision = answer(request(MessageType.DISCOVER), new_pool(),
+                      settings(allow_simple_dhcp=False))
+    assert decision.event == "ignore" and decision.reply is None
+    assert decision.note == (f"{MAC_TEXT}: DISCOVER ignored: plain DHCP client (not PXE) and "
+                             "allow_simple_dhcp is off (expected allow_simple_dhcp = on to "
+                             "serve it)")
+    assert decision.once  # a lasting condition: logged once per MAC per window

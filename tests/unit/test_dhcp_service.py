@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -21,14 +22,14 @@ from pybootd.dhcp.packet import encode_packet
 from pybootd.dhcp.pool import Lease, LeaseState
 from pybootd.dhcp.pxe import ClientInfo, client_info
 from pybootd.dhcp.responder import ignore, respond
-from pybootd.errors import ConfigError, NetworkConfigError
+from pybootd.errors import NetworkConfigError, PybootdError
 from pybootd.loglimit import LogLimiter
 from pybootd.netif import LocalNetwork
 from pybootd.server import dhcp as dhcp_service
 from pybootd.server import dhcpacl
 from pybootd.server.dhcp import DhcpService, _Peer
 from pybootd.server.dhcpacl import AccessControl, Verdict
-from pybootd.server.leasestore import LeaseStore
+from pybootd.server.leasestore import LeaseStore, read_leases
 from pybootd.server.notify import Notifier, format_event
 from pybootd.server.runtime import Runtime
 
@@ -84,7 +85,7 @@ def test_unusable_lease_file(tmp_path: Path) -> None:
     rt = runtime(f"[bootp]\npool_start = 127.0.0.100\nport = 6767\npxe_port = 0\n"
                  f"lease_file = {blocker}/sub/leases.sqlite\n", tmp_path)
     service = DhcpService(rt)
-    with pytest.raises(ConfigError, match=r"bootp\.lease_file: cannot use"):
+    with pytest.raises(PybootdError, match=rf"{blocker}/sub/leases.sqlite.lock: Not a directory"):
         rt.loop.run_until_complete(service.start())
     service.close()
     rt.loop.close()
@@ -338,8 +339,8 @@ def test_log_limiter_bounds_a_flood_and_counts_the_rest(caplog: pytest.LogCaptur
         assert not caplog.records
 
 
-def _service(tmp_path: Path, bootp: str = "") -> DhcpService:
-    rt = runtime("[bootp]\npool_start = 198.51.100.100\nallow_simple_dhcp = on\n"
+def _service(tmp_path: Path, bootp: str = "", simple: str = "on") -> DhcpService:
+    rt = runtime(f"[bootp]\npool_start = 198.51.100.100\nallow_simple_dhcp = {simple}\n"
                  f"lease_file = {tmp_path / 'l.sqlite'}\n{bootp}", tmp_path)
     service = DhcpService(rt)
     network = LocalNetwork("eth0", IPv4Address("198.51.100.1"), IPv4Network("198.51.100.0/24"))
@@ -471,3 +472,156 @@ def test_pool_excludes_the_servers_the_clients_are_given(tmp_path: Path) -> None
             given.add(int(lease.ip) - int(IPv4Address("198.51.100.100")))
     _close(service)
     assert given == {0, 1, *range(5, 20)}  # not .102, .103 nor .104
+
+
+# --- refusals an operator can see, reload, a failing store -----------------
+class _Clock:
+    """Stands for the ``time`` module of pybootd.server.dhcp."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def time(self) -> float:
+        return T0 + self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def _sent(service: DhcpService) -> list[str]:
+    """Replies the service sends, as ``EVENT IP FILE``."""
+    replies: list[str] = []
+
+    def send(decision: object, *args: object) -> None:
+        replies.append(f"{decision.event} {decision.ip} {decision.bootfile}")  # type: ignore[attr-defined]
+    service._send = send  # type: ignore[method-assign,assignment]
+    return replies
+
+
+def _feed(service: DhcpService, kind: MessageType, mac: bytes = MAC,
+          options: dict[int, bytes] | None = None, **fields: object) -> None:
+    """One datagram as it arrives on the socket."""
+    data = encode_packet(request(kind, mac=mac, options=options, **fields))  # type: ignore[arg-type]
+    service._received(data, 0, ("0.0.0.0", 68), None, False)  # type: ignore[arg-type]
+    if service._writer is not None:
+        service.runtime.loop.run_until_complete(service._writer)
+
+
+def _info(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+
+
+def test_access_denial_is_logged_once_per_mac_per_five_minutes(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = _Clock()
+    monkeypatch.setattr(dhcp_service, "time", clock)
+    service = _service(tmp_path, "access = mac\n[mac]\n02-00-00-00-00-99 = enable\n"
+                                 "52-54-00-00-00-02 = disable\n")
+    other = bytes.fromhex("525400000002")
+    with caplog.at_level(logging.INFO, logger="pybootd.dhcp"):
+        for _ in range(20):
+            _feed(service, MessageType.DISCOVER)
+            _feed(service, MessageType.DISCOVER, mac=other)
+            clock.now += 10  # 200 s in all: within the window
+        clock.now += 101
+        _feed(service, MessageType.DISCOVER)
+    _close(service)
+    assert [line for line in _info(caplog) if "access control" in line] == [
+        f"{MAC_TEXT}: DISCOVER denied by access control: {MAC_TEXT} is not in [mac] "
+        "(access = mac)",
+        "52:54:00:00:00:02: DISCOVER denied by access control: 52:54:00:00:00:02 is "
+        "disabled in [mac]",
+        f"{MAC_TEXT}: DISCOVER denied by access control: {MAC_TEXT} is not in [mac] "
+        "(access = mac)",
+    ]
+
+
+def test_plain_dhcp_client_ignored_is_logged_once_per_mac_per_five_minutes(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = _Clock()
+    monkeypatch.setattr(dhcp_service, "time", clock)
+    service = _service(tmp_path, simple="off")
+    replies = _sent(service)
+    with caplog.at_level(logging.INFO, logger="pybootd.dhcp"):
+        for _ in range(10):
+            _feed(service, MessageType.DISCOVER)
+            clock.now += 20
+        clock.now += 150
+        _feed(service, MessageType.REQUEST, options={DhcpOption.REQUESTED_IP: bytes(
+            (198, 51, 100, 100))})
+    _close(service)
+    assert replies == []
+    assert _info(caplog) == [
+        f"{MAC_TEXT}: DISCOVER ignored: plain DHCP client (not PXE) and allow_simple_dhcp is "
+        "off (expected allow_simple_dhcp = on to serve it)",
+        f"{MAC_TEXT}: REQUEST ignored: plain DHCP client (not PXE) and allow_simple_dhcp is "
+        "off (expected allow_simple_dhcp = on to serve it)",
+    ]
+
+
+def test_reload_applies_reservations_boot_files_and_access(tmp_path: Path) -> None:
+    service = _service(tmp_path)
+    replies = _sent(service)
+    pxe = {DhcpOption.VENDOR_CLASS: b"PXEClient:Arch:00007:UNDI:003016",
+           DhcpOption.CLIENT_ARCH: bytes((0, 7))}
+    _feed(service, MessageType.DISCOVER, options=pxe)
+    text = (f"[bootp]\npool_start = 198.51.100.100\nallow_simple_dhcp = on\n"
+            f"lease_file = {tmp_path / 'l.sqlite'}\naccess = mac\n"
+            f"[mac]\n{MAC_TEXT} = enable\n[static_dhcp]\n{MAC_TEXT} = 198.51.100.42\n"
+            "[bootfile]\nefi-x64 = new/grubx64.efi\n")
+    service.reload(parse_config(text, tmp_path / "pybootd.ini"))
+    _feed(service, MessageType.DISCOVER, options=pxe)
+    _feed(service, MessageType.DISCOVER, mac=bytes.fromhex("525400000002"), options=pxe)
+    _close(service)
+    assert replies == ["offer 198.51.100.100 pxelinux.0",
+                       "offer 198.51.100.42 new/grubx64.efi"]  # the other MAC: denied now
+
+
+def test_a_damaged_lease_file_at_run_time_stops_the_daemon(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    service = _service(tmp_path)
+    replies = _sent(service)
+    service.store = LeaseStore(tmp_path / "l.sqlite")
+    failures: list[str] = []
+    service.runtime.on_fatal = failures.append
+    server = {DhcpOption.SERVER_ID: IPv4Address("198.51.100.1").packed,
+              DhcpOption.REQUESTED_IP: IPv4Address("198.51.100.100").packed}
+
+    def locked(*args: object) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    def malformed(*args: object) -> None:
+        raise sqlite3.DatabaseError("database disk image is malformed")
+
+    service.store.write = locked  # type: ignore[method-assign]
+    with caplog.at_level(logging.ERROR):
+        _feed(service, MessageType.REQUEST, options=server)
+        assert failures == []  # transient: the client asks again
+        service.store.write = malformed  # type: ignore[method-assign]
+        _feed(service, MessageType.REQUEST, options=server)
+        _feed(service, MessageType.REQUEST, options=server)  # no longer accepted
+    _close(service)
+    assert replies == []  # never an ACK for a lease that is not stored
+    path = tmp_path / "l.sqlite"
+    assert failures == [f"lease file {path} cannot be written (database disk image is "
+                        "malformed); no lease can be acknowledged"]
+    assert f"{failures[0]}: stopping (exit status 1)" in [r.getMessage() for r in caplog.records]
+
+
+def test_bound_lease_keeps_host_name_and_uuid(tmp_path: Path) -> None:
+    """What ``pybootd leases`` shows: option 12 and the UUID of the PXE boot."""
+    service = _service(tmp_path)
+    _sent(service)
+    service.store = LeaseStore(tmp_path / "l.sqlite")
+    pxe = {DhcpOption.VENDOR_CLASS: b"PXEClient:Arch:00007:UNDI:003016",
+           DhcpOption.CLIENT_ARCH: bytes((0, 7)),
+           DhcpOption.CLIENT_UUID: bytes.fromhex("0044454c4c420010358051b4c04f4d3132")}
+    server = {DhcpOption.SERVER_ID: IPv4Address("198.51.100.1").packed,
+              DhcpOption.REQUESTED_IP: IPv4Address("198.51.100.100").packed}
+    _feed(service, MessageType.REQUEST, options={**pxe, **server})
+    # The installer's plain DHCP afterwards: its host name, the UUID its MAC showed.
+    _feed(service, MessageType.REQUEST,
+          options={**server, DhcpOption.HOST_NAME: b"pc-\xe9\x01"})
+    _close(service)
+    (lease,) = read_leases(tmp_path / "l.sqlite")
+    assert (lease.mac, lease.hostname, lease.uuid) == (MAC_TEXT, "pc-\\xe9\x01", UUID)

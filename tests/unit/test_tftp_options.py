@@ -44,19 +44,40 @@ def test_timeout_granted() -> None:
 
 @pytest.mark.parametrize("option", [
     ("blksize", "7"), ("blksize", "abc"), ("windowsize", "0"), ("timeout", "0"),
-    ("timeout", "256"), ("tsize", "-1"), ("blksize", ""),
-    ("blksize", "\u00b2"), ("windowsize", "\u0661"), ("tsize", "9" * 5000),
+    ("timeout", "256"), ("timeout", "five"), ("blksize", ""),
+    ("blksize", "\u00b2"), ("windowsize", "\u0661"), ("windowsize", "many"),
 ])
-def test_values_that_cannot_be_honoured_get_error_8(option: tuple[str, str]) -> None:
-    with pytest.raises(TftpError) as info:
-        negotiate((option,), LIMITS, size=1, is_write=False)
-    assert info.value.code == 8
+def test_values_that_cannot_be_used_are_ignored_not_refused(option: tuple[str, str]) -> None:
+    """RFC 2347 section 2: an option not granted is left out of the OACK and
+    the transfer goes on with the defaults (as tftpd-hpa and dnsmasq do)."""
+    result = negotiate((option, ("blksize", "1024")), LIMITS, size=1, is_write=False)
+    assert result.oack == (("blksize", "1024"),)
+    alone = negotiate((option,), LIMITS, size=1, is_write=False)
+    assert alone.oack == () and (alone.windowsize, alone.timeout) == (1, 1.0)
+    assert alone.blksize == 512
+
+
+@pytest.mark.parametrize("value", ["enable", "0", "-1", "", "\u00b2", "12",
+                                   pytest.param("9" * 5000, id="5000-digits")])
+def test_tsize_in_a_read_is_a_size_request_whatever_its_value(value: str) -> None:
+    """atftp 0.8 --option "tsize enable" sends tsize=enable (field notes);
+    RFC 2349 section 4: the client sends 0 and the server answers the size."""
+    result = negotiate((("tsize", value), ("blksize", "1468")), LIMITS, size=4242,
+                       is_write=False)
+    assert result.oack == (("tsize", "4242"), ("blksize", "1468")) and result.tsize == 4242
+
+
+def test_tsize_in_a_write_that_is_not_a_number_is_ignored() -> None:
+    result = negotiate((("tsize", "enable"), ("blksize", "1024")), LIMITS, size=None,
+                       is_write=True)
+    assert result.oack == (("blksize", "1024"),) and result.tsize is None
 
 
 def test_upload_over_limit_is_disk_full() -> None:
     with pytest.raises(TftpError) as info:
         negotiate((("tsize", "1001"),), LIMITS, size=None, is_write=True)
     assert info.value.code == 3
+    assert info.value.message == "disk full or allocation exceeded"  # RFC 1350
     ok = negotiate((("tsize", "1000"),), LIMITS, size=None, is_write=True)
     assert ok.tsize == 1000 and ok.oack == (("tsize", "1000"),)
 
@@ -76,8 +97,15 @@ def test_window_bursts_fit_a_default_receive_buffer() -> None:
 
 
 @given(st.sampled_from(["blksize", "tsize", "timeout", "windowsize"]), st.text(max_size=40))
-def test_any_value_is_granted_or_refused_with_a_tftp_error(name: str, value: str) -> None:
+def test_any_value_in_a_read_is_granted_or_ignored(name: str, value: str) -> None:
+    result = negotiate(((name, value),), LIMITS, size=1, is_write=False)
+    assert len(result.oack) <= 1 and all(n == name for n, _ in result.oack)
+    assert 8 <= result.blksize <= 1468 and 1 <= result.windowsize <= 64
+
+
+@given(st.sampled_from(["blksize", "tsize", "timeout", "windowsize"]), st.text(max_size=40))
+def test_any_value_in_a_write_is_granted_ignored_or_disk_full(name: str, value: str) -> None:
     try:
-        negotiate(((name, value),), LIMITS, size=1, is_write=False)
+        negotiate(((name, value),), LIMITS, size=None, is_write=True)
     except TftpError as exc:
-        assert exc.code == 8
+        assert exc.code == 3 and name == "tsize"

@@ -6,7 +6,7 @@ import pytest
 
 from pybootd.errors import TftpError
 from pybootd.tftp.blocks import BlockStore
-from pybootd.tftp.filters import FilterSet, Rule, indirect_name
+from pybootd.tftp.filters import FilterSet, Rule, indirect_name, split_confined
 from pybootd.tftp.netascii import NetasciiDecoder, encode_netascii
 from pybootd.tftp.paths import normalize_request_path
 
@@ -67,6 +67,18 @@ def test_indirect_name_first_line_with_expansion() -> None:
     assert indirect_name("# comment\n\n  kernels/{filename}.img \nother\n", "vm1") == \
         "kernels/vm1.img"
     assert indirect_name("# nothing\n", "x") is None
+
+
+@pytest.mark.parametrize(("template", "expected"), [
+    ("/srv/pub/{filename}", ("/srv/pub/", "pub/etc/shadow")),
+    ("/srv/img-{filename}.cfg", ("/srv/", "img-pub/etc/shadow.cfg")),
+    ("/srv/{filename}/boot/{filename}", ("/srv/", "pub/etc/shadow/boot/pub/etc/shadow")),
+    ("{filename}.real", ("", "pub/etc/shadow.real")),
+    ("/srv/fixed.cfg", None),  # no {filename}: a fixed file the administrator named
+])
+def test_split_confined_keeps_the_clients_part_in_the_targets_folder(
+        template: str, expected: tuple[str, str] | None) -> None:
+    assert split_confined(template, "pub/etc/shadow") == expected
 
 
 def test_netascii_round_trip_across_chunks() -> None:

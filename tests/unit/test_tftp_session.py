@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pybootd.tftp.options import Negotiated
 from pybootd.tftp.session import (
+    FIRST_ANSWER_WAIT,
     WAIT,
     Finish,
     Outcome,
@@ -17,9 +18,11 @@ from pybootd.tftp.session import (
 
 
 def read_session(windowsize: int = 1, oack: bool = False, retries: int = 3,
-                 blksize: int = 512) -> ReadSession:
+                 blksize: int = 512, first_answer_wait: float = FIRST_ANSWER_WAIT,
+                 ) -> ReadSession:
     options = (("blksize", str(blksize)),) if oack else ()
-    return ReadSession(Negotiated(blksize, windowsize, 1.0, None, options), retries)
+    return ReadSession(Negotiated(blksize, windowsize, 1.0, None, options), retries,
+                       first_answer_wait)
 
 
 def send(session: ReadSession, action: object, last_block: int, now: float) -> tuple[int, int]:
@@ -49,7 +52,7 @@ def test_oack_then_ack0_then_data() -> None:
 
 
 def test_lost_oack_is_resent_with_backoff_then_gives_up() -> None:
-    s = read_session(oack=True, retries=2)
+    s = read_session(oack=True, retries=2, first_answer_wait=100.0)
     s.start(0.0)
     assert s.on_timer(0.5) is WAIT  # not due yet
     assert s.on_timer(1.0) == SendOack(s.oack, retransmit=True)
@@ -58,6 +61,84 @@ def test_lost_oack_is_resent_with_backoff_then_gives_up() -> None:
     assert s.deadline == 7.0
     result = s.on_timer(7.0)
     assert isinstance(result, Finish) and result.outcome == Outcome.TIMED_OUT
+
+
+# --- a client that never answers: FIRST_ANSWER_WAIT, not the whole retry budget ----------
+def test_unanswered_oack_ends_after_the_first_answer_wait() -> None:
+    """Retries 5 at 1 s would hold the slot 31 s; unanswered, it ends at 3 s."""
+    assert FIRST_ANSWER_WAIT == 3.0
+    s = read_session(oack=True, retries=5)
+    assert isinstance(s.start(10.0), SendOack)
+    assert s.on_timer(11.0) == SendOack(s.oack, retransmit=True)
+    assert s.deadline == 13.0  # the retransmission's would be 14.0
+    assert s.on_timer(12.9) is WAIT
+    result = s.on_timer(13.0)
+    assert result == Finish(Outcome.TIMED_OUT, "no answer to the first packet in 3s")
+    assert not s.established
+
+
+def test_unanswered_first_data_ends_after_the_first_answer_wait() -> None:
+    s = read_session(retries=5)
+    send(s, s.start(0.0), 100, 0.0)
+    assert s.deadline == 1.0
+    send(s, s.on_timer(1.0), 100, 1.0)
+    assert s.deadline == 3.0
+    result = s.on_timer(3.0)
+    assert isinstance(result, Finish) and result.outcome == Outcome.TIMED_OUT
+
+
+def test_answered_session_keeps_its_whole_retry_budget() -> None:
+    """Once the client answered, lost packets later get every retry."""
+    s = read_session(oack=True, retries=5)
+    s.start(0.0)
+    send(s, s.on_ack(0, 0.5), 100, 0.5)  # ACK of the OACK: established
+    assert s.established and s.deadline == 1.5
+    now = 1.5
+    for _ in range(5):  # 1.5 + 2 + 4 + 8 + 8 + 8: far beyond 3 s
+        action = s.on_timer(now)
+        assert isinstance(action, SendWindow) and action.retransmit
+        send(s, action, 100, now)
+        assert s.deadline is not None
+        now = s.deadline
+    assert now > 20
+    result = s.on_timer(now)
+    assert isinstance(result, Finish) and result.detail == "no ACK after block 0"
+
+
+def test_ack_of_data_1_establishes_a_session_without_oack() -> None:
+    s = read_session(windowsize=4)
+    send(s, s.start(0.0), 100, 0.0)
+    assert not s.established
+    send(s, s.on_ack(4, 0.1), 100, 0.1)
+    assert s.established and s.deadline == 1.1
+
+
+def test_lockstep_blocks_sent_by_the_pump_establish_the_session() -> None:
+    s = read_session()
+    send(s, s.start(0.0), 100, 0.0)
+    s.fast_forward(5, 2.5, eof=False)  # ACKs 1..4 were answered in C
+    assert s.established and s.on_timer(3.0) is WAIT and s.deadline == 3.5
+
+
+def test_budget_smaller_than_the_first_answer_wait_ends_as_before() -> None:
+    s = read_session(oack=True, retries=0)
+    s.start(0.0)
+    assert s.deadline == 1.0
+    result = s.on_timer(1.0)
+    assert isinstance(result, Finish) and result.detail == "no ACK after block 0"
+
+
+def test_upload_without_data_1_ends_after_the_first_answer_wait() -> None:
+    s = write_session(retries=5)
+    assert s.start(0.0) == SendAck(0)
+    assert s.on_timer(1.0) == SendAck(0, retransmit=True)
+    assert s.deadline == 3.0
+    result = s.on_timer(3.0)
+    assert result == Finish(Outcome.TIMED_OUT, "no DATA 1 in 3s")
+    s = write_session(retries=5)
+    s.start(0.0)
+    assert isinstance(s.on_data(1, 512, 0.5), Store) and s.established
+    assert s.deadline == 1.5
 
 
 def test_client_error_after_oack_is_an_abort_not_a_failure() -> None:
