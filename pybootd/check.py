@@ -36,7 +36,7 @@ from pathlib import Path
 
 from pybootd.config import Config, FilterRule
 from pybootd.dhcp.arch import arch_name
-from pybootd.errors import ConfigError, TftpError
+from pybootd.errors import ConfigError, PybootdError, TftpError
 from pybootd.netif import LocalNetwork, interface_names, local_addresses
 from pybootd.tftp.filters import FILENAME_VAR, FilterSet, Rule
 from pybootd.tftp.paths import normalize_request_path
@@ -175,6 +175,7 @@ def _check_writable(report: Report, who: Account, dhcp: bool, tftp: bool) -> Non
     if dhcp and bootp is not None and bootp.mode == "server":
         key = ("bootp", "lease_file") if bootp.lease_file else ("daemon", "state_dir")
         _creatable(report, *key, config.lease_file.parent)
+        _check_lease_file(report, key)
     if tftp and config.tftp.root_url:
         key = ("tftp", "cache_dir") if config.tftp.cache_dir else ("daemon", "state_dir")
         _creatable(report, *key, config.cache_dir)
@@ -189,6 +190,17 @@ def _check_writable(report: Report, who: Account, dhcp: bool, tftp: bool) -> Non
         report.error("tftp", "root", f"{root} cannot be read by {who.name}, who serves it "
                      "(expected a folder that user may read, and enter from /)")
     _check_log_file(report, who)
+
+
+def _check_lease_file(report: Report, key: tuple[str, str]) -> None:
+    """What the daemon's start would refuse (empty, not SQLite, damaged): read-only,
+    without the daemon's lock, so it runs beside a running daemon (ExecStartPre)."""
+    from pybootd.server.leasestore import check_lease_file
+
+    try:
+        check_lease_file(report.config.lease_file)
+    except PybootdError as exc:
+        report.error(*key, str(exc))
 
 
 def _creatable(report: Report, section: str, key: str, folder: Path) -> None:

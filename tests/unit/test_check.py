@@ -239,6 +239,30 @@ def test_state_dir_that_cannot_be_created(root: Path, tmp_path: Path,
             f"{tmp_path / 'a-file' / 'state'})") in err
 
 
+@pytest.mark.parametrize("content", [b"", b"not a database at all\n"], ids=["empty", "garbage"])
+def test_lease_file_the_start_would_refuse_is_an_error(
+        root: Path, tmp_path: Path, content: bytes, capsys: pytest.CaptureFixture[str]) -> None:
+    """--check is the unit's ExecStartPre: it finds what the start would refuse,
+    read-only and without the running daemon's lock."""
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "leases.sqlite").write_bytes(content)
+    status, _, err, path = check(tmp_path, config(root, tmp_path), capsys)
+    assert status == 1
+    assert (f"pybootd: {path}:{line_of(path, 'state_dir')}: daemon.state_dir: lease file "
+            f"{tmp_path / 'state' / 'leases.sqlite'} ") in err
+    assert "move it aside to start with no leases" in err
+
+
+def test_a_good_lease_file_passes(root: Path, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from pybootd.server.leasestore import LeaseStore
+
+    (tmp_path / "state").mkdir()
+    LeaseStore(tmp_path / "state" / "leases.sqlite").close()
+    status, _, err, _ = check(tmp_path, config(root, tmp_path), capsys)
+    assert status == 0, err
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write any folder")
 def test_state_dir_not_writable(root: Path, tmp_path: Path,
                                 capsys: pytest.CaptureFixture[str]) -> None:
