@@ -32,7 +32,7 @@ from pybootd.config import Config, load_config
 from pybootd.errors import PybootdError
 from pybootd.logsetup import reopen_log_files, set_level
 from pybootd.privileges import drop_privileges, prepare_dirs
-from pybootd.server.runtime import Runtime, Service
+from pybootd.runtime import Runtime, Service
 
 log = logging.getLogger("pybootd")
 FEW_FILES = 4096  # below this many descriptors, a room of PCs booting hits the limit
@@ -185,7 +185,7 @@ class Daemon:
         finally:
             for service in self.services:
                 service.close()
-            executor.shutdown(wait=False, cancel_futures=True)
+            runtime.close()
         return self.status
 
     async def _start(self, runtime: Runtime) -> None:

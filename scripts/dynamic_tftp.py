@@ -17,10 +17,10 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from pybootd.api import BytesResponse, ServerStats, TftpRequest, TransferStats
 from pybootd.config import parse_config
-from pybootd.server.runtime import Runtime
+from pybootd.runtime import Runtime
 from pybootd.server.tftp import TftpService
-from pybootd.sources.api import BytesResponse, ServerStats, TftpRequest, TransferStats
 
 
 def handler(request: TftpRequest) -> BytesResponse | None:

@@ -30,14 +30,11 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
-import functools
 import logging
 import socket
 import sqlite3
-import struct
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import TypeVar
@@ -52,23 +49,20 @@ from pybootd.dhcp.responder import Decision, Settings, respond
 from pybootd.errors import BadPacket, NetworkConfigError, SourceError
 from pybootd.loglimit import LogLimiter, OncePer
 from pybootd.netif import LocalNetwork, find_network, local_networks
+from pybootd.runtime import Runtime
 from pybootd.server.dhcpacl import AccessControl, Verdict
 from pybootd.server.leasestore import LeaseFileError, LeaseStore, is_fatal
 from pybootd.server.notify import Notifier
-from pybootd.server.runtime import Runtime
+from pybootd.udp import IP_PKTINFO, PKTINFO_SPACE, packet_info, pktinfo_cmsg
 
 log = logging.getLogger("pybootd.dhcp")
 T = TypeVar("T")
 
-# <linux/in.h>: IP_PKTINFO = 8; struct in_pktinfo { int ipi_ifindex;
-# struct in_addr ipi_spec_dst; struct in_addr ipi_addr; }
-IP_PKTINFO: int = getattr(socket, "IP_PKTINFO", 8)
-_PKTINFO = struct.Struct("=i4s4s")
-_CMSG_SPACE = socket.CMSG_SPACE(_PKTINFO.size)
 _RECV_SIZE = 4096  # larger than any sane request (RFC 2131: at least 576 accepted)
 _BATCH = 64  # datagrams read per wake-up before yielding to the loop
 _MAX_WAITING = 1024  # requests waiting for an access answer; more are dropped
 _STORE_TIMEOUT = 30.0
+_STORE_POOL = "leases"  # Runtime.pool: one thread, see _in_store_thread
 _ONCE_LIMIT = 4096  # (MAC, condition) pairs remembered for lines logged once
 _INCOMING_EVENTS = {
     MessageType.DISCOVER: "discover",
@@ -181,7 +175,6 @@ class DhcpService:
         self._started = False
         self._failed = False  # the lease file failed for good: nothing more is served
         self._ifnames: dict[int, str] = {}
-        self._store_thread = ThreadPoolExecutor(1, thread_name_prefix="pybootd-leases")
         # Lasting conditions (a refused MAC): one INFO line per MAC per window.
         self._once = OncePer(limit=_ONCE_LIMIT)
 
@@ -273,8 +266,8 @@ class DhcpService:
         if self.store is not None:
             store, self.store = self.store, None
             # In the writer thread, after any commit still running there.
-            self._store_thread.submit(store.close)
-        self._store_thread.shutdown(wait=True, cancel_futures=False)
+            # In the writer thread, after any commit still running there.
+            self.runtime.pool(_STORE_POOL).submit(store.close).result(_STORE_TIMEOUT)
         self.limiter.flush()
         if self._started:  # a start that failed said why in one line: nothing to add
             counts = ", ".join(f"{k}={v}" for k, v in sorted(self.stats.items()))
@@ -363,17 +356,14 @@ class DhcpService:
     def _on_readable(self, sock: socket.socket, boot_service: bool) -> None:
         for _ in range(_BATCH):
             try:
-                data, ancdata, _flags, source = sock.recvmsg(_RECV_SIZE, _CMSG_SPACE)
+                data, ancdata, _flags, source = sock.recvmsg(_RECV_SIZE, PKTINFO_SPACE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 log.warning("receive failed: %s", exc)
                 return
-            ifindex = 0
-            for level, kind, value in ancdata:
-                if level == socket.IPPROTO_IP and kind == IP_PKTINFO \
-                        and len(value) >= _PKTINFO.size:
-                    ifindex = _PKTINFO.unpack_from(value)[0]
+            info = packet_info(ancdata)
+            ifindex = info.ifindex if info is not None else 0
             try:
                 self._received(data, ifindex, source, sock, boot_service)
             except Exception:  # a bug must not stop the service for other clients
@@ -510,16 +500,11 @@ class DhcpService:
                            "no lease can be acknowledged")
 
     async def _in_store_thread(self, func: Callable[..., T], *args: object) -> T:
-        """Run SQLite work in the service's own writer thread, never on the loop.
-
-        One dedicated thread (not the shared pool): commits stay serialized on
-        one connection, and they never queue behind slow HTTP queries.
-        """
-        future = self.runtime.loop.run_in_executor(self._store_thread,
-                                                   functools.partial(func, *args))
+        """Run SQLite work in the lease store's own thread (one: commits stay
+        serialized on one connection and never queue behind HTTP queries)."""
         try:
-            return await asyncio.wait_for(future, _STORE_TIMEOUT)
-        except TimeoutError:
+            return await self.runtime.blocking(_STORE_TIMEOUT, func, *args, pool=_STORE_POOL)
+        except SourceError:
             raise SourceError(f"lease file: no answer in {_STORE_TIMEOUT:g}s") from None
 
     # --- send ---------------------------------------------------------------
@@ -529,8 +514,7 @@ class DhcpService:
         if decision.broadcast:
             # Leave by the interface the request came in on (no route needed).
             out = ifindex or self._ifindex
-            ancillary = [(socket.IPPROTO_IP, IP_PKTINFO,
-                          _PKTINFO.pack(out, self.server_address.packed, bytes(4)))]
+            ancillary = pktinfo_cmsg(out, self.server_address.packed)
         try:
             if ancillary:
                 sock.sendmsg([decision.reply], ancillary, 0, decision.destination)

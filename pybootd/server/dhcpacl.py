@@ -40,7 +40,7 @@ import requests
 
 from pybootd.config import Config
 from pybootd.dhcp.pxe import ClientInfo
-from pybootd.server.runtime import Runtime
+from pybootd.runtime import Runtime
 
 log = logging.getLogger("pybootd.dhcp.acl")
 

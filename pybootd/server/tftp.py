@@ -7,17 +7,24 @@ import contextlib
 import errno
 import logging
 import socket
-import struct
 from collections import Counter
 from dataclasses import dataclass
 from ipaddress import ip_address
 from pathlib import Path
 
+from pybootd.api import (
+    Handler,
+    ServerStats,
+    ServerStatsCallback,
+    SessionStatsCallback,
+    TftpRequest,
+    TransferStats,
+)
 from pybootd.config import Config, TftpConfig
 from pybootd.errors import BadPacket, PybootdError, SourceError, TftpError
 from pybootd.loglimit import LogLimiter, OncePer, clip
+from pybootd.runtime import Runtime
 from pybootd.server import tftp_pump
-from pybootd.server.runtime import Runtime
 from pybootd.server.tftp_lockstep import ThreadedReadTransfer
 from pybootd.server.tftp_transfer import (
     SOURCE_UNAVAILABLE,
@@ -26,29 +33,19 @@ from pybootd.server.tftp_transfer import (
     WriteTransfer,
 )
 from pybootd.sources import local
-from pybootd.sources.api import (
-    Handler,
-    ServerStats,
-    ServerStatsCallback,
-    SessionStatsCallback,
-    TftpRequest,
-    TransferStats,
-)
 from pybootd.sources.chunks import DISK_TIMEOUT, ChunkSource, NetasciiSource, PooledSource
 from pybootd.sources.httpcache import HttpCache
-from pybootd.sources.resolver import Resolver, format_peer
+from pybootd.sources.resolver import Resolver
 from pybootd.tftp.filters import FilterSet, Rule
 from pybootd.tftp.options import Limits, negotiate
 from pybootd.tftp.packets import ErrorCode, Request, encode_error, parse_packet_untrusted
 from pybootd.tftp.paths import normalize_request_path
 from pybootd.tftp.session import Outcome, ReadSession, WriteSession
+from pybootd.udp import IP_PKTINFO, format_peer, packet_info
 
 log = logging.getLogger("pybootd.tftp")
 
-IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; absent from Python's module
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux value (socket(7))
-_IN_PKTINFO = struct.Struct("=i4s4s")  # ifindex, spec_dst, addr (linux/in.h)
-_IN6_PKTINFO = struct.Struct("=16sI")  # addr, ifindex (RFC 3542 section 6.1)
 SOCKET_BUFFER = 4 * 1024 * 1024
 MODES = ("octet", "netascii")
 REPEAT_AFTER_ABORT = 1.0  # seconds: a request this close to its transfer's abort is new
@@ -123,7 +120,7 @@ class Totals:
 
 
 class TftpService:
-    """Implements :class:`pybootd.server.runtime.Service`."""
+    """Implements :class:`pybootd.runtime.Service`."""
 
     name = "tftp"
 
@@ -621,21 +618,10 @@ def _large_receive_buffer(sock: socket.socket) -> None:
 
 def _local_address(ancdata: list[tuple[int, int, bytes]]) -> tuple[str, int] | None:
     """The local address to answer from, and the interface (IP_PKTINFO)."""
-    for level, kind, data in ancdata:
-        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= _IN_PKTINFO.size:
-            # ipi_spec_dst, not ipi_addr: Linux sets it to the destination of
-            # a unicast to us and, for a broadcast or multicast (whatever the
-            # netmask), to the receiving interface's preferred address (ip(7)).
-            # It is 0.0.0.0 only without a route (then: the fallback below).
-            ifindex, spec_dst, _dst = _IN_PKTINFO.unpack_from(data)
-            if spec_dst == bytes(4):
-                return None
-            return socket.inet_ntop(socket.AF_INET, spec_dst), ifindex
-        if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO \
-                and len(data) >= _IN6_PKTINFO.size:
-            dst, ifindex = _IN6_PKTINFO.unpack_from(data)
-            return socket.inet_ntop(socket.AF_INET6, dst), ifindex
-    return None
+    info = packet_info(ancdata)
+    if info is None or info.local is None:
+        return None  # no route: the caller falls back to the listener's address
+    return info.local, info.ifindex
 
 
 def _transfer_socket(family: int, local: tuple[str, int] | str,

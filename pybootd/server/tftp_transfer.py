@@ -20,9 +20,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from pybootd.api import TransferStats
 from pybootd.errors import BadPacket, PybootdError, SourceError, TftpError
 from pybootd.loglimit import LogLimiter, clip
-from pybootd.sources.api import TransferStats
 from pybootd.sources.chunks import DISK_TIMEOUT, ChunkSource
 from pybootd.tftp.blocks import BlockStore
 from pybootd.tftp.netascii import NetasciiDecoder
@@ -50,9 +50,10 @@ from pybootd.tftp.session import (
     Store,
     WriteSession,
 )
+from pybootd.udp import format_peer
 
 if TYPE_CHECKING:
-    from pybootd.server.runtime import Runtime
+    from pybootd.runtime import Runtime
     from pybootd.server.tftp_pump import Pump
     from pybootd.sources.local import Upload
 
@@ -118,7 +119,7 @@ class Transfer:
         self.sock = sock
         self.peer = peer
         self.key: tuple[str, int, int, str] = (peer[0], peer[1], 0, name)
-        self.label = _label(peer)
+        self.label = format_peer(peer)
         self.name, self.served, self.mode = name, served, mode
         self.asked, self.granted = asked, granted
         self.on_done = on_done
@@ -197,7 +198,7 @@ class Transfer:
         """A packet from another TID: tell it off, carry on (RFC 1350 section 4)."""
         if self.log_limiter().allow("packet from a foreign TID", time.monotonic(), logging.INFO):
             log.info("%s: packet from foreign TID %s answered with ERROR 5", self.label,
-                     _label(addr))
+                     format_peer(addr))
         self.send(encode_error(ErrorCode.UNKNOWN_TID, "Unknown transfer ID"), addr)
 
     def log_limiter(self) -> LogLimiter:
@@ -670,8 +671,3 @@ def _background(task: asyncio.Task[None]) -> None:
     """Keep a reference to a task nobody awaits (asyncio holds it weakly)."""
     _tasks.add(task)
     task.add_done_callback(_tasks.discard)
-
-
-def _label(peer: tuple[str, int]) -> str:
-    host, port = peer[0], peer[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
-from pybootd.server.runtime import Runtime
-from pybootd.sources.api import ResponseData
+from pybootd.api import ResponseData
+from pybootd.runtime import Runtime
 from pybootd.tftp.netascii import encode_netascii
 
 log = logging.getLogger("pybootd.tftp")

@@ -39,17 +39,17 @@ import os
 import time
 import urllib.parse
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import requests
 from urllib3.response import HTTPResponse
 
+from pybootd.api import FileResponse
 from pybootd.errors import TftpError
 from pybootd.loglimit import OncePer
-from pybootd.server.runtime import Runtime
-from pybootd.sources.api import FileResponse
+from pybootd.runtime import Runtime
 from pybootd.sources.chunks import DISK_TIMEOUT, PooledSource
 from pybootd.sources.local import write_all
 from pybootd.tftp.packets import ErrorCode
@@ -179,8 +179,10 @@ class HttpCache:
         self.timeout = timeout
         self.entries: dict[str, Entry] = {}
         self._opening: dict[str, asyncio.Future[Entry]] = {}
-        self._requests = ThreadPoolExecutor(MAX_REQUESTS, thread_name_prefix="pybootd-http")
-        self._downloads = ThreadPoolExecutor(MAX_DOWNLOADS, thread_name_prefix="pybootd-dl")
+        # Pools of their own (the runtime's, by name): a long download never
+        # delays a request, and neither waits behind disk work.
+        self._requests = runtime.pool("http-requests", MAX_REQUESTS)
+        self._downloads = runtime.pool("http-downloads", MAX_DOWNLOADS)
         self._running = 0  # downloads submitted and not yet done
         self.downloads = 0  # complete upstream downloads (for tests and stats)
         self.stale_max = runtime.config.tftp.stale_max if stale_max is None else stale_max

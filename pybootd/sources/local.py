@@ -24,9 +24,9 @@ import stat
 import threading
 from pathlib import Path
 
+from pybootd.api import FileResponse
 from pybootd.config import Config
 from pybootd.errors import TftpError
-from pybootd.sources.api import FileResponse
 from pybootd.tftp.packets import ErrorCode
 
 log = logging.getLogger("pybootd.tftp")

@@ -8,16 +8,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pybootd.api import FileResponse, Handler, ResponseData, TftpRequest
 from pybootd.config import TftpConfig
 from pybootd.errors import PybootdError, TftpError
-from pybootd.server.runtime import Runtime
+from pybootd.runtime import Runtime
 from pybootd.sources import local
-from pybootd.sources.api import FileResponse, Handler, ResponseData, TftpRequest
 from pybootd.sources.chunks import DISK_TIMEOUT, ChunkSource, PooledSource
 from pybootd.sources.httpcache import HttpCache
 from pybootd.tftp.filters import FilterSet, expand, indirect_template, split_confined
 from pybootd.tftp.packets import ErrorCode
 from pybootd.tftp.paths import normalize_request_path
+from pybootd.udp import format_peer
 
 log = logging.getLogger("pybootd.tftp")
 
@@ -137,8 +138,3 @@ def _normalized(name: str, request: TftpRequest) -> str:
 
 def _peer(request: TftpRequest) -> str:
     return format_peer(request.peer)
-
-
-def format_peer(peer: tuple[str, int]) -> str:
-    host, port = peer[0], peer[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -25,13 +25,13 @@ from pybootd.dhcp.responder import ignore, respond
 from pybootd.errors import NetworkConfigError, PybootdError
 from pybootd.loglimit import LogLimiter
 from pybootd.netif import LocalNetwork
+from pybootd.runtime import Runtime
 from pybootd.server import dhcp as dhcp_service
 from pybootd.server import dhcpacl
 from pybootd.server.dhcp import DhcpService, _Peer
 from pybootd.server.dhcpacl import AccessControl, Verdict
 from pybootd.server.leasestore import LeaseStore, read_leases
 from pybootd.server.notify import Notifier, format_event
-from pybootd.server.runtime import Runtime
 
 UUID = "4C4C4544-0042-3510-8051-B4C04F4D3132"  # as dmidecode prints it
 T0 = 1_700_000_000.0

@@ -18,10 +18,10 @@ from netlab import wait_for
 from test_tftp_service import Server, free_port, start_error
 from tftpclient import Client, TftpFailure
 
+from pybootd.api import BytesResponse, TftpRequest, TransferStats
 from pybootd.config import parse_config
 from pybootd.errors import SourceError
 from pybootd.server.tftp import REFUSAL_BURST
-from pybootd.sources.api import BytesResponse, TftpRequest, TransferStats
 from pybootd.tftp.packets import (
     Data,
     Error,

@@ -19,10 +19,10 @@ from netlab import wait_for
 from test_tftp_service import Server, ini
 from tftpclient import Client
 
+from pybootd.api import TransferStats
 from pybootd.server import tftp_pump
 from pybootd.server.tftp import TftpService
 from pybootd.server.tftp_lockstep import SPIN_MISSES, SPIN_PROBE
-from pybootd.sources.api import TransferStats
 from pybootd.tftp.packets import Data, Error, ErrorCode, encode, encode_ack
 
 try:

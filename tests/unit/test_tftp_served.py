@@ -17,8 +17,8 @@ from netlab import wait_for
 from test_tftp_service import Server, free_port
 from tftpclient import Client, TftpFailure
 
+from pybootd.api import TransferStats
 from pybootd.sources import httpcache
-from pybootd.sources.api import TransferStats
 from pybootd.tftp.packets import Ack, Error, ErrorCode, Oack
 
 SECRET = b"root:$6$secret-hash:19000:0:99999:7:::\n"

@@ -20,15 +20,15 @@ import pytest
 from netlab import wait_for
 from tftpclient import Client, TftpFailure
 
+from pybootd.api import BytesResponse, ServerStats, TftpRequest, TransferStats
 from pybootd.config import parse_config
 from pybootd.errors import PybootdError, TftpError
+from pybootd.runtime import Runtime
 from pybootd.server import tftp, tftp_pump, tftp_transfer
-from pybootd.server.runtime import Runtime
 from pybootd.server.tftp import TftpService
 from pybootd.server.tftp_lockstep import SPIN_MISSES, SPIN_PROBE, ThreadedReadTransfer
 from pybootd.server.tftp_transfer import GSO_BATCH, gso_segments
 from pybootd.sources import local
-from pybootd.sources.api import BytesResponse, ServerStats, TftpRequest, TransferStats
 from pybootd.tftp.packets import Ack, Data, Error, ErrorCode, Oack, encode, encode_ack
 
 

@@ -9,6 +9,8 @@ Raising :class:`pybootd.errors.TftpError` sends that error to the client;
 any other exception sends ERROR 0 and is logged.
 
 This is the shape of fbtftp's ``ResponseData``, so handlers port over.
+This module is public and typed (``py.typed``): what it names stays
+compatible within a major version.
 """
 
 from __future__ import annotations
