@@ -157,7 +157,7 @@ def test_mac_list_and_notifications(dlab: DhcpLab) -> None:
         DhcpOption.REQUESTED_IP: offer.yiaddr.packed})
     assert p.collect(1.5)[request][1].message_type == MessageType.ACK
     del off, unlisted
-    server_id = {DhcpOption.SERVER_ID: bytes((198, 51, 100, 1))}
+    server_id: dict[int, bytes] = {DhcpOption.SERVER_ID: bytes((198, 51, 100, 1))}
     wrong = p.send(MessageType.REQUEST, mac(1), {  # INIT-REBOOT for another address
         **pxe(), DhcpOption.REQUESTED_IP: bytes((198, 51, 100, 149))})
     assert p.collect(1.5)[wrong][1].message_type == MessageType.NAK

@@ -22,7 +22,7 @@ from pybootd.dhcp.options import DhcpOption, MessageType
 
 pytestmark = [pytest.mark.netns, pytest.mark.interop]
 
-PXE = {DhcpOption.VENDOR_CLASS: b"PXEClient:Arch:00007:UNDI:003016",
+PXE: dict[int, bytes] = {DhcpOption.VENDOR_CLASS: b"PXEClient:Arch:00007:UNDI:003016",
        DhcpOption.CLIENT_ARCH: bytes((0, 7)),
        DhcpOption.CLIENT_UUID: bytes.fromhex("0044454c4c4200103580" "51b4c04f4d3132")}
 PROXY = IPv4Address("198.51.100.1")

@@ -34,7 +34,7 @@ def request(kind: MessageType | None, *, mac: bytes = MAC, options: dict[int, by
 
 
 def pxe_options(vendor: bytes = PXE_EFI, arch: int = 7, uuid: bool = True) -> dict[int, bytes]:
-    opts = {
+    opts: dict[int, bytes] = {
         DhcpOption.VENDOR_CLASS: vendor,
         DhcpOption.CLIENT_ARCH: arch.to_bytes(2, "big"),
         DhcpOption.CLIENT_NDI: bytes((1, 3, 16)),

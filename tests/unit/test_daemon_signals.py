@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -75,13 +75,13 @@ class Daemons:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, config: Path, wrap: list[str] | None = None,
-              **kw: object) -> subprocess.Popen[bytes]:
+              preexec_fn: Callable[[], object] | None = None) -> subprocess.Popen[bytes]:
         err = (config.parent / f"{config.name}.{len(self.procs)}.stderr").open("wb")
         argv = [*(wrap or []), sys.executable, "-m", "pybootd", "-c", str(config)]
-        proc = subprocess.Popen(argv,
+        proc: subprocess.Popen[bytes] = subprocess.Popen(argv,
                                 stdout=subprocess.DEVNULL, stderr=err,
                                 env=dict(os.environ, PYTHONPATH=str(REPO)),
-                                start_new_session=True, **kw)  # type: ignore[call-overload]
+                                start_new_session=True, preexec_fn=preexec_fn)
         err.close()
         proc.stderr_path = Path(err.name)  # type: ignore[attr-defined]
         self.procs.append(proc)

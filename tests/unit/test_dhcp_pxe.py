@@ -51,7 +51,7 @@ def test_pxe_client() -> None:
 
 
 def test_arch_from_vendor_class_when_93_missing() -> None:
-    options = {DhcpOption.VENDOR_CLASS: PXE_BIOS}
+    options: dict[int, bytes] = {DhcpOption.VENDOR_CLASS: PXE_BIOS}
     info = client_info(request(MessageType.DISCOVER, options=options))
     assert info.arches == (0,) and info.uuid is None and info.pxe
 

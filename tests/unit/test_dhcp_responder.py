@@ -183,7 +183,7 @@ def test_ipxe_rom_chainloads_our_ipxe_then_gets_the_script() -> None:
     pool = new_pool()
 
     def file_of(kind: MessageType, xid: int, now: float, options: dict[int, bytes]) -> bytes:
-        extra = {DhcpOption.SERVER_ID: SERVER.packed,
+        extra: dict[int, bytes] = {DhcpOption.SERVER_ID: SERVER.packed,
                  DhcpOption.REQUESTED_IP: POOL_START.packed} if kind == MessageType.REQUEST \
             else {}
         packet = _with_xid(request(kind, options={**options, **extra}), xid)

@@ -14,6 +14,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
+import requests
 from dhcp_helpers import MAC, MAC_TEXT, request
 
 from pybootd.config import parse_config
@@ -242,7 +243,11 @@ def test_access_deadline_counts_from_the_arrival(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     import time
 
-    monkeypatch.setattr(dhcpacl, "_http_status", lambda url, timeout: time.sleep(0.3) or 200)
+    def slow_status(url: str, timeout: float) -> int:
+        time.sleep(0.3)
+        return 200
+
+    monkeypatch.setattr(dhcpacl, "_http_status", slow_status)
     rt = _acl_runtime(tmp_path, workers=4, timeout=0.5)
     acl = AccessControl(rt.config, rt)
 
@@ -317,7 +322,7 @@ def test_http_query_bounds_connect_and_read(monkeypatch: pytest.MonkeyPatch) -> 
         seen.update(kwargs)
         return Response()
 
-    monkeypatch.setattr(dhcpacl.requests, "get", fake_get)
+    monkeypatch.setattr(requests, "get", fake_get)  # what dhcpacl calls
     assert dhcpacl._http_status("http://acl.invalid/x", 0.7) == 204
     assert seen["timeout"] == (0.7, 0.7) and seen["allow_redirects"] is False
 
@@ -385,7 +390,7 @@ def test_flood_of_warnings_writes_a_bounded_number_of_lines(
 def test_lasting_condition_is_logged_once_per_mac(tmp_path: Path,
                                                   caplog: pytest.LogCaptureFixture) -> None:
     service = _service(tmp_path)
-    http = {DhcpOption.VENDOR_CLASS: b"HTTPClient:Arch:00016:UNDI:003001",
+    http: dict[int, bytes] = {DhcpOption.VENDOR_CLASS: b"HTTPClient:Arch:00016:UNDI:003001",
             DhcpOption.CLIENT_ARCH: bytes((0, 16))}
     with caplog.at_level(logging.INFO, logger="pybootd.dhcp"):
         for mac in (MAC, MAC, MAC, bytes.fromhex("525400000002")):
@@ -423,7 +428,7 @@ def test_one_notification_per_event(tmp_path: Path) -> None:
     service.notifier = recorder  # type: ignore[assignment]
     service.store = LeaseStore(tmp_path / "l.sqlite")
     service._send = lambda *args: None  # type: ignore[method-assign]
-    server = {DhcpOption.SERVER_ID: IPv4Address("198.51.100.1").packed}
+    server: dict[int, bytes] = {DhcpOption.SERVER_ID: IPv4Address("198.51.100.1").packed}
 
     def serve(kind: MessageType, **fields: object) -> None:
         packet = request(kind, **fields)  # type: ignore[arg-type]
@@ -501,7 +506,7 @@ def _sent(service: DhcpService) -> list[str]:
 def _feed(service: DhcpService, kind: MessageType, mac: bytes = MAC,
           options: dict[int, bytes] | None = None, **fields: object) -> None:
     """One datagram as it arrives on the socket."""
-    data = encode_packet(request(kind, mac=mac, options=options, **fields))  # type: ignore[arg-type]
+    data = encode_packet(request(kind, mac=mac, options=options, **fields))
     service._received(data, 0, ("0.0.0.0", 68), None, False)  # type: ignore[arg-type]
     if service._writer is not None:
         service.runtime.loop.run_until_complete(service._writer)
@@ -562,7 +567,7 @@ def test_plain_dhcp_client_ignored_is_logged_once_per_mac_per_five_minutes(
 def test_reload_applies_reservations_boot_files_and_access(tmp_path: Path) -> None:
     service = _service(tmp_path)
     replies = _sent(service)
-    pxe = {DhcpOption.VENDOR_CLASS: b"PXEClient:Arch:00007:UNDI:003016",
+    pxe: dict[int, bytes] = {DhcpOption.VENDOR_CLASS: b"PXEClient:Arch:00007:UNDI:003016",
            DhcpOption.CLIENT_ARCH: bytes((0, 7))}
     _feed(service, MessageType.DISCOVER, options=pxe)
     text = (f"[bootp]\npool_start = 198.51.100.100\nallow_simple_dhcp = on\n"
@@ -584,7 +589,7 @@ def test_a_damaged_lease_file_at_run_time_stops_the_daemon(
     service.store = LeaseStore(tmp_path / "l.sqlite")
     failures: list[str] = []
     service.runtime.on_fatal = failures.append
-    server = {DhcpOption.SERVER_ID: IPv4Address("198.51.100.1").packed,
+    server: dict[int, bytes] = {DhcpOption.SERVER_ID: IPv4Address("198.51.100.1").packed,
               DhcpOption.REQUESTED_IP: IPv4Address("198.51.100.100").packed}
 
     def locked(*args: object) -> None:
@@ -593,11 +598,11 @@ def test_a_damaged_lease_file_at_run_time_stops_the_daemon(
     def malformed(*args: object) -> None:
         raise sqlite3.DatabaseError("database disk image is malformed")
 
-    service.store.write = locked  # type: ignore[method-assign]
+    service.store.write = locked  # type: ignore[method-assign,assignment]
     with caplog.at_level(logging.ERROR):
         _feed(service, MessageType.REQUEST, options=server)
         assert failures == []  # transient: the client asks again
-        service.store.write = malformed  # type: ignore[method-assign]
+        service.store.write = malformed  # type: ignore[method-assign,assignment]
         _feed(service, MessageType.REQUEST, options=server)
         _feed(service, MessageType.REQUEST, options=server)  # no longer accepted
     _close(service)
@@ -613,10 +618,10 @@ def test_bound_lease_keeps_host_name_and_uuid(tmp_path: Path) -> None:
     service = _service(tmp_path)
     _sent(service)
     service.store = LeaseStore(tmp_path / "l.sqlite")
-    pxe = {DhcpOption.VENDOR_CLASS: b"PXEClient:Arch:00007:UNDI:003016",
+    pxe: dict[int, bytes] = {DhcpOption.VENDOR_CLASS: b"PXEClient:Arch:00007:UNDI:003016",
            DhcpOption.CLIENT_ARCH: bytes((0, 7)),
            DhcpOption.CLIENT_UUID: bytes.fromhex("0044454c4c420010358051b4c04f4d3132")}
-    server = {DhcpOption.SERVER_ID: IPv4Address("198.51.100.1").packed,
+    server: dict[int, bytes] = {DhcpOption.SERVER_ID: IPv4Address("198.51.100.1").packed,
               DhcpOption.REQUESTED_IP: IPv4Address("198.51.100.100").packed}
     _feed(service, MessageType.REQUEST, options={**pxe, **server})
     # The installer's plain DHCP afterwards: its host name, the UUID its MAC showed.

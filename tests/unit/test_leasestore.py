@@ -165,7 +165,7 @@ def test_which_run_time_failures_are_fatal(tmp_path: Path) -> None:
     assert is_fatal(info.value)  # "database disk image is malformed"
     store.close()
     locked = sqlite3.OperationalError("database is locked")
-    locked.sqlite_errorcode = 5  # type: ignore[attr-defined]  # SQLITE_BUSY
+    locked.sqlite_errorcode = 5  # SQLITE_BUSY
     assert not is_fatal(locked)
 
 
