@@ -66,7 +66,7 @@ class TftpConfig:
     cache_size: int = 1024**3
     http_timeout: float = 5.0
     stale_max: float = 86400.0  # seconds a cached file is served while the mirror fails
-    busy_poll: int = 100  # microseconds; 0 = off (see pybootd.server.tftp_lockstep)
+    busy_poll: int = 100  # microseconds; 0 = off (see pybootd.server.tftp_pump)
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,7 @@ _SCHEMA: dict[str, dict[str, Parser]] = {
     },
     "tftp": {
         "address": v.listen_address,
-        "port": v.integer(1, 65535),
+        "port": v.integer(0, 65535),  # 0: any free port, named in the log (tests)
         "root": v.text,
         "blocksize": v.integer(8, 65464),  # RFC 2348 range
         "windowsize": v.integer(1, 65535),  # RFC 7440 range
@@ -202,7 +202,7 @@ _SCHEMA: dict[str, dict[str, Parser]] = {
     "bootp": {
         "mode": v.choice("server", "proxy"),
         "address": v.ipv4,
-        "port": v.integer(1, 65535),
+        "port": v.integer(0, 65535),  # 0: any free port, named in the log (tests)
         "pxe_port": v.integer(0, 65535),
         "interface": v.text,
         "pool_start": v.ipv4,

@@ -207,7 +207,7 @@ class DhcpService:
         for sock, boot_service in self._sockets:
             self.runtime.loop.add_reader(sock.fileno(), self._on_readable, sock, boot_service)
         log.info("DHCP %s on %s:%d (%s %s), pool %s", self.bootp.mode, self.bootp.address,
-                 self.bootp.port, self.network.interface, self.network.network,
+                 self.port, self.network.interface, self.network.network,
                  self._pool_text())
 
     def reload(self, config: Config) -> None:
@@ -239,6 +239,11 @@ class DhcpService:
         states = self.pool.counts(time.time())
         leases = ", ".join(f"{state} {n}" for state, n in states.items())
         return f"leases: {leases} (pool of {self.pool.count}); {requests}"
+
+    @property
+    def port(self) -> int:
+        """The DHCP port bound (``[bootp] port``; the one chosen for ``port = 0``)."""
+        return int(self._sockets[0][0].getsockname()[1]) if self._sockets else self.bootp.port
 
     def stop_accepting(self) -> None:
         self._accepting = False

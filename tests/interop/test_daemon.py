@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import signal
 import socket
 import subprocess
@@ -17,10 +18,19 @@ from netlab import REPO, require_root, require_tools, wait_for
 pytestmark = [pytest.mark.netns]
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+SERVING = re.compile(r"TFTP serving .* on 127\.0\.0\.1:(\d+)")
+
+
+def bound_port(proc: subprocess.Popen[bytes], seen: list[str]) -> int:
+    """The port the daemon chose for ``port = 0``, from its log (read up to 50 lines)."""
+    assert proc.stdout is not None
+    for _ in range(50):
+        line = proc.stdout.readline().decode()
+        seen.append(line)
+        match = SERVING.search(line)
+        if match:
+            return int(match[1])
+    raise AssertionError("no 'TFTP serving' line:\n" + "".join(seen))
 
 
 def uid_of(pid: int) -> int:
@@ -40,10 +50,9 @@ def test_root_binds_then_runs_as_nobody_and_stops_cleanly() -> None:
         root.mkdir(mode=0o755)
         (root / "file").write_bytes(b"x" * 100_000)
         (root / "file").chmod(0o644)
-        port = free_port()
         config = folder / "pybootd.ini"
         config.write_text(f"[daemon]\nstate_dir = {folder / 'state'}\n"
-                          f"[tftp]\naddress = 127.0.0.1\nport = {port}\nroot = {root}\n")
+                          f"[tftp]\naddress = 127.0.0.1\nport = 0\nroot = {root}\n")
         notify = folder / "notify.sock"
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         listener.bind(str(notify))
@@ -53,8 +62,10 @@ def test_root_binds_then_runs_as_nobody_and_stops_cleanly() -> None:
         proc = subprocess.Popen([sys.executable, "-m", "pybootd", "-t", "-c", str(config)],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
+        seen: list[str] = []
         try:
             assert listener.recv(100) == b"READY=1"
+            port = bound_port(proc, seen)
             assert uid_of(proc.pid) == pwd.getpwnam("nobody").pw_uid
             out = subprocess.run(["curl", "-s", f"tftp://127.0.0.1:{port}/file"],
                                  capture_output=True, timeout=20)
@@ -67,7 +78,7 @@ def test_root_binds_then_runs_as_nobody_and_stops_cleanly() -> None:
                 proc.kill()
                 proc.wait(10)
             listener.close()
-        log = proc.stdout.read().decode() if proc.stdout else ""
+        log = "".join(seen) + (proc.stdout.read().decode() if proc.stdout else "")
         assert "running as nobody" in log
         wait_for(lambda: proc.returncode is not None, 5)
     finally:

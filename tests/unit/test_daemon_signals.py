@@ -8,6 +8,7 @@ operator sees: log lines, stderr, exit statuses, files served.
 from __future__ import annotations
 
 import os
+import re
 import resource
 import shutil
 import signal
@@ -36,18 +37,21 @@ START = 20.0  # seconds a daemon gets to say "ready" or to fail
 PAGE = 4096
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+BOUND = re.compile(r"DHCP server on 127\.0\.0\.1:(\d+) .*\n(?:.*\n)*?.*TFTP serving .* on "
+                   r"127\.0\.0\.1:(\d+)")
 
 
 @dataclass
 class Setup:
+    """A daemon's files; ports 0 in its config let it bind free ones (no race),
+    which :func:`ready` reads from its log."""
+
     folder: Path
-    dhcp_port: int
-    tftp_port: int
     state: Path
+    dhcp_port: int = 0  # what the config says
+    tftp_port: int = 0
+    dhcp_at: int = 0  # what the daemon bound
+    tftp_at: int = 0
 
     @property
     def log(self) -> Path:
@@ -113,7 +117,7 @@ def setup() -> Iterator[Setup]:
     (folder / "root" / "b.txt").write_bytes(b"file b\n")
     (folder / "root" / "big.bin").write_bytes(os.urandom(200_000))
     try:
-        yield Setup(folder, free_port(), free_port(), folder / "state")
+        yield Setup(folder, folder / "state")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -138,11 +142,16 @@ def wait_log(path: Path, text: str, proc: subprocess.Popen[bytes] | None = None,
 
 
 def ready(setup: Setup, proc: subprocess.Popen[bytes]) -> str:
-    return wait_log(setup.log, "pybootd ready", proc)
+    """The log once the daemon is ready; the ports it bound are then known."""
+    log = wait_log(setup.log, "pybootd ready", proc)
+    bound = BOUND.findall(log)
+    if bound:
+        setup.dhcp_at, setup.tftp_at = (int(port) for port in bound[-1])
+    return log
 
 
 def fetch(setup: Setup, name: str) -> bytes:
-    with Client("127.0.0.1", setup.tftp_port, timeout=3) as client:
+    with Client("127.0.0.1", setup.tftp_at, timeout=3) as client:
         return client.get(name).data
 
 
@@ -152,7 +161,7 @@ def send_request(setup: Setup, ip: str = "127.0.0.100") -> None:
         DhcpOption.SERVER_ID: IPv4Address("127.0.0.1").packed,
         DhcpOption.REQUESTED_IP: IPv4Address(ip).packed})
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.sendto(encode_packet(packet), ("127.0.0.1", setup.dhcp_port))
+        sock.sendto(encode_packet(packet), ("127.0.0.1", setup.dhcp_at))
 
 
 def one_line_exit(proc: subprocess.Popen[bytes]) -> str:
@@ -243,7 +252,7 @@ def test_sigusr2_reopens_a_moved_log_file(setup: Setup, daemons: Daemons) -> Non
 def test_second_sigterm_ends_the_grace_period_at_once(setup: Setup, daemons: Daemons) -> None:
     proc = daemons.start(setup.config(grace=60))
     ready(setup, proc)
-    with Client("127.0.0.1", setup.tftp_port, timeout=1) as client:
+    with Client("127.0.0.1", setup.tftp_at, timeout=1) as client:
         # Established (the OACK is acknowledged), then never acknowledged again: the
         # transfer retries for about 30 s, well within the grace period.
         client.request("big.bin", options=(("windowsize", "4"),))
@@ -291,7 +300,7 @@ def test_second_instance_with_the_same_config_fails_and_the_first_serves(
 def test_same_lease_file_other_ports_fails_on_the_lock(setup: Setup, daemons: Daemons) -> None:
     first = daemons.start(setup.config())
     ready(setup, first)
-    other = Setup(setup.folder, free_port(), free_port(), setup.state)
+    other = Setup(setup.folder, setup.state)
     second = daemons.start(other.config(name="other.ini", logger="type = stderr\n"))
     assert "is in use by another pybootd (pid" in one_line_exit(second)
     assert first.poll() is None
@@ -301,10 +310,10 @@ def test_same_dhcp_port_other_lease_file_fails_on_the_bind(setup: Setup,
                                                            daemons: Daemons) -> None:
     first = daemons.start(setup.config())
     ready(setup, first)
-    other = Setup(setup.folder, setup.dhcp_port, free_port(), setup.folder / "state2")
+    other = Setup(setup.folder, setup.folder / "state2", dhcp_port=setup.dhcp_at)
     second = daemons.start(other.config(name="other.ini", logger="type = stderr\n"))
     assert one_line_exit(second) == (
-        f"pybootd: cannot listen on 127.0.0.1:{setup.dhcp_port}/udp for DHCP: Address already "
+        f"pybootd: cannot listen on 127.0.0.1:{setup.dhcp_at}/udp for DHCP: Address already "
         "in use (another pybootd or DHCP server (dnsmasq, isc-dhcp-server, kea) uses it: stop "
         "it, or set [bootp] port)")
     assert first.poll() is None
