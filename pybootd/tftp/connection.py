@@ -1,0 +1,248 @@
+"""A TFTP read as a sans-IO connection that owns the wire.
+
+Like aioquic's connection, :class:`ReadConnection` takes what arrived and
+what time it is, and gives back the datagrams to send and when it next
+needs to be woken; no caller frames DATA or recognises an ACK itself:
+
+* :meth:`~ReadConnection.receive` (a datagram from the peer, ``now``),
+  :meth:`~ReadConnection.handle_timer` (``now``);
+* :meth:`~ReadConnection.datagrams_to_send` (``now``): each datagram a tuple
+  of buffers to send as one (a 4-byte header and a memoryview of a stored
+  block: no copy), :meth:`~ReadConnection.get_timer`;
+* :meth:`~ReadConnection.feed` takes bytes read from the source, and
+  :meth:`~ReadConnection.wants_bytes` says whether to read more.
+
+The per-block fast path is a declarative contract: :meth:`fast_path` gives
+the pairs "when these bytes arrive, send this datagram" that a pump may
+answer without Python (the ACK of block *n* is answered with block *n+1*,
+for every block already stored), and :meth:`resume` tells the connection
+how many it answered, and when. The decisions (what a duplicate ACK means,
+timeouts, the end of the file, rollover past block 65535) stay in
+:class:`pybootd.tftp.session.ReadSession`, which this wraps.
+
+States are a :class:`ReadState`; a call the state does not allow raises
+:class:`pybootd.errors.ProtocolError` (a bug of the I/O layer, never a
+client's doing: what a client sends is always accepted or ignored).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from pybootd.errors import BadPacket, ProtocolError
+from pybootd.tftp.blocks import BlockStore
+from pybootd.tftp.options import Negotiated
+from pybootd.tftp.packets import (
+    HEADER,
+    MAX_BLOCK,
+    Ack,
+    Error,
+    Opcode,
+    encode_ack,
+    encode_error,
+    encode_oack,
+    parse_packet_untrusted,
+)
+from pybootd.tftp.session import (
+    FIRST_ANSWER_WAIT,
+    Action,
+    Finish,
+    Outcome,
+    ReadSession,
+    SendOack,
+    SendWindow,
+)
+
+Buffer = bytes | memoryview
+Datagram = tuple[Buffer, ...]  # the buffers of one datagram, sent as one
+_DATA, _ACK = int(Opcode.DATA), int(Opcode.ACK)
+
+
+class ReadState(Enum):
+    """Where a read stands (RFC 1350 section 6, RFC 2347, RFC 7440)."""
+
+    OACK_SENT = "OACK sent, waiting for ACK 0"
+    SENDING = "window ready to send"
+    STARVED = "window waiting for bytes from the source"
+    WAITING = "window sent, waiting for its ACK"
+    DONE = "done"
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """What a pump may do alone: on ``steps[i][0]`` arriving from the peer,
+    send ``steps[i][1]``, in order; anything else goes back to the connection."""
+
+    steps: tuple[tuple[bytes, Datagram], ...]
+
+
+class ReadConnection:
+    """The server side of one RRQ, from its first packet to its outcome."""
+
+    def __init__(self, negotiated: Negotiated, retries: int, now: float, *,
+                 read_ahead: int = 0, first_answer_wait: float = FIRST_ANSWER_WAIT) -> None:
+        """*read_ahead*: blocks to have stored beyond the window (how much the
+        I/O layer reads at a time is its business)."""
+        self.session = ReadSession(negotiated, retries, first_answer_wait)
+        self.store = BlockStore(negotiated.blksize)
+        self.blksize = negotiated.blksize
+        self.lockstep = negotiated.windowsize == 1
+        self.read_ahead = negotiated.windowsize + max(1, read_ahead)
+        self.finished: Finish | None = None
+        self.packets = 0  # datagrams handed out to send
+        self._out: list[Datagram] = []
+        self._window: tuple[int, int] | None = None  # blocks [first, end) to send
+        self._armed = False  # a FastPath is out; resume() before anything else
+        self._act(self.session.start(now), now)
+
+    # --- state ------------------------------------------------------------------
+    @property
+    def state(self) -> ReadState:
+        if self.finished is not None:
+            return ReadState.DONE
+        if self.session.awaiting_oack_ack:
+            return ReadState.OACK_SENT
+        if self._window is not None:
+            first = self._window[0]
+            return ReadState.SENDING if self.store.block(first) is not None \
+                else ReadState.STARVED
+        return ReadState.WAITING
+
+    @property
+    def established(self) -> bool:
+        """Has the client answered once (see ``session.FIRST_ANSWER_WAIT``)?"""
+        return self.session.established
+
+    @property
+    def retransmits(self) -> int:
+        return self.session.retransmits
+
+    def _require_unarmed(self, call: str) -> None:
+        if self._armed:
+            raise ProtocolError(f"{call}() while a fast path is out: resume() first")
+
+    # --- what arrives -----------------------------------------------------------
+    def receive(self, data: bytes, now: float) -> None:
+        """A datagram from the peer (its TID is the caller's check)."""
+        self._require_unarmed("receive")
+        if len(data) == 4 and data[1] == _ACK and data[0] == 0:  # the common case
+            self._act(self.session.on_ack((data[2] << 8) | data[3], now), now)
+            return
+        try:
+            packet = parse_packet_untrusted(data)
+        except BadPacket:
+            return  # RFC 1350 gives no answer to garbage; the timer recovers
+        if isinstance(packet, Ack):
+            self._act(self.session.on_ack(packet.block, now), now)
+        elif isinstance(packet, Error):
+            self._act(self.session.on_error(packet.code, packet.message), now)
+
+    def handle_timer(self, now: float) -> None:
+        self._require_unarmed("handle_timer")
+        self._act(self.session.on_timer(now), now)
+
+    def feed(self, chunk: bytes, eof: bool) -> None:
+        """Bytes read from the source, in order; *eof* with the last ones."""
+        if self.store.eof:
+            raise ProtocolError("feed() after the end of the file")
+        self.store.feed(chunk, eof)
+
+    def abort(self, code: int, message: str, detail: str | None = None) -> None:
+        """End with ERROR *code* *message* to the client (a source failing,
+        shutdown); *detail* is the outcome's text for the log."""
+        if self.finished is not None:
+            return
+        self._armed = False
+        self._out = [(encode_error(code, message),)]
+        self._window = None
+        self.finished = Finish(Outcome.FAILED, detail if detail is not None else message)
+
+    # --- what to do ---------------------------------------------------------------
+    def wants_bytes(self) -> bool:
+        """Should the I/O layer read the next chunk from the source? While the
+        blocks stored do not reach *read_ahead* blocks past the ACKed one."""
+        if self.finished is not None or self.store.eof:
+            return False
+        return self.store.available_through < self.session.acked + self.read_ahead
+
+    def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` is due (None: not before something arrives)."""
+        if self.finished is not None or self._window is not None:
+            return None
+        return self.session.deadline
+
+    def datagrams_to_send(self, now: float) -> list[Datagram]:
+        """Everything to send now, in order (each a tuple of buffers)."""
+        if self._window is not None:
+            self._fill_window(now)
+        out, self._out = self._out, []
+        self.packets += len(out)
+        return out
+
+    def _fill_window(self, now: float) -> None:
+        assert self._window is not None
+        block, end = self._window
+        size, store = self.blksize, self.store
+        while block < end:
+            payload = store.block(block)
+            if payload is None:  # STARVED: the rest once the source has given it
+                self._window = (block, end)
+                return
+            self._out.append((HEADER.pack(_DATA, block & MAX_BLOCK), payload))
+            block += 1
+            if len(payload) < size:
+                self._window = None
+                self.session.window_sent(block - 1, True, now)
+                return
+        self._window = None
+        self.session.window_sent(end - 1, False, now)
+        store.release_before(self.session.acked + 1)
+
+    def _act(self, action: Action, now: float) -> None:
+        if isinstance(action, SendWindow):
+            self._window = (action.first, action.first + action.count)
+            self._fill_window(now)
+        elif isinstance(action, SendOack):
+            self._out.append((encode_oack(action.options),))
+        elif isinstance(action, Finish):
+            self.finished = action
+            self._window = None
+
+    # --- the fast path --------------------------------------------------------------
+    def fast_path(self, limit: int = 1024) -> FastPath | None:
+        """Up to *limit* steps a pump may take alone, or None when there are none
+        (not lock-step, nothing sent yet, or the next block not stored)."""
+        session = self.session
+        if (not self.lockstep or self._armed or self.state is not ReadState.WAITING
+                or session.sent_through != session.acked + 1 or self._out):
+            return None
+        steps: list[tuple[bytes, Datagram]] = []
+        last = session.sent_through
+        while len(steps) < limit:
+            payload = self.store.block(last + 1)
+            if payload is None or (session.last_block is not None
+                                   and last >= session.last_block):
+                break
+            steps.append((encode_ack(last & MAX_BLOCK),
+                          (HEADER.pack(_DATA, (last + 1) & MAX_BLOCK), payload)))
+            last += 1
+            if len(payload) < self.blksize:
+                break
+        if not steps:
+            return None
+        self._armed = True
+        return FastPath(tuple(steps))
+
+    def resume(self, done: int, last_sent_at: float) -> None:
+        """The pump answered the first *done* steps, the last at *last_sent_at*."""
+        if not self._armed:
+            raise ProtocolError("resume() without a fast path out")
+        self._armed = False
+        if done <= 0:
+            return
+        self.packets += done
+        sent = self.session.sent_through + done
+        last = self.store.last_block
+        self.session.fast_forward(sent, last_sent_at, last is not None and sent >= last)
+        self.store.release_before(self.session.acked + 1)

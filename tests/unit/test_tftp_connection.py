@@ -1,0 +1,260 @@
+"""The read connection on bytes, with an injected clock: what a client would
+receive for what it sends, and the fast-path contract a pump relies on."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pybootd.errors import ProtocolError
+from pybootd.tftp.connection import Datagram, ReadConnection, ReadState
+from pybootd.tftp.options import Negotiated
+from pybootd.tftp.packets import (
+    Data,
+    Error,
+    ErrorCode,
+    Oack,
+    encode_ack,
+    encode_error,
+    parse_packet_untrusted,
+)
+from pybootd.tftp.session import Outcome
+
+T0 = 1000.0
+
+
+def wire(datagrams: list[Datagram]) -> list[bytes]:
+    """What the client receives: each datagram's buffers joined."""
+    return [b"".join(bytes(part) for part in datagram) for datagram in datagrams]
+
+
+def packets(conn: ReadConnection, now: float = T0) -> list[object]:
+    return [parse_packet_untrusted(raw) for raw in wire(conn.datagrams_to_send(now))]
+
+
+def reader(data: bytes, *, blksize: int = 8, windowsize: int = 1,
+           oack: tuple[tuple[str, str], ...] = (), retries: int = 3) -> ReadConnection:
+    conn = ReadConnection(Negotiated(blksize, windowsize, 1.0, None, oack), retries, T0)
+    conn.feed(data, eof=True)
+    return conn
+
+
+def test_lockstep_read_from_first_block_to_final_ack() -> None:
+    conn = reader(b"0123456789abcdef-end")  # 8 + 8 + 4 bytes
+    assert packets(conn) == [Data(1, b"01234567")]
+    conn.receive(encode_ack(1), T0 + 0.01)
+    assert packets(conn) == [Data(2, b"89abcdef")]
+    conn.receive(encode_ack(2), T0 + 0.02)
+    assert packets(conn) == [Data(3, b"-end")]
+    assert conn.state is ReadState.WAITING
+    conn.receive(encode_ack(3), T0 + 0.03)
+    assert conn.finished is not None and conn.finished.outcome is Outcome.COMPLETE
+    assert conn.state.name == "DONE" and conn.datagrams_to_send(T0) == []
+
+
+def test_a_multiple_of_blksize_ends_with_an_empty_block() -> None:
+    """RFC 1350 section 6: the last DATA is shorter than blksize, so 0 bytes here."""
+    conn = reader(b"01234567")
+    assert packets(conn) == [Data(1, b"01234567")]
+    conn.receive(encode_ack(1), T0)
+    assert packets(conn) == [Data(2, b"")]
+
+
+def test_options_start_with_an_oack_and_wait_for_ack_0() -> None:
+    conn = reader(b"hello", oack=(("blksize", "8"),))
+    assert packets(conn) == [Oack((("blksize", "8"),))]
+    assert conn.state is ReadState.OACK_SENT and not conn.established
+    conn.receive(encode_ack(0), T0 + 0.1)
+    assert packets(conn) == [Data(1, b"hello")] and conn.established
+
+
+def test_a_window_goes_out_at_once_and_an_ack_inside_it_restarts_after() -> None:
+    """RFC 7440 section 4."""
+    conn = reader(bytes(range(8)) * 6, windowsize=4)
+    assert [p.block for p in packets(conn)] == [1, 2, 3, 4]  # type: ignore[attr-defined]
+    conn.receive(encode_ack(2), T0 + 0.1)  # 3 and 4 were lost
+    assert [p.block for p in packets(conn)] == [3, 4, 5, 6]  # type: ignore[attr-defined]
+
+
+def test_a_duplicate_ack_sends_nothing() -> None:
+    """Sorcerer's Apprentice (RFC 1123 section 4.2.3.1): no resend on a duplicate."""
+    conn = reader(b"x" * 20)
+    packets(conn)
+    conn.receive(encode_ack(1), T0)
+    assert len(packets(conn)) == 1
+    conn.receive(encode_ack(1), T0 + 0.1)
+    assert packets(conn) == []
+
+
+def test_the_timer_resends_with_backoff_then_gives_up() -> None:
+    conn = reader(b"x" * 20, retries=2)
+    packets(conn)
+    conn.receive(encode_ack(1), T0)  # established: the whole retry budget
+    first = packets(conn)
+    due = conn.get_timer()
+    assert due == pytest.approx(T0 + 1.0)
+    conn.handle_timer(due)  # type: ignore[arg-type]
+    assert packets(conn, due) == first  # type: ignore[arg-type]
+    assert conn.get_timer() == pytest.approx(T0 + 1.0 + 2.0) and conn.retransmits == 1
+    conn.handle_timer(T0 + 3.0)
+    packets(conn)
+    conn.handle_timer(T0 + 3.0 + 4.0)
+    assert conn.finished is not None and conn.finished.outcome is Outcome.TIMED_OUT
+
+
+def test_a_client_error_ends_it_as_aborted() -> None:
+    conn = reader(b"x" * 20, oack=(("tsize", "20"),))
+    packets(conn)
+    conn.receive(encode_error(ErrorCode.OPTION_REFUSED, "User aborted the transfer"), T0)
+    assert conn.finished is not None and conn.finished.outcome is Outcome.ABORTED
+    assert conn.datagrams_to_send(T0) == []
+
+
+def test_garbage_from_the_peer_is_ignored() -> None:
+    conn = reader(b"x" * 20)
+    packets(conn)
+    for junk in (b"", b"\x00", b"\x00\x09junk", b"\x00\x04\x00", b"\xff" * 600):
+        conn.receive(junk, T0)
+    assert packets(conn) == [] and conn.state is ReadState.WAITING
+
+
+def test_block_numbers_roll_over_past_65535() -> None:
+    data = b"z" * (8 * 65540)  # 65540 blocks of 8 bytes, then an empty one
+    conn = ReadConnection(Negotiated(8, 1, 1.0, None, ()), 3, T0)
+    conn.feed(data, eof=True)
+    wire_numbers = []
+    while conn.finished is None:
+        for raw in wire(conn.datagrams_to_send(T0)):
+            packet = parse_packet_untrusted(raw)
+            assert isinstance(packet, Data)
+            wire_numbers.append(packet.block)
+            conn.receive(encode_ack(packet.block), T0)
+    assert len(wire_numbers) == len(data) // 8 + 1  # and the empty last block
+    assert wire_numbers[65534:65537] == [65535, 0, 1]
+    assert conn.finished.outcome is Outcome.COMPLETE
+
+
+def test_starved_until_the_source_gives_more() -> None:
+    conn = ReadConnection(Negotiated(8, 2, 1.0, None, ()), 3, T0, read_ahead=4)
+    assert conn.state is ReadState.STARVED and conn.wants_bytes()
+    assert conn.get_timer() is None and conn.datagrams_to_send(T0) == []
+    conn.feed(b"01234567", eof=False)
+    assert packets(conn) == [Data(1, b"01234567")] and conn.state is ReadState.STARVED
+    conn.feed(b"89", eof=True)
+    assert packets(conn) == [Data(2, b"89")] and not conn.wants_bytes()
+
+
+def test_abort_tells_the_client_and_ends() -> None:
+    conn = reader(b"x" * 20)
+    packets(conn)
+    conn.abort(ErrorCode.NOT_DEFINED, "server shutting down", "shutdown")
+    assert packets(conn) == [Error(0, "server shutting down")]
+    assert conn.finished is not None and conn.finished.detail == "shutdown"
+
+
+# --- the fast path: what a pump may do alone, and how the connection catches up -----
+
+def run_pump(conn: ReadConnection, acks: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+    """A pump that follows the contract: (what it sent, what it handed back)."""
+    path = conn.fast_path()
+    assert path is not None
+    sent: list[bytes] = []
+    back: list[bytes] = []
+    step = 0
+    for ack in acks:
+        if back or step >= len(path.steps) or ack != path.steps[step][0]:
+            back.append(ack)
+            continue
+        sent.append(b"".join(bytes(b) for b in path.steps[step][1]))
+        step += 1
+    conn.resume(step, T0 + 0.5)
+    return sent, back
+
+
+def test_fast_path_answers_each_ack_with_the_next_block() -> None:
+    conn = reader(b"".join(bytes([i]) * 8 for i in range(5)) + b"end")
+    assert packets(conn) == [Data(1, bytes([0]) * 8)]
+    sent, back = run_pump(conn, [encode_ack(1), encode_ack(2), encode_ack(3)])
+    assert [parse_packet_untrusted(raw) for raw in sent] == [
+        Data(2, bytes([1]) * 8), Data(3, bytes([2]) * 8), Data(4, bytes([3]) * 8)]
+    assert back == [] and conn.packets == 4
+    assert conn.get_timer() == pytest.approx(T0 + 0.5 + 1.0)  # from the pump's last send
+    conn.receive(encode_ack(4), T0 + 0.6)
+    assert packets(conn) == [Data(5, bytes([4]) * 8)]
+
+
+def test_fast_path_stops_at_the_last_block_and_hands_its_ack_back() -> None:
+    conn = reader(b"x" * 8 + b"end")
+    packets(conn)
+    sent, back = run_pump(conn, [encode_ack(1), encode_ack(2)])
+    assert [parse_packet_untrusted(raw) for raw in sent] == [Data(2, b"end")]
+    assert back == [encode_ack(2)]
+    conn.receive(back[0], T0 + 0.6)
+    assert conn.finished is not None and conn.finished.outcome is Outcome.COMPLETE
+
+
+def test_fast_path_hands_back_what_it_does_not_expect() -> None:
+    conn = reader(b"x" * 40)
+    packets(conn)
+    sent, back = run_pump(conn, [encode_ack(1), encode_ack(1), encode_ack(2)])
+    assert len(sent) == 1 and back == [encode_ack(1), encode_ack(2)]
+    for raw in back:  # in order: the duplicate is ignored, ACK 2 answered
+        conn.receive(raw, T0 + 0.6)
+    assert packets(conn) == [Data(3, b"x" * 8)]
+
+
+def test_fast_path_is_offered_only_in_lockstep_with_a_block_out() -> None:
+    assert reader(b"x" * 40, windowsize=4).fast_path() is None
+    oack = reader(b"x" * 40, oack=(("blksize", "8"),))
+    packets(oack)
+    assert oack.fast_path() is None  # the OACK's ACK 0 is not a DATA's
+    starved = ReadConnection(Negotiated(8, 1, 1.0, None, ()), 3, T0)
+    starved.feed(b"x" * 8, eof=False)
+    packets(starved)
+    assert starved.fast_path() is None  # block 2 is not read yet
+
+
+def test_fast_path_steps_roll_over_too() -> None:
+    conn = reader(b"y" * (8 * 65537))
+    while True:
+        (raw,) = wire(conn.datagrams_to_send(T0))
+        block = (raw[2] << 8) | raw[3]
+        if block == 65534:
+            break
+        conn.receive(encode_ack(block), T0)
+    path = conn.fast_path(limit=3)
+    assert path is not None
+    assert [(ack, bytes(d[0])) for ack, d in path.steps] == [
+        (encode_ack(65534), b"\x00\x03\xff\xff"), (encode_ack(65535), b"\x00\x03\x00\x00"),
+        (encode_ack(0), b"\x00\x03\x00\x01")]
+
+
+def test_calls_the_state_does_not_allow_raise() -> None:
+    conn = reader(b"x" * 40)
+    packets(conn)
+    with pytest.raises(ProtocolError):
+        conn.resume(1, T0)  # no fast path out
+    assert conn.fast_path() is not None
+    with pytest.raises(ProtocolError):
+        conn.receive(encode_ack(1), T0)  # the pump holds the state
+    with pytest.raises(ProtocolError):
+        conn.handle_timer(T0 + 5)
+    conn.resume(0, 0.0)
+    with pytest.raises(ProtocolError):
+        conn.feed(b"more", eof=True)  # the file already ended
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=600), max_size=20))
+def test_whatever_the_peer_sends_never_raises(datagrams: list[bytes]) -> None:
+    """Bytes from the network are accepted or ignored, never an exception."""
+    conn = reader(b"x" * 100, windowsize=2)
+    now = T0
+    for data in datagrams:
+        conn.receive(data, now)
+        conn.datagrams_to_send(now)
+        now += 0.3
+        due = conn.get_timer()
+        if due is not None and due <= now:
+            conn.handle_timer(now)
