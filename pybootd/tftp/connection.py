@@ -1,4 +1,4 @@
-"""A TFTP read as a sans-IO connection that owns the wire.
+"""A TFTP read or write as a sans-IO connection that owns the wire.
 
 Like aioquic's connection, :class:`ReadConnection` takes what arrived and
 what time it is, and gives back the datagrams to send and when it next
@@ -32,12 +32,15 @@ from enum import Enum
 
 from pybootd.errors import BadPacket, ProtocolError
 from pybootd.tftp.blocks import BlockStore
+from pybootd.tftp.netascii import NetasciiDecoder
 from pybootd.tftp.options import Negotiated
 from pybootd.tftp.packets import (
     HEADER,
     MAX_BLOCK,
     Ack,
+    Data,
     Error,
+    ErrorCode,
     Opcode,
     encode_ack,
     encode_error,
@@ -50,8 +53,11 @@ from pybootd.tftp.session import (
     Finish,
     Outcome,
     ReadSession,
+    SendAck,
     SendOack,
     SendWindow,
+    Store,
+    WriteSession,
 )
 
 Buffer = bytes | memoryview
@@ -246,3 +252,125 @@ class ReadConnection:
         last = self.store.last_block
         self.session.fast_forward(sent, last_sent_at, last is not None and sent >= last)
         self.store.release_before(self.session.acked + 1)
+
+
+class WriteState(Enum):
+    """Where an upload stands (RFC 1350 section 6, RFC 2347, RFC 7440)."""
+
+    RECEIVING = "receiving DATA"
+    COMMITTING = "last block in, the file being stored"
+    DALLYING = "stored and acknowledged, answering a repeated last DATA"
+    DONE = "done"
+
+
+class WriteConnection:
+    """The server side of one WRQ: DATA in, ACKs out, bytes for the I/O layer
+    to store. The last block is acknowledged only once the I/O layer says the
+    file is stored (:meth:`committed`): an ACK of the last block tells the
+    client its file is there (RFC 1350 section 6)."""
+
+    def __init__(self, negotiated: Negotiated, retries: int, now: float, *, max_size: int,
+                 netascii: bool = False, first_answer_wait: float = FIRST_ANSWER_WAIT) -> None:
+        self.session = WriteSession(negotiated, retries, first_answer_wait)
+        self.blksize = negotiated.blksize
+        self.max_size = max_size
+        self.decoder = NetasciiDecoder() if netascii else None
+        self.finished: Finish | None = None
+        self.received = 0  # payload bytes, as the client sent them
+        self.packets = 0  # DATA accepted
+        self._out: list[Datagram] = []
+        self._store: list[bytes] = []  # decoded payload waiting for the I/O layer
+        self._commit = False  # the I/O layer stores, then calls committed()
+        self._act(self.session.start(now), b"")
+
+    @property
+    def state(self) -> WriteState:
+        if self.finished is not None:
+            return WriteState.DONE
+        if self.session.committing:
+            return WriteState.COMMITTING
+        return WriteState.DALLYING if self.session.complete else WriteState.RECEIVING
+
+    @property
+    def established(self) -> bool:
+        return self.session.established
+
+    @property
+    def retransmits(self) -> int:
+        return self.session.retransmits
+
+    def receive(self, data: bytes, now: float) -> None:
+        """A datagram from the peer (its TID is the caller's check)."""
+        if self.finished is not None or self.session.committing:
+            return  # every byte is in: nothing the client sends changes that now
+        try:
+            packet = parse_packet_untrusted(data)
+        except BadPacket:
+            return
+        if isinstance(packet, Data):
+            if len(packet.data) > self.blksize:
+                self.abort(ErrorCode.ILLEGAL_OPERATION, "DATA larger than the block size")
+                return
+            self._act(self.session.on_data(packet.block, len(packet.data), now), packet.data)
+        elif isinstance(packet, Error):
+            self._act(self.session.on_error(packet.code, packet.message), b"")
+
+    def handle_timer(self, now: float) -> None:
+        self._act(self.session.on_timer(now), b"")
+
+    def to_store(self) -> tuple[bytes, bool]:
+        """The bytes to append to the file, and whether to store (commit) it
+        after them; then :meth:`committed`. Empties what was waiting."""
+        chunk, self._store = b"".join(self._store), []
+        commit, self._commit = self._commit, False
+        return chunk, commit
+
+    @property
+    def pending(self) -> int:
+        """Bytes waiting in :meth:`to_store` (the I/O layer writes in batches)."""
+        return sum(map(len, self._store))
+
+    def committed(self, now: float) -> None:
+        """The file is in place: the last ACK goes out, then a dally."""
+        if self.state is not WriteState.COMMITTING:
+            raise ProtocolError(f"committed() while {self.state.value}")
+        self._act(self.session.committed(now), b"")
+
+    def abort(self, code: int, message: str, detail: str | None = None) -> None:
+        """End with ERROR *code* *message*; *detail* is the outcome's text for the log."""
+        if self.finished is not None:
+            return
+        self._out = [(encode_error(code, message),)]
+        self._store, self._commit = [], False
+        self.finished = Finish(Outcome.FAILED, detail if detail is not None else message)
+
+    def get_timer(self) -> float | None:
+        return None if self.finished is not None else self.session.deadline
+
+    def datagrams_to_send(self, now: float) -> list[Datagram]:
+        out, self._out = self._out, []
+        return out
+
+    def _act(self, action: Action, payload: bytes) -> None:
+        if isinstance(action, Store):
+            self._stored(action, payload)
+        elif isinstance(action, SendAck):
+            self._out.append((encode_ack(action.block & MAX_BLOCK),))
+        elif isinstance(action, SendOack):
+            self._out.append((encode_oack(action.options),))
+        elif isinstance(action, Finish):
+            self.finished = action
+
+    def _stored(self, action: Store, payload: bytes) -> None:
+        self.packets += 1
+        self.received += len(payload)
+        if self.received > self.max_size:
+            # RFC 1350 section 5: ERROR 3, disk full or allocation exceeded.
+            self.abort(ErrorCode.DISK_FULL, f"upload exceeds {self.max_size} bytes")
+            return
+        if self.decoder is not None:
+            payload = self.decoder.feed(payload) + (self.decoder.flush() if action.last else b"")
+        self._store.append(payload)
+        self._commit = action.last
+        if action.ack is not None:
+            self._out.append((encode_ack(action.ack & MAX_BLOCK),))

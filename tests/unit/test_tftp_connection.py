@@ -8,14 +8,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pybootd.errors import ProtocolError
-from pybootd.tftp.connection import Datagram, ReadConnection, ReadState
+from pybootd.tftp.connection import (
+    Datagram,
+    ReadConnection,
+    ReadState,
+    WriteConnection,
+    WriteState,
+)
 from pybootd.tftp.options import Negotiated
 from pybootd.tftp.packets import (
+    Ack,
     Data,
     Error,
     ErrorCode,
     Oack,
     encode_ack,
+    encode_data,
     encode_error,
     parse_packet_untrusted,
 )
@@ -29,7 +37,7 @@ def wire(datagrams: list[Datagram]) -> list[bytes]:
     return [b"".join(bytes(part) for part in datagram) for datagram in datagrams]
 
 
-def packets(conn: ReadConnection, now: float = T0) -> list[object]:
+def packets(conn: ReadConnection | WriteConnection, now: float = T0) -> list[object]:
     return [parse_packet_untrusted(raw) for raw in wire(conn.datagrams_to_send(now))]
 
 
@@ -258,3 +266,58 @@ def test_whatever_the_peer_sends_never_raises(datagrams: list[bytes]) -> None:
         due = conn.get_timer()
         if due is not None and due <= now:
             conn.handle_timer(now)
+
+
+# --- uploads ---------------------------------------------------------------------
+
+def writer(*, blksize: int = 8, windowsize: int = 1, max_size: int = 1000,
+           oack: tuple[tuple[str, str], ...] = (), netascii: bool = False) -> WriteConnection:
+    return WriteConnection(Negotiated(blksize, windowsize, 1.0, None, oack), 3, T0,
+                           max_size=max_size, netascii=netascii)
+
+
+def test_an_upload_is_acked_block_by_block_and_last_only_once_stored() -> None:
+    conn = writer()
+    assert packets(conn) == [Ack(0)]
+    conn.receive(encode_data(1, b"01234567"), T0)
+    assert packets(conn) == [Ack(1)] and conn.to_store() == (b"01234567", False)
+    conn.receive(encode_data(2, b"end"), T0)
+    assert packets(conn) == [] and conn.state is WriteState.COMMITTING
+    conn.receive(encode_data(2, b"end"), T0 + 0.5)  # repeated while storing: no ACK yet
+    assert packets(conn) == [] and conn.to_store() == (b"end", True)
+    conn.committed(T0 + 0.6)
+    assert packets(conn) == [Ack(2)] and conn.state.name == "DALLYING"
+    conn.receive(encode_data(2, b"end"), T0 + 0.7)  # our ACK was lost: again
+    assert packets(conn) == [Ack(2)]
+    conn.handle_timer(T0 + 2.0)
+    assert conn.finished is not None and conn.finished.outcome is Outcome.COMPLETE
+
+
+def test_an_upload_over_the_limit_is_error_3() -> None:
+    conn = writer(max_size=10)
+    packets(conn)
+    conn.receive(encode_data(1, b"01234567"), T0)
+    conn.receive(encode_data(2, b"01234567"), T0)
+    assert packets(conn)[-1] == Error(ErrorCode.DISK_FULL, "upload exceeds 10 bytes")
+    assert conn.finished is not None and conn.to_store() == (b"", False)
+
+
+def test_a_data_larger_than_blksize_is_error_4() -> None:
+    conn = writer()
+    packets(conn)
+    conn.receive(encode_data(1, b"x" * 9), T0)
+    assert packets(conn) == [Error(ErrorCode.ILLEGAL_OPERATION, "DATA larger than the block size")]
+
+
+def test_netascii_uploads_are_decoded_across_blocks() -> None:
+    conn = writer(netascii=True)
+    packets(conn)
+    conn.receive(encode_data(1, b"line one"), T0)
+    conn.receive(encode_data(2, b"\r\nnext\r"), T0)  # a CR ending the last block stays
+    assert conn.to_store() == (b"line one\nnext\r", True)
+
+
+def test_committed_only_while_committing() -> None:
+    conn = writer()
+    with pytest.raises(ProtocolError):
+        conn.committed(T0)
