@@ -19,10 +19,8 @@
  * in pybootd/tftp/session.py; this is only a shortcut for the one case that
  * needs no decision (RFC 1350 section 2, lock-step: DATA n+1 answers ACK n).
  *
- * Two backends share the slots and these rules: this file's, an epoll set
- * whose descriptor the event loop watches, and io_uring (_lockstep_ring.c,
- * Linux 6.1 and later), which batches the system calls of all transfers and
- * in which the loop itself waits.
+ * The sockets sit in one epoll set whose descriptor the stock asyncio loop
+ * watches (loop.add_reader), like any other.
  *
  * The GIL is released while the batch's system calls run; Python objects
  * are only touched with it held.
@@ -42,7 +40,6 @@
 #define EVENTS 64
 #define HANDBACK_MAX 64       /* datagrams for Python per run() */
 #define READS_PER_EVENT 8     /* datagrams read from one socket per wake-up */
-#define RING_ENTRIES 4096     /* SQEs: two per transfer (a receive, a send) and then some */
 
 double lockstep_monotonic(void) {
     struct timespec ts;
@@ -115,19 +112,9 @@ int lockstep_keep(Handback *back, int fd, const char *data, ssize_t len,
 void lockstep_drop_chunk(Slot *slot) {
     slot->armed = 0;
     if (!slot->has_chunk) return;
-    if (slot->send_inflight && slot->send_reads_chunk) {
-        /* io_uring: the kernel still reads it; released when the send is done. */
-        if (slot->has_retired) PyBuffer_Release(&slot->retired);  /* (one send at a time) */
-        slot->retired = slot->chunk;
-        slot->has_retired = 1;
-        slot->send_reads_chunk = 0;
-    } else {
-        PyBuffer_Release(&slot->chunk);
-    }
+    PyBuffer_Release(&slot->chunk);
     slot->has_chunk = 0;
 }
-
-/* --- epoll backend --------------------------------------------------------- */
 
 /* Answer an ACK from the peer with the next DATA block, if that needs no
  * decision: 1 if sent, 0 if the datagram is Python's. */
@@ -215,7 +202,7 @@ static Slot *lookup(Pump *self, int fd) {
 }
 
 static int closed(Pump *self) {
-    if (self->epfd >= 0 || self->ring != NULL) return 0;
+    if (self->epfd >= 0) return 0;
     PyErr_SetString(PyExc_ValueError, "the pump is closed");
     return 1;
 }
@@ -287,15 +274,7 @@ static PyObject *handed_back(Handback *backs, int nbacks) {
 
 static PyObject *Pump_fileno(Pump *self, PyObject *Py_UNUSED(ignored)) {
     if (closed(self)) return NULL;
-    return PyLong_FromLong(self->ring != NULL ? ring_fileno(self->ring) : self->epfd);
-}
-
-static PyObject *Pump_backend(Pump *self, PyObject *Py_UNUSED(ignored)) {
-    return PyUnicode_FromString(self->ring != NULL ? "io_uring" : "epoll");
-}
-
-static PyObject *Pump_active(Pump *self, PyObject *Py_UNUSED(ignored)) {
-    return PyLong_FromLong(self->active);
+    return PyLong_FromLong(self->epfd);
 }
 
 static int grow(Pump *self, int fd) {
@@ -327,21 +306,13 @@ static PyObject *Pump_add(Pump *self, PyObject *args) {
         PyMem_Free(slot);
         return PyErr_NoMemory();
     }
-    if (self->ring != NULL) {
-        if (ring_add(self, slot) < 0) {
-            PyErr_SetFromErrno(PyExc_OSError);
-            ring_remove(self, slot);  /* frees it once nothing is in flight */
-            return NULL;
-        }
-    } else {
-        struct epoll_event ev;
-        memset(&ev, 0, sizeof(ev));
-        ev.events = EPOLLIN;
-        ev.data.fd = fd;
-        if (epoll_ctl(self->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
-            PyMem_Free(slot);
-            return PyErr_SetFromErrno(PyExc_OSError);
-        }
+    struct epoll_event ev;
+    memset(&ev, 0, sizeof(ev));
+    ev.events = EPOLLIN;
+    ev.data.fd = fd;
+    if (epoll_ctl(self->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+        PyMem_Free(slot);
+        return PyErr_SetFromErrno(PyExc_OSError);
     }
     self->slots[fd] = slot;
     self->active++;
@@ -356,12 +327,8 @@ static PyObject *Pump_remove(Pump *self, PyObject *arg) {
     self->slots[fd] = NULL;
     self->active--;
     lockstep_drop_chunk(slot);
-    if (self->ring != NULL) {
-        ring_remove(self, slot);
-    } else {
-        epoll_ctl(self->epfd, EPOLL_CTL_DEL, fd, NULL);  /* gone already if it was closed */
-        PyMem_Free(slot);
-    }
+    epoll_ctl(self->epfd, EPOLL_CTL_DEL, fd, NULL);  /* gone already if it was closed */
+    PyMem_Free(slot);
     Py_RETURN_NONE;
 }
 
@@ -401,22 +368,6 @@ static PyObject *Pump_run(Pump *self, PyObject *args) {
     double spin = 0.0;
     if (!PyArg_ParseTuple(args, "i|d", &budget, &spin) || closed(self)) return NULL;
     int failed;
-    if (self->ring != NULL) {
-        Py_BEGIN_ALLOW_THREADS
-        failed = ring_poll(self);
-        Py_END_ALLOW_THREADS
-        int err = errno;  /* before the calls below can change it */
-        ring_clear(self->ring);
-        ring_sweep(self);
-        PyObject *out = handed_back(self->queue, self->nqueue);
-        self->nqueue = 0;
-        if (failed && out != NULL && PyList_GET_SIZE(out) == 0) {
-            Py_DECREF(out);
-            errno = err;
-            return err == ENOMEM ? PyErr_NoMemory() : PyErr_SetFromErrno(PyExc_OSError);
-        }
-        return out;  /* the datagrams first: an error that lasts comes again */
-    }
     Handback backs[HANDBACK_MAX];
     int nbacks = 0;
     Py_BEGIN_ALLOW_THREADS
@@ -430,37 +381,15 @@ static PyObject *Pump_run(Pump *self, PyObject *args) {
     return out;
 }
 
-static PyObject *Pump_wait(Pump *self, PyObject *args) {
-    int epfd, budget;
-    double timeout, spin;
-    if (!PyArg_ParseTuple(args, "iddi", &epfd, &timeout, &spin, &budget) || closed(self))
-        return NULL;
-    if (self->ring == NULL) {
-        PyErr_SetString(PyExc_ValueError, "wait() is for the io_uring backend");
-        return NULL;
-    }
-    int failed;
-    Py_BEGIN_ALLOW_THREADS
-    failed = ring_wait(self, epfd, timeout, spin, budget);
-    Py_END_ALLOW_THREADS
-    int err = errno;  /* before ring_sweep can change it */
-    ring_sweep(self);
-    errno = err;
-    if (failed) return err == ENOMEM ? PyErr_NoMemory() : PyErr_SetFromErrno(PyExc_OSError);
-    Py_RETURN_NONE;
-}
-
 static PyObject *Pump_close(Pump *self, PyObject *Py_UNUSED(ignored)) {
     for (int fd = 0; fd < self->nslots; fd++) {
         Slot *slot = self->slots[fd];
         if (slot == NULL) continue;
         self->slots[fd] = NULL;
         lockstep_drop_chunk(slot);
-        if (self->ring != NULL) ring_remove(self, slot);
-        else PyMem_Free(slot);
+        PyMem_Free(slot);
     }
     self->active = 0;
-    ring_close(self);
     if (self->epfd >= 0) {
         close(self->epfd);
         self->epfd = -1;
@@ -469,21 +398,13 @@ static PyObject *Pump_close(Pump *self, PyObject *Py_UNUSED(ignored)) {
 }
 
 static int Pump_init(Pump *self, PyObject *args, PyObject *kw) {
-    static char *names[] = {"spin_misses", "spin_probe", "ring", NULL};
-    int spin_misses, spin_probe, ring = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "ii|p", names, &spin_misses, &spin_probe, &ring))
+    static char *names[] = {"spin_misses", "spin_probe", NULL};
+    int spin_misses, spin_probe;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "ii", names, &spin_misses, &spin_probe))
         return -1;
     self->spin_misses = spin_misses;
     self->spin_probe = spin_probe;
-    if (self->epfd >= 0 || self->ring != NULL) return 0;
-    if (ring) {
-        self->ring = ring_open(RING_ENTRIES);
-        if (self->ring == NULL) {
-            PyErr_SetFromErrno(PyExc_OSError);
-            return -1;
-        }
-        return 0;
-    }
+    if (self->epfd >= 0) return 0;
     self->buffer = PyMem_Malloc(RECV_MAX);
     if (self->buffer == NULL) {
         PyErr_NoMemory();
@@ -510,21 +431,12 @@ static void Pump_dealloc(Pump *self) {
     Py_XDECREF(done);
     PyMem_Free(self->slots);
     PyMem_Free(self->buffer);
-    PyMem_RawFree(self->queue);
     Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static PyObject *ring_supported(PyObject *module, PyObject *Py_UNUSED(ignored)) {
-    (void)module;
-    return PyBool_FromLong(ring_available());
 }
 
 static PyMethodDef Pump_methods[] = {
     {"fileno", (PyCFunction)Pump_fileno, METH_NOARGS,
-     "epoll: its descriptor, readable when a socket in the pump is; io_uring: an "
-     "eventfd, readable when datagrams wait for run()."},
-    {"backend", (PyCFunction)Pump_backend, METH_NOARGS, "'epoll' or 'io_uring'."},
-    {"active", (PyCFunction)Pump_active, METH_NOARGS, "How many sockets are in the pump."},
+     "The epoll descriptor: readable when a socket in the pump is."},
     {"add", (PyCFunction)Pump_add, METH_VARARGS,
      "add(fd, peer): watch a transfer's socket; peer as the socket module gives it."},
     {"remove", (PyCFunction)Pump_remove, METH_O, "remove(fd): forget it (before closing it)."},
@@ -537,18 +449,8 @@ static PyMethodDef Pump_methods[] = {
     {"run", (PyCFunction)Pump_run, METH_VARARGS,
      "run(budget, spin=0.0) -> [(fd, datagram, addr)]: answer what needs no decision, "
      "for up to `budget` datagrams, busy-polling up to `spin` seconds when none is "
-     "ready (adaptive; epoll); return the others, in order."},
-    {"wait", (PyCFunction)Pump_wait, METH_VARARGS,
-     "wait(epfd, timeout, spin, budget), io_uring only: answer what needs no decision "
-     "until a datagram is Python's, `epfd` (if >= 0) is readable, `timeout` seconds "
-     "pass (< 0: no limit) or `budget` datagrams came; busy-poll as run()."},
+     "ready (adaptive); return the others, in order."},
     {"close", (PyCFunction)Pump_close, METH_NOARGS, "Close the pump's descriptors."},
-    {NULL, NULL, 0, NULL},
-};
-
-static PyMethodDef module_methods[] = {
-    {"ring_supported", ring_supported, METH_NOARGS,
-     "Was the io_uring backend compiled in? (The kernel may still refuse it.)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -569,7 +471,6 @@ static struct PyModuleDef module = {
     .m_name = "pybootd._lockstep",
     .m_doc = "Compiled per-block path of lock-step TFTP reads (see pybootd/server/tftp_pump.py).",
     .m_size = -1,
-    .m_methods = module_methods,
 };
 
 PyMODINIT_FUNC PyInit__lockstep(void) {

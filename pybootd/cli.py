@@ -80,11 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return check.run(config, dhcp, tftp)
         setup_logging(config.logger, args.debug)
         from pybootd.daemon import Daemon
-        from pybootd.server.tftp_pump import new_event_loop
 
-        # The loop can wait in the lock-step pump's io_uring (tftp_pump).
-        with asyncio.Runner(loop_factory=new_event_loop) as runner:
-            return runner.run(Daemon(config, dhcp=dhcp, tftp=tftp).run())
+        return asyncio.run(Daemon(config, dhcp=dhcp, tftp=tftp).run())
     except PybootdError as exc:
         logging.getLogger("pybootd").debug("fatal", exc_info=True)
         print(f"pybootd: {exc}", file=sys.stderr)

@@ -270,21 +270,7 @@ def pump_state() -> str:
         sys.path.remove(str(REPO))
     if not found:
         return "pure Python (pybootd._lockstep is not built)"
-    if os.environ.get("PYBOOTD_NO_IO_URING"):
-        return "compiled (pybootd._lockstep), epoll (PYBOOTD_NO_IO_URING is set)"
-    return f"compiled (pybootd._lockstep), {ring_state()}"
-
-
-def ring_state() -> str:
-    """Which backend the daemon's pump gets here: io_uring if the kernel allows it."""
-    probe = ("from pybootd import _lockstep as m; "
-             "m.Pump(spin_misses=1, spin_probe=1, ring=True).close()")
-    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True,
-                          text=True, timeout=30)
-    if done.returncode == 0:
-        return "io_uring"
-    why = (done.stderr.strip().splitlines() or ["?"])[-1]
-    return f"epoll (io_uring refused: {why})"
+    return "compiled (pybootd._lockstep), epoll"
 
 
 def vm_hwm_mb(pid: int) -> float | None:
@@ -755,7 +741,7 @@ def print_targets(table: dict[Row, dict[str, Cell]], many: dict[str, Cell],
 
 # --- profile ------------------------------------------------------------------
 
-IDLE_LEAVES = ("epoll_wait", "syscall")  # syscall: io_uring_enter, no libc wrapper
+IDLE_LEAVES = ("epoll_wait",)
 GIL_WAIT = "GIL wait (pthread_cond_timedwait)"  # take_gil() is inlined: its cond wait shows
 
 
@@ -840,7 +826,7 @@ def print_profile(title: str, raw: Path, top: int) -> None:
     idle = profile.idle()
     busy = total - idle
     print(f"\n== {title}: {total} samples of the event-loop thread, "
-          f"{100 * idle / total:.0f}% idle in epoll_wait or io_uring_enter, "
+          f"{100 * idle / total:.0f}% idle in epoll_wait, "
           f"{100 * busy / total:.0f}% busy")
     print(f"  top {top} by own time (% of all samples | % of busy samples)")
     for name, n in profile.own().most_common(top):

@@ -7,7 +7,6 @@ import contextlib
 import errno
 import logging
 import socket
-from collections import Counter
 from dataclasses import dataclass
 from ipaddress import ip_address
 from pathlib import Path
@@ -25,17 +24,19 @@ from pybootd.errors import BadPacket, PybootdError, SourceError, TftpError
 from pybootd.loglimit import LogLimiter, OncePer, clip
 from pybootd.runtime import Runtime
 from pybootd.server import tftp_pump
-from pybootd.server.tftp_lockstep import ThreadedReadTransfer
 from pybootd.server.tftp_transfer import (
     SOURCE_UNAVAILABLE,
     ReadTransfer,
     Transfer,
+    TransferInfo,
     WriteTransfer,
 )
 from pybootd.sources import local
-from pybootd.sources.chunks import DISK_TIMEOUT, ChunkSource, NetasciiSource, PooledSource
+from pybootd.sources.chunks import DISK_TIMEOUT, NetasciiSource
 from pybootd.sources.httpcache import HttpCache
 from pybootd.sources.resolver import Resolver
+from pybootd.tftp import admission
+from pybootd.tftp.admission import Admission, Decision, Key, Running
 from pybootd.tftp.filters import FilterSet, Rule
 from pybootd.tftp.options import Limits, negotiate
 from pybootd.tftp.packets import ErrorCode, Request, encode_error, parse_packet_untrusted
@@ -47,8 +48,6 @@ log = logging.getLogger("pybootd.tftp")
 
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux value (socket(7))
 SOCKET_BUFFER = 4 * 1024 * 1024
-MODES = ("octet", "netascii")
-REPEAT_AFTER_ABORT = 1.0  # seconds: a request this close to its transfer's abort is new
 SHUTDOWN_ABORT_WAIT = 2.0  # seconds an upload's abort waits for a write running in the pool
 REFUSAL_BURST = 100  # refusal lines per code per LOG_WINDOW (see TftpService.refusals)
 SHUTTING_DOWN = "server shutting down"
@@ -56,12 +55,6 @@ SHUTTING_DOWN = "server shutting down"
 # hundreds of RRQs in a few milliseconds, more than the default 208 KiB
 # holds (500 at once: 200 were dropped by the kernel).
 LISTENER_BUFFER = 4 * 1024 * 1024
-Key = tuple[str, int, int, str]  # client address, port, opcode, file name: one request
-
-
-# A request taken for a repeat: when it came, and _on_datagram's arguments.
-_Repeat = tuple[float, tuple[socket.socket, bytes, tuple[str, int], "tuple[str, int] | str"]]
-
 
 def check_folders(config: Config) -> None:
     """A local ``root``, and ``upload_dir`` when uploads are on, must be
@@ -148,9 +141,7 @@ class TftpService:
         # Requests being served, oldest first (eviction takes the oldest);
         # None while the file is being opened.
         self.active: dict[Key, Transfer | None] = {}
-        self._per_address: Counter[str] = Counter()  # entries of active by client address
-        self.threaded: ThreadedReadTransfer | None = None  # the one with a thread of its own
-        self._repeats: dict[Key, _Repeat] = {}  # see _transfer_done
+        self.admission = admission.Limits(self.conf.max_sessions, self.conf.max_client_sessions)
         # Requests whose file is being opened: their socket, client and name (see close).
         self._opening: dict[Key, tuple[socket.socket, tuple[str, int], str]] = {}
         self._closed = False
@@ -180,7 +171,7 @@ class TftpService:
             self.runtime.loop.add_reader(sock.fileno(), self._on_listener, sock)
         if tftp_pump.available():
             self.pump = tftp_pump.Pump(self.runtime.loop, self.conf.busy_poll / 1e6)
-            log.info("TFTP lock-step pump: %s", self.pump.backend)
+            log.info("TFTP lock-step pump: epoll")
         where = ", ".join(format_peer(s.getsockname()[:2]) for s in self.listeners)
         root = self.conf.root_url or self.conf.root_path
         log.info("TFTP serving %s on %s", root, where)
@@ -243,7 +234,7 @@ class TftpService:
     def close(self) -> None:
         """Every transfer still running gets ERROR 0 and a log line before
         this returns: the daemon exits right after, so nothing may be left
-        for a later turn of the loop or for the lone transfer's thread."""
+        for a later turn of the loop."""
         self.stop_accepting()
         self._closed = True
         for sock, peer, filename in self._opening.values():
@@ -257,8 +248,6 @@ class TftpService:
             if isinstance(transfer, WriteTransfer):
                 # Now, not in the pool: the daemon drops queued pool work as it exits.
                 transfer.abort_now(SHUTDOWN_ABORT_WAIT)
-            elif isinstance(transfer, ThreadedReadTransfer):
-                transfer.stop_now(SHUTTING_DOWN, SHUTTING_DOWN)
             elif transfer is not None:
                 transfer.fail(Outcome.FAILED, SHUTTING_DOWN, ErrorCode.NOT_DEFINED)
         self.limiter.flush()
@@ -299,66 +288,75 @@ class TftpService:
             log.debug("%s: %s sent to the server port ignored", label, type(request).__name__)
             return
         key = (peer[0], peer[1], int(request.opcode), request.filename)
-        if key in self.active:
+        decision = self._decide(key, request.mode)
+        if decision.outcome is Admission.REPEAT:
+            decision = self._after_catch_up(key, request.mode)
+        if decision.outcome is Admission.REPEAT:
             # The client repeated its request while we answer it: the running
-            # transfer already replies, a second one would confuse it. (A
-            # different request from the same port is a new transfer: tftp-hpa
-            # reuses its port for every command of a session.)
+            # transfer already replies, a second one would confuse it.
             log.debug("%s: repeated request for %s ignored", label, clip(request.filename))
-            self._repeats[key] = (self.runtime.loop.time(), (listener, data, addr, local_addr))
             return
-        refusal = self._admit(peer, request)
-        if refusal is not None:
-            with contextlib.suppress(OSError):
-                listener.sendto(encode_error(ErrorCode.NOT_DEFINED, refusal), addr)
+        if decision.outcome in (Admission.CLIENT_LIMIT, Admission.BUSY):
+            self._refuse_busy(listener, addr, request, decision)
             return
+        if decision.victim is not None:
+            self._evict(decision.victim)
         try:
             sock = _transfer_socket(listener.family, local_addr, addr)
         except OSError as exc:
             if self._may_log("transfer sockets not opened", logging.ERROR):
                 log.error("%s: cannot open a transfer socket: %s", label, exc)
             return
-        self.active[key] = None
-        self._per_address[peer[0]] += 1
-        if self.threaded is not None:
-            self.threaded.hand_over()  # no longer alone: back to the loop (the GIL)
-            self.threaded = None
         self.stats.increment("requests")
+        if decision.outcome is Admission.BAD_MODE:
+            self._refused(sock, peer, request, TftpError(
+                ErrorCode.ILLEGAL_OPERATION, f"unsupported transfer mode {request.mode!r}"))
+            return
+        self.active[key] = None
         self.runtime.loop.create_task(self._serve(request, peer, sock, key))
 
-    def _admit(self, peer: tuple[str, int], request: Request) -> str | None:
-        """Room for one more transfer? None, or the ERROR 0 text that says why not.
+    def _decide(self, key: Key, mode: str) -> Decision:
+        running = [Running(k, t.started, t.finished or t.established, False) if t is not None
+                   else Running(k, 0.0, False, True) for k, t in self.active.items()]
+        return admission.admit(key, mode, running, self.admission)
 
-        One address gets at most max_client_sessions, so that one host
-        cannot take every slot; when all are taken, the oldest transfer whose
-        client never answered makes room (see _evict_silent): RRQs that are
-        never ACKed (a flood, spoofed sources) cannot keep real clients out."""
-        label, name = format_peer(peer), clip(request.filename)
-        running = self._per_address[peer[0]]
-        if running >= self.conf.max_client_sessions:
+    def _after_catch_up(self, key: Key, mode: str) -> Decision:
+        """A request like a running transfer's: that transfer first handles
+        what already waits on its socket. The ERROR that ends UEFI's tsize
+        probe, or tftp-hpa's final ACK, can wait there unread while the
+        same request (same port, same file) reaches the listener; if it ends
+        the transfer, the request is new, else a true repeat."""
+        transfer = self.active.get(key)
+        if transfer is not None:
+            transfer.catch_up()
+        return self._decide(key, mode)
+
+    def _refuse_busy(self, listener: socket.socket, addr: tuple[str, int], request: Request,
+                     decision: Decision) -> None:
+        """ERROR 0 from the server port, a log line (rate-limited)."""
+        label, name = format_peer(addr), clip(request.filename)
+        if decision.outcome is Admission.CLIENT_LIMIT:
             self.stats.increment("refused_per_address")
             if self._may_log("TFTP requests refused: too many from one address"):
                 log.warning("%s: refused %s: %d transfers from this address running "
-                            "(max_client_sessions)", label, name, running)
-            return "too many transfers from this address"
-        if len(self.active) < self.conf.max_sessions or self._evict_silent():
-            return None
-        self.stats.increment("refused_busy")
-        if self._may_log("TFTP requests refused: server busy"):
-            log.warning("%s: refused %s: %d sessions running", label, name, len(self.active))
-        return "server busy"
+                            "(max_client_sessions)", label, name, decision.running)
+            refusal = "too many transfers from this address"
+        else:
+            self.stats.increment("refused_busy")
+            if self._may_log("TFTP requests refused: server busy"):
+                log.warning("%s: refused %s: %d sessions running", label, name,
+                            decision.running)
+            refusal = "server busy"
+        with contextlib.suppress(OSError):
+            listener.sendto(encode_error(ErrorCode.NOT_DEFINED, refusal), addr)
 
-    def _evict_silent(self) -> bool:
-        """End the oldest transfer whose client never answered (ERROR 0
-        "server busy"), to make room for a new request. False: every
-        transfer is established (or still opening its file)."""
-        stale = next(((key, t) for key, t in self.active.items()
-                      if t is not None and not t.finished and not t.established), None)
-        if stale is None:
-            return False
-        key, transfer = stale
-        self._drop(key)  # its slot is free now, even if its thread ends it a little later
-        self._repeats.pop(key, None)
+    def _evict(self, key: Key) -> None:
+        """End a transfer whose client never answered (ERROR 0 "server
+        busy"), to make room for a new request."""
+        transfer = self.active.get(key)
+        self._drop(key)  # its slot is free now
+        if transfer is None:
+            return
         self.stats.increment("evicted")
         if self._may_log("TFTP transfers evicted: no answer, server full"):
             log.warning("%s: %s %s evicted for a new request: the server is full and this "
@@ -366,16 +364,12 @@ class TftpService:
                         clip(transfer.name))
         transfer.fail(Outcome.FAILED, "evicted: no answer while the server was full",
                       ErrorCode.NOT_DEFINED, "server busy")
-        return True
 
     def _drop(self, key: Key, transfer: Transfer | None = None) -> None:
         """Forget request *key* (only if it is still *transfer*'s, when given)."""
         if key not in self.active or (transfer is not None and self.active[key] is not transfer):
             return
         del self.active[key]
-        self._per_address[key[0]] -= 1
-        if self._per_address[key[0]] <= 0:
-            del self._per_address[key[0]]
 
     def _may_log(self, topic: str, level: int = logging.WARNING) -> bool:
         """A line a client can cause: at most LOG_BURST per topic per window."""
@@ -385,13 +379,9 @@ class TftpService:
     async def _serve(self, request: Request, peer: tuple[str, int], sock: socket.socket,
                      key: Key) -> None:
         label = format_peer(peer)
-        asked = dict(request.options)
         served = name = ""
         self._opening[key] = (sock, peer, request.filename)
         try:
-            if request.mode not in MODES:
-                raise TftpError(ErrorCode.ILLEGAL_OPERATION,
-                                f"unsupported transfer mode {request.mode!r}")
             name = normalize_request_path(request.filename)
             if request.is_write:
                 transfer: Transfer = await self._start_write(request, name, peer, sock)
@@ -405,24 +395,27 @@ class TftpService:
             transfer.limiter = self.limiter
             self.active[key] = transfer
             self.stats.active_sessions = sum(1 for t in self.active.values() if t)
-            transfer.start()  # type: ignore[attr-defined]
+            transfer.start()
         except (TftpError, SourceError) as exc:
-            # A SourceError's text names a mirror URL or a path: the log's only.
-            code, message, detail = (exc.code, exc.message, exc.detail) if isinstance(
-                exc, TftpError) else (ErrorCode.NOT_DEFINED, SOURCE_UNAVAILABLE, str(exc))
-            self._refuse(sock, peer, request, code, message, detail, name)
             self._drop(key)
-            self._repeats.pop(key, None)
-            self._report(TransferStats(peer, request.filename, served,
-                                       "write" if request.is_write else "read", request.mode,
-                                       asked, {}, 0, 0, 0, 0.0, "refused", detail))
+            self._refused(sock, peer, request, exc, name, served)
         except Exception:
             log.exception("%s: internal error serving %s", label, clip(request.filename))
             self._refuse(sock, peer, request, ErrorCode.NOT_DEFINED, "internal error")
             self._drop(key)
-            self._repeats.pop(key, None)
         finally:
             self._opening.pop(key, None)
+
+    def _refused(self, sock: socket.socket, peer: tuple[str, int], request: Request,
+                 exc: TftpError | SourceError, name: str = "", served: str = "") -> None:
+        """A request that gets an ERROR instead of a transfer, and its stats."""
+        # A SourceError's text names a mirror URL or a path: the log's only.
+        code, message, detail = (exc.code, exc.message, exc.detail) if isinstance(
+            exc, TftpError) else (ErrorCode.NOT_DEFINED, SOURCE_UNAVAILABLE, str(exc))
+        self._refuse(sock, peer, request, code, message, detail, name)
+        self._report(TransferStats(peer, request.filename, served,
+                                   "write" if request.is_write else "read", request.mode,
+                                   dict(request.options), {}, 0, 0, 0, 0.0, "refused", detail))
 
     def _refuse(self, sock: socket.socket, peer: tuple[str, int], request: Request, code: int,
                 message: str, detail: str | None = None, name: str = "") -> None:
@@ -468,26 +461,10 @@ class TftpService:
         log.info("%s: RRQ %s%s %s%s", format_peer(peer), clip(request.filename),
                  f" -> {clip(opened.served)}" if opened.served != name else "", request.mode,
                  "".join(f" {k}={clip(v)}" for k, v in negotiated.oack))
-        kw = {"name": request.filename, "served": opened.served, "mode": request.mode,
-              "asked": dict(request.options), "granted": dict(negotiated.oack),
-              "on_done": self._transfer_done}
-        if self._lone_lockstep(session, source):
-            assert isinstance(source, PooledSource)
-            self.threaded = ThreadedReadTransfer(self.runtime, sock, peer, session, source,
-                                                 read_blocking=source.read_blocking,
-                                                 busy_poll=self.conf.busy_poll / 1e6,
-                                                 pump=self.pump, **kw)
-            return self.threaded
-        return ReadTransfer(self.runtime, sock, peer, session, source, self.pump, **kw)
-
-    def _lone_lockstep(self, session: ReadSession, source: ChunkSource) -> bool:
-        """A lock-step read of a local file or plugin while nothing else runs:
-        its own thread (see pybootd.server.tftp_lockstep). Since that thread
-        busy-polls, this holds for every blksize: at 65464 it measured 865
-        MB/s against 608 from the loop (busybox; tftpd-hpa 707), and 757
-        against 606 (atftp; tftpd-hpa 772), bench_tftp.py, best of 5."""
-        return (session.windowsize == 1 and isinstance(source, PooledSource)
-                and self.threaded is None and not any(t is not None for t in self.active.values()))
+        info = TransferInfo(peer, request.filename, opened.served, request.mode,
+                            dict(request.options), dict(negotiated.oack))
+        return ReadTransfer(self.runtime, sock, info, self._transfer_done, session, source,
+                            self.pump)
 
     async def _start_write(self, request: Request, name: str, peer: tuple[str, int],
                            sock: socket.socket) -> WriteTransfer:
@@ -501,17 +478,13 @@ class TftpService:
         session = WriteSession(negotiated, self.conf.retries)
         log.info("%s: WRQ %s %s%s", format_peer(peer), clip(request.filename), request.mode,
                  "".join(f" {k}={clip(v)}" for k, v in negotiated.oack))
-        return WriteTransfer(self.runtime, sock, peer, session, upload,
-                             self.conf.max_upload_size, name=request.filename, served=name,
-                             mode=request.mode, asked=dict(request.options),
-                             granted=dict(negotiated.oack), on_done=self._transfer_done)
+        info = TransferInfo(peer, request.filename, name, request.mode, dict(request.options),
+                            dict(negotiated.oack))
+        return WriteTransfer(self.runtime, sock, info, self._transfer_done, session, upload,
+                             self.conf.max_upload_size)
 
     def _transfer_done(self, transfer: Transfer, stats: TransferStats) -> None:
-        mine = self.active.get(transfer.key) is transfer  # not if evicted (_evict_silent)
-        self._drop(transfer.key, transfer)
-        repeat = self._repeats.pop(transfer.key, None) if mine else None
-        if transfer is self.threaded:
-            self.threaded = None
+        self._drop(transfer.key, transfer)  # not if evicted (_evict): its slot is gone
         self.stats.active_sessions = sum(1 for t in self.active.values() if t)
         self.totals.add(stats)
         succeeded = stats.outcome.startswith("complete")
@@ -523,13 +496,6 @@ class TftpService:
                              stats.bytes)
         self.stats.increment("retransmits", stats.retransmits)
         self._report(stats)
-        if (repeat is not None and aborted and self.listeners
-                and self.runtime.loop.time() - repeat[0] <= REPEAT_AFTER_ABORT):
-            # UEFI firmware probes tsize, answers the OACK with ERROR 8 and asks
-            # again at once, from the same port: that request can reach the
-            # loop before the ERROR has ended the probe (the lone lock-step
-            # thread sees the ERROR, the loop the request). Not a repeat, then.
-            self._on_datagram(*repeat[1])
 
     def _log_end(self, transfer: Transfer, stats: TransferStats, ok: bool) -> None:
         """One line per transfer; rate-limited only for a client that never

@@ -18,6 +18,7 @@ import struct
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pybootd.api import TransferStats
@@ -105,23 +106,36 @@ def gso_cmsg(blksize: int) -> list[tuple[int, int, bytes]]:
     return [(_SOL_UDP, _UDP_SEGMENT, _GSO_SIZE.pack(blksize + 4))]
 
 
+@dataclass(frozen=True)
+class TransferInfo:
+    """What a transfer reports about its request (TransferStats, log lines)."""
+
+    peer: tuple[str, int]
+    name: str  # as the client asked
+    served: str  # what is served (a filter's target, the upload's name)
+    mode: str
+    asked: dict[str, str]  # options in the request
+    granted: dict[str, str]  # options in the OACK
+
+
+Done = Callable[["Transfer", TransferStats], None]
+
+
 class Transfer:
     """What read and write transfers share: socket, timer, stats, ending."""
 
     direction = "read"
 
-    def __init__(self, runtime: Runtime, sock: socket.socket, peer: tuple[str, int],
-                 name: str, served: str, mode: str, asked: dict[str, str],
-                 granted: dict[str, str], on_done: Callable[[Transfer, TransferStats], None],
-                 ) -> None:
+    def __init__(self, runtime: Runtime, sock: socket.socket, info: TransferInfo,
+                 on_done: Done) -> None:
         self.loop = runtime.loop
         self.runtime = runtime
         self.sock = sock
-        self.peer = peer
-        self.key: tuple[str, int, int, str] = (peer[0], peer[1], 0, name)
+        self.peer = peer = info.peer
+        self.key: tuple[str, int, int, str] = (peer[0], peer[1], 0, info.name)
         self.label = format_peer(peer)
-        self.name, self.served, self.mode = name, served, mode
-        self.asked, self.granted = asked, granted
+        self.name, self.served, self.mode = info.name, info.served, info.mode
+        self.asked, self.granted = info.asked, info.granted
         self.on_done = on_done
         self.started = time.monotonic()
         self.packets = 0
@@ -137,6 +151,10 @@ class Transfer:
     def established(self) -> bool:
         """Has the client answered once? Until then the service may evict
         the transfer for a new one (pybootd.tftp.session.FIRST_ANSWER_WAIT)."""
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """Send the first packet and start reading the socket."""
         raise NotImplementedError
 
     # --- timer: one handle, re-armed lazily ----------------------------------
@@ -158,7 +176,8 @@ class Transfer:
         raise NotImplementedError
 
     # --- receiving: plain add_reader callback, a bounded batch per wake-up ----
-    def _readable(self) -> None:
+    def _readable(self, all_waiting: bool = False) -> None:
+        """*all_waiting*: go on past a lock-step ACK (see catch_up)."""
         sock, peer = self.sock, self.peer
         for _ in range(RECV_BATCH):
             try:
@@ -170,8 +189,15 @@ class Transfer:
             if addr[1] != peer[1] or addr[0] != peer[0]:
                 self.foreign(addr)
                 continue
-            if not self.datagram(data) or self.finished:
+            if not (self.datagram(data) or all_waiting) or self.finished:
                 return
+
+    def catch_up(self) -> None:
+        """Handle every datagram already waiting on the socket, now, without
+        waiting: the service calls it before it takes a request that matches
+        this transfer for a repeat (the ERROR or final ACK that ends this
+        transfer may wait here, unread, while its client asks again)."""
+        self._readable(all_waiting=True)
 
     def datagram(self, data: bytes) -> bool:
         """Handle one datagram from the peer; False: stop reading for now."""
@@ -196,13 +222,10 @@ class Transfer:
 
     def foreign(self, addr: tuple[str, int]) -> None:
         """A packet from another TID: tell it off, carry on (RFC 1350 section 4)."""
-        if self.log_limiter().allow("packet from a foreign TID", time.monotonic(), logging.INFO):
+        if self.limiter.allow("packet from a foreign TID", time.monotonic(), logging.INFO):
             log.info("%s: packet from foreign TID %s answered with ERROR 5", self.label,
                      format_peer(addr))
         self.send(encode_error(ErrorCode.UNKNOWN_TID, "Unknown transfer ID"), addr)
-
-    def log_limiter(self) -> LogLimiter:
-        return self.limiter
 
     def fail(self, outcome: Outcome, detail: str, code: int | None = None,
              message: str | None = None) -> None:
@@ -254,10 +277,10 @@ class Transfer:
 class ReadTransfer(Transfer):
     """Serves one RRQ."""
 
-    def __init__(self, runtime: Runtime, sock: socket.socket, peer: tuple[str, int],
-                 session: ReadSession, source: ChunkSource, pump: Pump | None = None,
-                 **kw: object) -> None:
-        super().__init__(runtime, sock, peer, **kw)  # type: ignore[arg-type]
+    def __init__(self, runtime: Runtime, sock: socket.socket, info: TransferInfo,
+                 on_done: Done, session: ReadSession, source: ChunkSource,
+                 pump: Pump | None = None) -> None:
+        super().__init__(runtime, sock, info, on_done)
         self.session = session
         self.source = source
         self.store = BlockStore(session.blksize)
@@ -302,6 +325,11 @@ class ReadTransfer(Transfer):
             self.foreign(addr)
         elif not self.finished:
             self.datagram(data)
+        self._rearm()
+
+    def catch_up(self) -> None:
+        self._sync()  # what the pump sent first: the session must know it
+        super().catch_up()
         self._rearm()
 
     def _sync(self) -> None:
@@ -525,9 +553,10 @@ class WriteTransfer(Transfer):
 
     direction = "write"
 
-    def __init__(self, runtime: Runtime, sock: socket.socket, peer: tuple[str, int],
-                 session: WriteSession, upload: Upload, max_size: int, **kw: object) -> None:
-        super().__init__(runtime, sock, peer, **kw)  # type: ignore[arg-type]
+    def __init__(self, runtime: Runtime, sock: socket.socket, info: TransferInfo,
+                 on_done: Done, session: WriteSession, upload: Upload,
+                 max_size: int) -> None:
+        super().__init__(runtime, sock, info, on_done)
         self.session = session
         self.upload = upload
         self.max_size = max_size

@@ -44,10 +44,6 @@ class PooledSource:
                 return chunk
         return await self._runtime.blocking(self._timeout, self._data.read, n)
 
-    def read_blocking(self, n: int) -> bytes:
-        """Read in the caller's thread (a lone lock-step transfer's own)."""
-        return self._data.read(n)
-
     def close(self) -> None:
         future = self._runtime.executor.submit(self._data.close)
         future.add_done_callback(_log_close_error)

@@ -250,10 +250,10 @@ class HttpCache:
         Measured (scripts/bench_boot.py, BIOS from a warm cache): read through
         CachedSource, a pool round trip per chunk, the initrd took 8.7 s where
         dnsmasq took 7.4 s from disk, and the boot 1.07x as long. As a local
-        file it gets the page-cached reads on the loop and, when alone, the
-        lock-step thread. The descriptor is opened for this reader and closed
-        with it, so an idle cache holds none; it stays valid if the entry is
-        evicted meanwhile (the data is unlinked, not gone).
+        file it gets the page-cached reads on the loop. The descriptor is
+        opened for this reader and closed with it, so an idle cache holds
+        none; it stays valid if the entry is evicted meanwhile (the data is
+        unlinked, not gone).
         """
         try:
             fd = await self.runtime.blocking(DISK_TIMEOUT, os.open, str(entry.data_path),

@@ -148,7 +148,7 @@ def test_one_address_gets_at_most_max_client_sessions(root: Path, tmp_path: Path
 
 
 @pytest.mark.parametrize("options", [(), (("windowsize", "4"),), (("blksize", "1024"),)],
-                         ids=["lockstep-thread", "window-loop", "oack"])
+                         ids=["lockstep", "window", "oack"])
 def test_a_request_never_answered_ends_in_seconds(root: Path, tmp_path: Path,
                                                   logs: pytest.LogCaptureFixture,
                                                   options: tuple[tuple[str, str], ...]) -> None:
@@ -296,7 +296,7 @@ def test_a_burst_of_bogus_datagrams_logs_a_bounded_number_of_lines(
 
 def test_a_source_error_tells_the_client_no_url(root: Path, tmp_path: Path,
                                                 logs: pytest.LogCaptureFixture) -> None:
-    """At the request and mid-transfer (lone thread, loop): the client gets
+    """At the request and mid-transfer (lock-step, window): the client gets
     "source unavailable", the log the reason (it names the mirror)."""
 
     class Failing(BytesResponse):
@@ -400,13 +400,12 @@ def start_slow_reader(port: int, count: int) -> list[tuple[Raw, tuple[str, int]]
     return readers
 
 
-@pytest.mark.parametrize("count", [1, 2, 3], ids=["lone-thread", "two", "three"])
+@pytest.mark.parametrize("count", [1, 2, 3], ids=["one", "two", "three"])
 def test_transfers_running_at_close_get_an_error_and_a_log_line(
         root: Path, tmp_path: Path, logs: pytest.LogCaptureFixture, count: int) -> None:
     """As the daemon does: drain(grace) that times out, then close(), then
-    the process ends. Before, the lone lock-step transfer (its own thread)
-    was told nothing and never logged: its thread answers only after close()
-    returned, and the loop never ran its end."""
+    the process ends: every transfer is told and logged before close()
+    returns, nothing is left for a later turn of the loop."""
     srv = Server(config(root, timeout=1.0, retries=5), tmp_path / "t.ini")
     readers = start_slow_reader(srv.port, count)
     try:

@@ -251,7 +251,7 @@ def test_late_answer_after_the_timeout_is_closed(tmp_path: Path) -> None:
 
 def test_complete_file_is_served_like_a_local_one(mirror: Mirror, tmp_path: Path) -> None:
     """A cached file is read from its own descriptor (page-cached reads on the
-    loop, the lock-step thread), and still counts as in use until closed."""
+    loop), and still counts as in use until closed."""
     srv = http_server(mirror, tmp_path)
     try:
         with Client("127.0.0.1", srv.port) as client:

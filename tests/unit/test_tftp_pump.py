@@ -1,14 +1,11 @@
-"""The compiled lock-step path (pybootd/_lockstep.c, _lockstep_ring.c,
-server/tftp_pump.py): the pump itself on loopback sockets, with each
-backend (epoll, io_uring), then the service serving lock-step reads on the
-loop with each and without the pump."""
+"""The compiled lock-step path (pybootd/_lockstep.c, server/tftp_pump.py):
+the pump itself on loopback sockets, then the service serving lock-step
+reads on the loop through it and without it."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
-import select
 import socket
 import time
 from collections.abc import Iterator
@@ -21,8 +18,7 @@ from tftpclient import Client
 
 from pybootd.api import TransferStats
 from pybootd.server import tftp_pump
-from pybootd.server.tftp import TftpService
-from pybootd.server.tftp_lockstep import SPIN_MISSES, SPIN_PROBE
+from pybootd.server.tftp_pump import SPIN_MISSES, SPIN_PROBE
 from pybootd.tftp.packets import Data, Error, ErrorCode, encode, encode_ack
 
 try:
@@ -39,43 +35,24 @@ def root(tmp_path: Path) -> Path:
 
 
 def test_pump_is_built_in_ci() -> None:
-    """.ci/run installs gcc and linux-libc-dev and builds it, io_uring
-    included: there, the absence of either is a failure."""
+    """.ci/run installs gcc and linux-libc-dev and builds it: there, its
+    absence is a failure."""
     if os.environ.get("CI"):
         assert _lockstep is not None, "the compiled module must build under .ci/run"
-        assert _lockstep.ring_supported(), "the io_uring backend must build under .ci/run"
-
-
-def ring_refused() -> str | None:
-    """Why the kernel refuses an io_uring pump here, or None."""
-    if _lockstep is None:
-        return "pybootd._lockstep is not built"
-    try:
-        _lockstep.Pump(spin_misses=SPIN_MISSES, spin_probe=SPIN_PROBE, ring=True).close()
-    except OSError as exc:
-        return f"the kernel refuses io_uring (Linux >= 6.1, io_uring_disabled = 0): {exc}"
-    return None
-
-
-BACKENDS = ["epoll", "io_uring"]
 
 
 # --- the pump alone -----------------------------------------------------------------------
 class Pair:
     """A pump watching *server*, the transfer's socket, for *client*."""
 
-    def __init__(self, family: int = socket.AF_INET, host: str = "127.0.0.1",
-                 backend: str = "epoll") -> None:
+    def __init__(self, family: int = socket.AF_INET, host: str = "127.0.0.1") -> None:
         self.server = socket.socket(family, socket.SOCK_DGRAM)
         self.client = socket.socket(family, socket.SOCK_DGRAM)
         for sock in (self.server, self.client):
             sock.bind((host, 0))
             sock.settimeout(2)
         self.server.setblocking(False)
-        self.ring = backend == "io_uring"
-        self.pump = _lockstep.Pump(spin_misses=SPIN_MISSES, spin_probe=SPIN_PROBE,
-                                   ring=self.ring)
-        assert self.pump.backend() == backend
+        self.pump = _lockstep.Pump(spin_misses=SPIN_MISSES, spin_probe=SPIN_PROBE)
         self.fd = self.server.fileno()
         self.pump.add(self.fd, self.client.getsockname())
 
@@ -94,8 +71,6 @@ class Pair:
         return out
 
     def turn(self) -> list[tuple[int, bytes, tuple[str, int]]]:
-        if self.ring:  # as RingSelector.select, then the eventfd's reader
-            self.pump.wait(-1, 0.01, 0.0, 64)
         return self.pump.run(64)
 
     def data(self) -> tuple[int, bytes]:
@@ -109,17 +84,15 @@ class Pair:
         self.client.close()
 
 
-def skip_unless(backend: str) -> None:
+def skip_unless_built() -> None:
     if _lockstep is None:
         pytest.skip("pybootd._lockstep is not built")
-    if backend == "io_uring" and (why := ring_refused()):
-        pytest.skip(why)
 
 
-@pytest.fixture(params=BACKENDS)
-def pair(request: pytest.FixtureRequest) -> Iterator[Pair]:
-    skip_unless(request.param)
-    p = Pair(backend=request.param)
+@pytest.fixture
+def pair() -> Iterator[Pair]:
+    skip_unless_built()
+    p = Pair()
     yield p
     p.close()
 
@@ -201,11 +174,10 @@ def test_pump_removed_socket_is_not_read(pair: Pair) -> None:
         pair.pump.take(pair.fd)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_pump_over_ipv6(backend: str) -> None:
-    skip_unless(backend)
+def test_pump_over_ipv6() -> None:
+    skip_unless_built()
     try:
-        p = Pair(socket.AF_INET6, "::1", backend)
+        p = Pair(socket.AF_INET6, "::1")
     except OSError as exc:
         pytest.skip(f"no IPv6 loopback: {exc}")
     try:
@@ -233,151 +205,42 @@ def test_pump_refuses_bad_arguments(pair: Pair) -> None:
         pair.pump.arm(pair.fd, 1, CHUNK, 1, 0)
 
 
-# --- io_uring: what the kernel may still read or write ------------------------------------
-@pytest.fixture
-def ring_pair() -> Iterator[Pair]:
-    skip_unless("io_uring")
-    p = Pair(backend="io_uring")
-    yield p
-    p.close()
+# --- busy-polling: adaptive (tftp_pump.SPIN_MISSES, SPIN_PROBE) ---------------------------
+def test_pump_polls_while_polls_see_answers_then_once_every_probe(pair: Pair) -> None:
+    """With nothing to read, run(spin) polls for *spin* seconds SPIN_MISSES
+    times in a row, then returns at once for SPIN_PROBE - 1 runs, then polls
+    again; a datagram seen while polling starts the count again."""
+    spin = 0.02
 
-
-def test_ring_removed_socket_number_reused_is_not_read(ring_pair: Pair) -> None:
-    """Its receive was in flight: cancelled, it reads nothing from the new
-    socket that gets the same descriptor number."""
-    pair = ring_pair
-    pair.pump.wait(-1, 0.0, 0.0, 64)  # the receive is in flight
-    pair.pump.remove(pair.fd)
-    pair.server.close()
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
-        again.bind(("127.0.0.1", 0))
-        assert again.fileno() == pair.fd  # the lowest free number
-        pair.client.sendto(b"mine", again.getsockname())
-        pair.run()
-        again.settimeout(2)
-        assert again.recv(100) == b"mine"
-        pair.pump.add(again.fileno(), pair.client.getsockname())  # and it can be added
-        pair.client.sendto(encode_ack(3), again.getsockname())
-        assert [d for _, d, _ in pair.run(1)] == [encode_ack(3)]
-        pair.pump.remove(again.fileno())
-
-
-def test_ring_wait_ends_when_the_loops_epoll_is_readable(ring_pair: Pair) -> None:
-    with select.epoll() as ep, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
-        other.bind(("127.0.0.1", 0))
-        ep.register(other.fileno(), select.EPOLLIN)
-        pair = ring_pair
-        pair.pump.wait(ep.fileno(), 0.0, 0.0, 64)  # no wait: the poll is now in flight
-        pair.client.sendto(b"dhcp", other.getsockname())
+    def timed_run() -> float:
         started = time.monotonic()
-        pair.pump.wait(ep.fileno(), 5.0, 0.0, 64)
-        assert time.monotonic() - started < 2
-        assert ep.poll(0) == [(other.fileno(), select.EPOLLIN)]
+        assert pair.pump.run(64, spin) == []
+        return time.monotonic() - started
 
-
-def test_ring_wait_ends_at_its_timeout(ring_pair: Pair) -> None:
+    assert all(timed_run() >= spin for _ in range(SPIN_MISSES))
     started = time.monotonic()
-    ring_pair.pump.wait(-1, 0.05, 0.0, 64)
-    assert 0.04 <= time.monotonic() - started < 2
-
-
-def test_ring_eventfd_is_readable_while_datagrams_wait(ring_pair: Pair) -> None:
-    pair = ring_pair
-    pair.ack(7)  # unarmed: Python's
-    deadline = time.monotonic() + 2
-    while not select.select([pair.pump.fileno()], [], [], 0)[0]:
-        assert time.monotonic() < deadline, "the eventfd never became readable"
-        pair.pump.wait(-1, 0.05, 0.0, 64)
-    assert [d for _, d, _ in pair.pump.run(64)] == [encode_ack(7)]
-    assert not select.select([pair.pump.fileno()], [], [], 0)[0]
-
-
-def test_ring_chunk_replaced_and_pump_closed_with_operations_in_flight(
-        ring_pair: Pair) -> None:
-    """The chunk a send may still read, the receive in flight: kept until the
-    kernel is done, then released (a leak or a use after free would show
-    under the sanitizers; here it must at least not crash or hang)."""
-    pair = ring_pair
-    chunk = bytearray(CHUNK)
-    pair.pump.arm(pair.fd, 10, chunk, 10, 512)
+    for _ in range(SPIN_PROBE - 1):
+        pair.pump.run(64, spin)
+    assert time.monotonic() - started < SPIN_PROBE * spin / 10  # no polling: at once
+    assert timed_run() >= spin  # the probe
+    assert pair.pump.run(64, 0.0) == []  # spin 0: never polls
+    pair.pump.arm(pair.fd, 10, CHUNK, 10, 512)
     pair.ack(10)
-    pair.pump.wait(-1, 0.05, 0.0, 64)
-    pair.pump.arm(pair.fd, 11, b"y" * 512, 12, 512)  # the first chunk retired or released
-    del chunk
-    assert pair.data() == (11, CHUNK[512:1024])
-    started = time.monotonic()
-    pair.pump.close()
-    assert time.monotonic() - started < 1.5
-    with pytest.raises(ValueError):
-        pair.pump.run(64)
-
-
-def test_ring_selector_waits_in_the_ring_only_with_transfers_in_it(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    skip_unless("io_uring")
-    loop = tftp_pump.new_event_loop()
-    try:
-        pump = loop.run_until_complete(_make_pump(loop))
-        assert pump.backend == "io_uring"
-        waits: list[float] = []
-        real = pump._pump
-
-        class Spy:
-            def __getattr__(self, name: str) -> object:
-                return getattr(real, name)
-
-            def wait(self, *args: object) -> None:
-                waits.append(args[1])  # type: ignore[arg-type]
-                real.wait(*args)  # type: ignore[arg-type]
-
-        selector = tftp_pump._SELECTORS[loop]
-        selector.ring = Spy()  # type: ignore[assignment]
-        loop.run_until_complete(asyncio.sleep(0.01))
-        assert waits == []  # nothing in the ring: plain epoll
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            pump.add(sock.fileno(), ("127.0.0.1", 9), None)  # type: ignore[arg-type]
-            loop.run_until_complete(asyncio.sleep(0.05))
-            assert waits and all(0 <= w <= 0.06 for w in waits)  # the timer's deadline
-            pump.remove(sock.fileno())
-        selector.ring = real
-        pump.close()
-        assert selector.ring is None
-    finally:
-        loop.close()
-    monkeypatch.setenv(tftp_pump.NO_RING_ENV, "1")
-    loop = tftp_pump.new_event_loop()
-    try:
-        pump = loop.run_until_complete(_make_pump(loop))
-        assert pump.backend == "epoll"
-        pump.close()
-    finally:
-        loop.close()
-
-
-async def _make_pump(loop: asyncio.AbstractEventLoop) -> tftp_pump.Pump:
-    return tftp_pump.Pump(loop, 0.0)  # on the loop's thread, as TftpService.start does
+    assert pair.pump.run(64, spin) == [] and pair.data()[0] == 11
 
 
 # --- the service: lock-step reads on the loop, with each pump and without -----------------
-@pytest.fixture(params=["io_uring", "epoll", "python"])
+@pytest.fixture(params=["pump", "python"])
 def on_loop(request: pytest.FixtureRequest, root: Path, tmp_path: Path,
             monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Server, list[TransferStats]]]:
-    """A server whose lock-step reads all run on the loop (none gets the lone
-    thread), through the pump (io_uring on the daemon's loop, or epoll) or
-    through Python alone."""
+    """A server whose lock-step reads go through the pump, or through
+    Python alone."""
     if request.param == "python":
         monkeypatch.setenv(tftp_pump.DISABLE_ENV, "1")
     elif _lockstep is None and not os.environ.get("CI"):
         pytest.skip("pybootd._lockstep is not built")
-    elif request.param == "io_uring" and (why := ring_refused()):
-        pytest.skip(why)
-    monkeypatch.setattr(TftpService, "_lone_lockstep", lambda *args: False)
     seen: list[TransferStats] = []
-    srv = Server(ini(root), tmp_path / "t.ini", ring=request.param == "io_uring",
-                 session_stats=seen.append)
-    pump = srv.service.pump
-    assert (pump.backend if pump else "python") == request.param
+    srv = Server(ini(root), tmp_path / "t.ini", session_stats=seen.append)
     yield srv, seen
     srv.stop()
 
