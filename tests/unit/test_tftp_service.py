@@ -30,6 +30,7 @@ from pybootd.server.tftp import TftpService
 from pybootd.server.tftp_transfer import GSO_BATCH, gso_segments
 from pybootd.sources import local
 from pybootd.tftp.packets import Ack, Data, Error, ErrorCode, Oack, encode, encode_ack
+from pybootd.udp import IP_PKTINFO
 
 
 def free_port() -> int:
@@ -425,7 +426,7 @@ def test_broadcast_request_answered_from_our_own_address(root: Path, tmp_path: P
 
 def pktinfo(ifindex: int, spec_dst: str, dst: str) -> list[tuple[int, int, bytes]]:
     data = struct.pack("=i4s4s", ifindex, socket.inet_aton(spec_dst), socket.inet_aton(dst))
-    return [(socket.IPPROTO_IP, tftp.IP_PKTINFO, data)]
+    return [(socket.IPPROTO_IP, IP_PKTINFO, data)]
 
 
 def test_reply_address_is_ipi_spec_dst() -> None:
@@ -580,7 +581,7 @@ def test_start_sweeps_stale_temporary_uploads(root: Path, tmp_path: Path,
 def test_upload_write_loops_on_partial_writes(tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     real_write = os.write
-    monkeypatch.setattr(local.os, "write", lambda fd, data: real_write(fd, bytes(data[:3])))
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, bytes(data[:3])))
     upload = local.Upload(tmp_path, "file", overwrite=False)
     upload.write(b"0123456789")
     upload.commit()
