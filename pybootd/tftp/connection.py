@@ -23,6 +23,11 @@ timeouts, the end of the file, rollover past block 65535) stay in
 States are a :class:`ReadState`; a call the state does not allow raises
 :class:`pybootd.errors.ProtocolError` (a bug of the I/O layer, never a
 client's doing: what a client sends is always accepted or ignored).
+
+Status: the transfers in :mod:`pybootd.server.tftp_transfer` still drive
+``ReadSession``/``WriteSession`` and frame packets themselves; moving them
+onto these connections (and the pump onto :class:`FastPath`, served by the
+protocol-free ``pybootd/_pump.c``) is the next step of issue 11.
 """
 
 from __future__ import annotations
