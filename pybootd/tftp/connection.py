@@ -88,8 +88,25 @@ class FastPath:
     steps: tuple[tuple[bytes, Datagram], ...]
 
 
-class ReadConnection:
+class _Connection:
+    """What both directions tell the service about themselves."""
+
+    session: ReadSession | WriteSession
+
+    @property
+    def established(self) -> bool:
+        """Has the client answered once (see ``session.FIRST_ANSWER_WAIT``)?"""
+        return self.session.established
+
+    @property
+    def retransmits(self) -> int:
+        return self.session.retransmits
+
+
+class ReadConnection(_Connection):
     """The server side of one RRQ, from its first packet to its outcome."""
+
+    session: ReadSession
 
     def __init__(self, negotiated: Negotiated, retries: int, now: float, *,
                  read_ahead: int = 0, first_answer_wait: float = FIRST_ANSWER_WAIT) -> None:
@@ -119,15 +136,6 @@ class ReadConnection:
             return ReadState.SENDING if self.store.block(first) is not None \
                 else ReadState.STARVED
         return ReadState.WAITING
-
-    @property
-    def established(self) -> bool:
-        """Has the client answered once (see ``session.FIRST_ANSWER_WAIT``)?"""
-        return self.session.established
-
-    @property
-    def retransmits(self) -> int:
-        return self.session.retransmits
 
     def _require_unarmed(self, call: str) -> None:
         if self._armed:
@@ -268,11 +276,13 @@ class WriteState(Enum):
     DONE = "done"
 
 
-class WriteConnection:
+class WriteConnection(_Connection):
     """The server side of one WRQ: DATA in, ACKs out, bytes for the I/O layer
     to store. The last block is acknowledged only once the I/O layer says the
     file is stored (:meth:`committed`): an ACK of the last block tells the
     client its file is there (RFC 1350 section 6)."""
+
+    session: WriteSession
 
     def __init__(self, negotiated: Negotiated, retries: int, now: float, *, max_size: int,
                  netascii: bool = False, first_answer_wait: float = FIRST_ANSWER_WAIT) -> None:
@@ -295,14 +305,6 @@ class WriteConnection:
         if self.session.committing:
             return WriteState.COMMITTING
         return WriteState.DALLYING if self.session.complete else WriteState.RECEIVING
-
-    @property
-    def established(self) -> bool:
-        return self.session.established
-
-    @property
-    def retransmits(self) -> int:
-        return self.session.retransmits
 
     def receive(self, data: bytes, now: float) -> None:
         """A datagram from the peer (its TID is the caller's check)."""
