@@ -63,7 +63,6 @@ _BATCH = 64  # datagrams read per wake-up before yielding to the loop
 _MAX_WAITING = 1024  # requests waiting for an access answer; more are dropped
 _STORE_TIMEOUT = 30.0
 _STORE_POOL = "leases"  # Runtime.pool: one thread, see _in_store_thread
-_ONCE_LIMIT = 4096  # (MAC, condition) pairs remembered for lines logged once
 _INCOMING_EVENTS = {
     MessageType.DISCOVER: "discover",
     MessageType.REQUEST: "request",
@@ -176,7 +175,7 @@ class DhcpService:
         self._failed = False  # the lease file failed for good: nothing more is served
         self._ifnames: dict[int, str] = {}
         # Lasting conditions (a refused MAC): one INFO line per MAC per window.
-        self._once = OncePer(limit=_ONCE_LIMIT)
+        self._once = OncePer()  # (MAC, condition) pairs logged in the last 300 s
 
     # --- Service protocol ---------------------------------------------------
     async def start(self) -> None:
@@ -451,8 +450,7 @@ class DhcpService:
         denied = verdict is Verdict.DENY
         self._count("denied" if denied else "unanswered")
         mac = peer.client.mac
-        level = logging.INFO if self._once.first((mac, "access"), time.monotonic()) \
-            else logging.DEBUG
+        level = logging.INFO if self._first_time(mac, "access") else logging.DEBUG
         if log.isEnabledFor(level) and (level == logging.DEBUG or self.limiter.allow(
                 "access denied", time.monotonic(), logging.INFO)):
             log.log(level, "%s: %s %s by access control: %s", peer, _kind_name(kind),
