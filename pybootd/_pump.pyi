@@ -11,24 +11,22 @@ The contract:
   IPv6, host numeric. Only datagrams from *peer* can be answered.
   ``remove(fd)`` before the socket is closed; a socket closed without it
   keeps its number in the pump (``add`` of the reused number raises).
-- ``arm(fd, steps)``: *steps* is a sequence of ``(expect, reply)``. While
-  armed, when the next datagram on *fd* comes from the peer and equals
-  ``steps[i][0]`` byte for byte (any length), ``steps[i][1]`` is sent to the
-  peer as ONE datagram (sendmsg: a buffer, or a sequence of buffers as an
-  iovec, e.g. a header and a memoryview slice, not copied) and step i+1 is
-  next. *expect* is copied; the reply buffers are held (the objects kept
-  alive, a bytearray not resizable) until ``take``, ``remove``, ``close``, a
-  new ``arm``, or the end of the ``run`` that disarmed the socket.
-  ``arm`` raises ValueError while steps answered are not taken yet (that
-  count would be lost), or if *steps* is malformed (the socket is left
-  disarmed).
-- ``arm_strided(fd, count, expects, heads, body, stride)``: the same as
-  ``arm`` with *count* steps in three buffers, for the common case without
-  a Python object per step: step i expects the i-th of *count* equal
-  slices of *expects* and replies with the i-th of *count* equal slices of
-  *heads*, then ``body[i * stride:(i + 1) * stride]`` (the last step's may
-  be shorter, or empty: *body* must end within it). *heads* and *body* are
-  held, not copied.
+- ``arm(fd, count, expects, heads, body, stride)``: *count* steps in three
+  buffers, without a Python object per step. While armed, when the next
+  datagram on *fd* comes from the peer and equals the i-th of *count* equal
+  slices of *expects* byte for byte (any length, the same for every step),
+  step i is answered: the i-th of *count* equal slices of *heads* followed
+  by ``body[i * stride:(i + 1) * stride]`` is sent to the peer as ONE
+  datagram (sendmsg), and step i+1 is next. The last step's body slice may
+  be shorter, or empty: *body* must end within it. *expects* is copied;
+  *heads* and *body* are held, not copied (the objects kept alive, a
+  bytearray not resizable) until ``take``, ``remove``, ``close``, a new
+  ``arm``, or the end of the ``run`` that disarmed the socket. ``arm``
+  raises ValueError while steps answered are not taken yet (that count would
+  be lost), or if the arguments are malformed: a negative count or stride,
+  *expects* or *heads* not *count* equal slices, a *body* that does not end
+  in the last step's stride (TypeError for an object that is not a buffer);
+  the socket is left disarmed.
 - Anything else on an armed socket -- another datagram, one from another
   address, one after the last step, one whose reply could not be sent --
   disarms it, and it and every later datagram of that socket are handed
@@ -50,8 +48,6 @@ The contract:
   thread raises RuntimeError. After ``close()``, calls raise ValueError.
 """
 
-from collections.abc import Sequence
-
 from typing_extensions import Buffer  # collections.abc.Buffer is 3.12+
 
 SPIN_MISSES: int
@@ -59,16 +55,14 @@ SPIN_PROBE: int
 HANDBACK_MAX: int
 
 _Peer = tuple[str, int] | tuple[str, int, int, int]
-_Reply = Buffer | Sequence[Buffer]
 
 class Pump:
     def __init__(self) -> None: ...
     def fileno(self) -> int: ...
     def add(self, fd: int, peer: _Peer, /) -> None: ...
     def remove(self, fd: int, /) -> None: ...
-    def arm(self, fd: int, steps: Sequence[tuple[Buffer, _Reply]], /) -> None: ...
-    def arm_strided(self, fd: int, count: int, expects: Buffer, heads: Buffer, body: Buffer,
-                    stride: int, /) -> None: ...
+    def arm(self, fd: int, count: int, expects: Buffer, heads: Buffer, body: Buffer,
+            stride: int, /) -> None: ...
     def take(self, fd: int, /) -> tuple[int, float]: ...
     def run(self, budget: int, busy_poll_seconds: float,
             /) -> list[tuple[int, bytes, _Peer]]: ...

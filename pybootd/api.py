@@ -18,7 +18,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol
+
+from pybootd.tftp.session import Outcome
+
+__all__ = ["BytesResponse", "Direction", "FileResponse", "Handler", "Outcome", "ResponseData",
+           "ServerStats", "ServerStatsCallback", "SessionStatsCallback", "TftpRequest",
+           "TransferStats"]
 
 
 class ResponseData(Protocol):
@@ -119,6 +126,13 @@ class FileResponse:
             self._fd = -1
 
 
+class Direction(StrEnum):
+    """Which way a transfer's file goes (RFC 1350 section 1: read or write)."""
+
+    READ = "read"  # RRQ: the server sends
+    WRITE = "write"  # WRQ: the server receives
+
+
 @dataclass(frozen=True)
 class TransferStats:
     """Handed to ``session_stats`` when a transfer ends."""
@@ -126,7 +140,7 @@ class TransferStats:
     peer: tuple[str, int]
     filename: str  # as requested
     served: str  # what was served after filters ("" when refused)
-    direction: str  # "read" or "write"
+    direction: Direction
     mode: str
     options_asked: dict[str, str]
     options_granted: dict[str, str]
@@ -134,7 +148,7 @@ class TransferStats:
     packets: int  # DATA packets sent or received, retransmissions included
     retransmits: int
     duration: float  # seconds
-    outcome: str  # complete, complete (final ACK not received), aborted by client, ...
+    outcome: Outcome  # a StrEnum: compares equal to its text ("complete", ...)
     error: str = ""
 
 

@@ -260,17 +260,17 @@ def stop_server(server: Server) -> None:
 def pump_state() -> str:
     """Whether pybootd serves lock-step blocks from its compiled module."""
     if os.environ.get("PYBOOTD_NO_LOCKSTEP_PUMP"):
-        return "pure Python (PYBOOTD_NO_LOCKSTEP_PUMP is set)"
+        return "the event loop alone (PYBOOTD_NO_LOCKSTEP_PUMP is set)"
     sys.path.insert(0, str(REPO))
     try:
-        found = importlib.util.find_spec("pybootd._lockstep") is not None
+        found = importlib.util.find_spec("pybootd._pump") is not None
     except ModuleNotFoundError:
         found = False
     finally:
         sys.path.remove(str(REPO))
     if not found:
-        return "pure Python (pybootd._lockstep is not built)"
-    return "compiled (pybootd._lockstep), epoll"
+        return "the event loop alone (pybootd._pump is not built)"
+    return "compiled pump (pybootd._pump), epoll"
 
 
 def vm_hwm_mb(pid: int) -> float | None:

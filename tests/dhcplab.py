@@ -24,11 +24,25 @@ from netlab import REPO, NetLab, ns_socket, wait_for
 from pybootd.dhcp.options import DhcpOption, MessageType
 from pybootd.dhcp.packet import DhcpPacket, encode_packet, parse_packet_untrusted
 
-__all__ = ["REPO", "DhcpLab", "Prober", "events", "parse_perfdhcp", "perfdhcp_drop_ratio",
-           "wait_event"]
+__all__ = ["MAC", "MAC_TEXT", "REPO", "DhcpLab", "Prober", "datagram", "events",
+           "parse_perfdhcp", "perfdhcp_drop_ratio", "wait_event"]
 
 SERVER_CIDR = "198.51.100.1/24"
 POOL_START = "198.51.100.100"
+MAC = bytes.fromhex("525400123456")
+MAC_TEXT = "52:54:00:12:34:56"
+
+
+def datagram(kind: MessageType | None, *, mac: bytes = MAC,
+             options: dict[int, bytes] | None = None, xid: int = 0x1234, **fields: Any) -> bytes:
+    """A client's request as it goes on the wire (*kind* None: a BOOTP request)."""
+    opts: dict[int, bytes] = {}
+    if kind is not None:
+        opts[DhcpOption.MESSAGE_TYPE] = bytes((kind,))
+    opts.update(options or {})
+    packet = DhcpPacket(op=1, xid=xid, chaddr=mac, options=opts,
+                        dhcp=kind is not None or bool(options), **fields)
+    return encode_packet(packet)
 
 CLIENT_SCRIPT = """#!/bin/sh
 # Records every client event as "EVENT IP" and configures the address the

@@ -66,7 +66,7 @@ def module_imports(path: Path, name: str, modules: set[str]) -> set[str]:
 def test_no_import_cycle_in_pybootd() -> None:
     """No module of pybootd imports one that imports it back, directly or
     through others (issue 11: tftp_transfer -> tftp_pump -> tftp_lockstep ->
-    tftp_transfer was one)."""
+    tftp_transfer was one, since gone)."""
     paths = {".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): p
              for p in (REPO / "pybootd").rglob("*.py")}
     graph = {name: module_imports(path, name, set(paths)) for name, path in paths.items()}

@@ -19,6 +19,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 from pybootd.dhcp.arch import HTTP_TO_PXE
 from pybootd.dhcp.chain import ChainTracker
+from pybootd.dhcp.events import Event
 from pybootd.dhcp.options import DhcpOption, MessageType, param_request_list
 from pybootd.dhcp.packet import (
     BOOTREPLY,
@@ -87,7 +88,7 @@ class Settings:
 class Decision:
     """What to do about one request. ``reply`` None means stay silent."""
 
-    event: str  # offer, ack (also the reply to INFORM), nak, release, decline, ignore
+    event: Event  # OFFER, ACK (also the reply to INFORM and BOOTP), NAK, RELEASE, DECLINE, IGNORE
     reply: bytes | None = None
     destination: tuple[str, int] | None = None
     broadcast: bool = False  # destination is 255.255.255.255
@@ -102,7 +103,7 @@ class Decision:
 
 def ignore(note: str, *, warning: bool = False, persist: tuple[Lease, ...] = (),
            topic: str = "", once: str = "") -> Decision:
-    return Decision("ignore", note=note, warning=warning, persist=persist, topic=topic,
+    return Decision(Event.IGNORE, note=note, warning=warning, persist=persist, topic=topic,
                     once=once)
 
 
@@ -211,7 +212,7 @@ def _decline(packet: DhcpPacket, client: ClientInfo, pool: LeasePool, settings: 
     ip = packet.address_option(DhcpOption.REQUESTED_IP)
     if ip is None or pool.decline(client.mac, ip, now) is None:
         return ignore(f"DECLINE of {ip}, which this client does not hold")
-    return Decision("decline", ip=ip, persist=pool.take_dirty(),
+    return Decision(Event.DECLINE, ip=ip, persist=pool.take_dirty(),
                     note=f"{ip} quarantined for {pool.quarantine:g}s")
 
 
@@ -222,7 +223,7 @@ def _release(packet: DhcpPacket, client: ClientInfo, pool: LeasePool, settings: 
         return ignore("RELEASE for another server")
     if pool.release(client.mac, packet.ciaddr, now) is None:
         return ignore(f"RELEASE of {packet.ciaddr}, which this client does not hold")
-    return Decision("release", ip=packet.ciaddr, persist=pool.take_dirty())
+    return Decision(Event.RELEASE, ip=packet.ciaddr, persist=pool.take_dirty())
 
 
 def _inform(packet: DhcpPacket, client: ClientInfo, pool: LeasePool, settings: Settings,
@@ -397,7 +398,8 @@ def _answer(packet: DhcpPacket, client: ClientInfo, settings: Settings,
         file=file, dhcp=packet.dhcp or kind is not None,
     )
     data = encode_packet(reply, tuple(options))
-    event = "offer" if kind == MessageType.OFFER else "ack"  # RFC 2131 4.3.5: INFORM -> ACK
+    # RFC 2131 4.3.5: INFORM -> ACK; a BOOTREPLY is notified as an ACK too
+    event = Event.OFFER if kind == MessageType.OFFER else Event.ACK
     destination, broadcast = _destination(packet, nak=False)
     return Decision(event, data, destination, broadcast, yiaddr if yiaddr != ZERO else None,
                     bootfile)
@@ -459,7 +461,7 @@ def _nak(packet: DhcpPacket, settings: Settings, why: str) -> Decision:
         options.append((DhcpOption.RELAY_AGENT, relay))
     destination, broadcast = _destination(packet, nak=True)
     requested = packet.address_option(DhcpOption.REQUESTED_IP) or packet.ciaddr
-    return Decision("nak", encode_packet(reply, tuple(options)), destination, broadcast,
+    return Decision(Event.NAK, encode_packet(reply, tuple(options)), destination, broadcast,
                     requested if requested != ZERO else None, note=why)
 
 

@@ -41,6 +41,7 @@ from typing import TypeVar
 
 from pybootd.config import BootpConfig, Config
 from pybootd.dhcp.chain import ChainTracker
+from pybootd.dhcp.events import REPLY_EVENTS, Event
 from pybootd.dhcp.options import DhcpOption, MessageType
 from pybootd.dhcp.packet import ZERO, DhcpPacket, parse_packet_untrusted
 from pybootd.dhcp.pool import Lease, LeasePool
@@ -64,15 +65,14 @@ _MAX_WAITING = 1024  # requests waiting for an access answer; more are dropped
 _STORE_TIMEOUT = 30.0
 _STORE_POOL = "leases"  # Runtime.pool: one thread, see _in_store_thread
 _INCOMING_EVENTS = {
-    MessageType.DISCOVER: "discover",
-    MessageType.REQUEST: "request",
-    MessageType.RELEASE: "release",
-    MessageType.DECLINE: "decline",
-    MessageType.INFORM: "inform",
+    MessageType.DISCOVER: Event.DISCOVER,
+    MessageType.REQUEST: Event.REQUEST,
+    MessageType.RELEASE: Event.RELEASE,
+    MessageType.DECLINE: Event.DECLINE,
+    MessageType.INFORM: Event.INFORM,
 }
-# Decisions that are replies get their own notification; release, decline and
-# inform are notified once, as the event the client sent.
-_REPLY_EVENTS = frozenset({"offer", "ack", "nak"})
+# Decisions that are replies (REPLY_EVENTS) get their own notification; release,
+# decline and inform are notified once, as the event the client sent.
 
 
 class _Peer:
@@ -426,13 +426,13 @@ class DhcpService:
         assert self.settings is not None
         kind = packet.message_type
         peer = _Peer(packet, client)
-        incoming = _INCOMING_EVENTS.get(kind) if kind is not None else "bootp"
+        incoming = _INCOMING_EVENTS.get(kind) if kind is not None else Event.BOOTP
         if incoming is not None:
             self._notify(incoming, client, _requested(packet), None)
         if verdict is not Verdict.ALLOW:
             self._refused(peer, kind, verdict)
             if verdict is Verdict.DENY:
-                self._notify("denied", client, _requested(packet), None)
+                self._notify(Event.DENIED, client, _requested(packet), None)
             return
         if client.uuid is None and self.acl.uuid_of(client) is not None:
             # A plain DHCP request after a PXE boot: its lease keeps the UUID.
@@ -448,7 +448,7 @@ class DhcpService:
     def _refused(self, peer: _Peer, kind: MessageType | None, verdict: Verdict) -> None:
         """INFO once per MAC per window (a lasting condition), debug for the repeats."""
         denied = verdict is Verdict.DENY
-        self._count("denied" if denied else "unanswered")
+        self._count(Event.DENIED.value if denied else "unanswered")
         mac = peer.client.mac
         level = logging.INFO if self._first_time(mac, "access") else logging.DEBUG
         if log.isEnabledFor(level) and (level == logging.DEBUG or self.limiter.allow(
@@ -458,10 +458,10 @@ class DhcpService:
 
     def _finish(self, decision: Decision, sock: socket.socket, ifindex: int, peer: _Peer,
                 client: ClientInfo | None) -> None:
-        self._count(decision.event)
+        self._count(decision.event.value)
         if decision.reply is not None and decision.destination is not None:
             self._send(decision, sock, ifindex, peer)
-        if decision.event in _REPLY_EVENTS and client is not None:
+        if decision.event in REPLY_EVENTS and client is not None:
             self._notify(decision.event, client, decision.ip, decision.bootfile)
 
     # --- group commit -------------------------------------------------------
@@ -530,14 +530,14 @@ class DhcpService:
                         *decision.destination, exc)
 
     # --- helpers ------------------------------------------------------------
-    def _notify(self, event: str, client: ClientInfo, ip: IPv4Address | None,
+    def _notify(self, event: Event, client: ClientInfo, ip: IPv4Address | None,
                 bootfile: str | None) -> None:
         if self.notifier is not None and self.notifier.targets:
             self.notifier.send(event, client.mac, ip, self.acl.uuid_of(client),
                                client.arch_label if client.arch is not None else None, bootfile)
 
     def _log(self, peer: _Peer, kind: MessageType | None, decision: Decision) -> None:
-        if decision.event == "ignore":
+        if decision.event is Event.IGNORE:
             self._log_ignored(peer, kind, decision)
             return
         if log.isEnabledFor(logging.INFO):

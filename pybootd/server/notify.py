@@ -31,10 +31,12 @@ from collections.abc import Sequence
 from ipaddress import IPv4Address
 from urllib.parse import quote
 
+from pybootd.dhcp.events import Event
+
 log = logging.getLogger("pybootd.dhcp.notify")
 
 
-def format_event(event: str, mac: str, ip: IPv4Address | None, uuid: str | None,
+def format_event(event: Event, mac: str, ip: IPv4Address | None, uuid: str | None,
                  arch: str | None, bootfile: str | None) -> bytes:
     """The documented line for one event."""
     fields = (
@@ -67,7 +69,7 @@ class Notifier:
             self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             self._sock.setblocking(False)
 
-    def send(self, event: str, mac: str, ip: IPv4Address | None, uuid: str | None,
+    def send(self, event: Event, mac: str, ip: IPv4Address | None, uuid: str | None,
              arch: str | None, bootfile: str | None) -> None:
         if self._sock is None:
             return

@@ -12,6 +12,7 @@ from ipaddress import ip_address
 from pathlib import Path
 
 from pybootd.api import (
+    Direction,
     Handler,
     ServerStats,
     ServerStatsCallback,
@@ -25,11 +26,13 @@ from pybootd.loglimit import LogLimiter, OncePer, clip
 from pybootd.runtime import Runtime
 from pybootd.server import tftp_pump
 from pybootd.server.tftp_transfer import (
+    SHUTTING_DOWN,
     SOURCE_UNAVAILABLE,
     ReadTransfer,
     Transfer,
     TransferInfo,
     WriteTransfer,
+    chunk_size,
 )
 from pybootd.sources import local
 from pybootd.sources.chunks import DISK_TIMEOUT, NetasciiSource
@@ -37,11 +40,12 @@ from pybootd.sources.httpcache import HttpCache
 from pybootd.sources.resolver import Resolver
 from pybootd.tftp import admission
 from pybootd.tftp.admission import Admission, Decision, Key, Running
+from pybootd.tftp.connection import ReadConnection, WriteConnection
 from pybootd.tftp.filters import FilterSet, Rule
 from pybootd.tftp.options import Limits, negotiate
 from pybootd.tftp.packets import ErrorCode, Request, encode_error, parse_packet_untrusted
 from pybootd.tftp.paths import normalize_request_path
-from pybootd.tftp.session import Outcome, ReadSession, WriteSession
+from pybootd.tftp.session import Outcome
 from pybootd.udp import IP_PKTINFO, format_peer, packet_info
 
 log = logging.getLogger("pybootd.tftp")
@@ -50,7 +54,6 @@ SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux value (socket(7)
 SOCKET_BUFFER = 4 * 1024 * 1024
 SHUTDOWN_ABORT_WAIT = 2.0  # seconds an upload's abort waits for a write running in the pool
 REFUSAL_BURST = 100  # refusal lines per code per LOG_WINDOW (see TftpService.refusals)
-SHUTTING_DOWN = "server shutting down"
 # The listener's receive buffer: a room of PCs switched on at once sends
 # hundreds of RRQs in a few milliseconds, more than the default 208 KiB
 # holds (500 at once: 200 were dropped by the kernel).
@@ -100,13 +103,13 @@ class Totals:
     received: int = 0
 
     def add(self, stats: TransferStats) -> None:
-        if stats.outcome.startswith("complete"):
+        if stats.outcome.succeeded:
             self.ok += 1
-        elif stats.outcome == "aborted by client":
+        elif stats.outcome is Outcome.ABORTED:
             self.aborted += 1
         else:
             self.failed += 1
-        if stats.direction == "read":
+        if stats.direction is Direction.READ:
             self.sent += stats.bytes
         else:
             self.received += stats.bytes
@@ -249,7 +252,7 @@ class TftpService:
                 # Now, not in the pool: the daemon drops queued pool work as it exits.
                 transfer.abort_now(SHUTDOWN_ABORT_WAIT)
             elif transfer is not None:
-                transfer.fail(Outcome.FAILED, SHUTTING_DOWN, ErrorCode.NOT_DEFINED)
+                transfer.fail(ErrorCode.NOT_DEFINED, SHUTTING_DOWN)
         self.limiter.flush()
         self.refusals.flush()
         if self._stats_timer is not None:
@@ -362,8 +365,8 @@ class TftpService:
             log.warning("%s: %s %s evicted for a new request: the server is full and this "
                         "client never answered", transfer.label, transfer.direction,
                         clip(transfer.name))
-        transfer.fail(Outcome.FAILED, "evicted: no answer while the server was full",
-                      ErrorCode.NOT_DEFINED, "server busy")
+        transfer.fail(ErrorCode.NOT_DEFINED, "server busy",
+                      "evicted: no answer while the server was full")
 
     def _drop(self, key: Key, transfer: Transfer | None = None) -> None:
         """Forget request *key* (only if it is still *transfer*'s, when given)."""
@@ -414,8 +417,9 @@ class TftpService:
             exc, TftpError) else (ErrorCode.NOT_DEFINED, SOURCE_UNAVAILABLE, str(exc))
         self._refuse(sock, peer, request, code, message, detail, name)
         self._report(TransferStats(peer, request.filename, served,
-                                   "write" if request.is_write else "read", request.mode,
-                                   dict(request.options), {}, 0, 0, 0, 0.0, "refused", detail))
+                                   Direction.WRITE if request.is_write else Direction.READ,
+                                   request.mode, dict(request.options), {}, 0, 0, 0, 0.0,
+                                   Outcome.REFUSED, detail))
 
     def _refuse(self, sock: socket.socket, peer: tuple[str, int], request: Request, code: int,
                 message: str, detail: str | None = None, name: str = "") -> None:
@@ -457,13 +461,15 @@ class TftpService:
         except TftpError:
             source.close()
             raise
-        session = ReadSession(negotiated, self.conf.retries)
         log.info("%s: RRQ %s%s %s%s", format_peer(peer), clip(request.filename),
                  f" -> {clip(opened.served)}" if opened.served != name else "", request.mode,
                  "".join(f" {k}={clip(v)}" for k, v in negotiated.oack))
         info = TransferInfo(peer, request.filename, opened.served, request.mode,
                             dict(request.options), dict(negotiated.oack))
-        return ReadTransfer(self.runtime, sock, info, self._transfer_done, session, source,
+        conn = ReadConnection(negotiated, self.conf.retries, self.runtime.loop.time(),
+                              read_ahead=chunk_size(negotiated.blksize,
+                                                    negotiated.windowsize) // negotiated.blksize)
+        return ReadTransfer(self.runtime, sock, info, self._transfer_done, conn, source,
                             self.pump)
 
     async def _start_write(self, request: Request, name: str, peer: tuple[str, int],
@@ -475,24 +481,26 @@ class TftpService:
         upload = await self.runtime.blocking(DISK_TIMEOUT, local.Upload, self.conf.upload_dir,
                                              name, self.conf.overwrite, self.upload_quota,
                                              negotiated.tsize, self.resolver.protected)
-        session = WriteSession(negotiated, self.conf.retries)
         log.info("%s: WRQ %s %s%s", format_peer(peer), clip(request.filename), request.mode,
                  "".join(f" {k}={clip(v)}" for k, v in negotiated.oack))
         info = TransferInfo(peer, request.filename, name, request.mode, dict(request.options),
                             dict(negotiated.oack))
-        return WriteTransfer(self.runtime, sock, info, self._transfer_done, session, upload,
-                             self.conf.max_upload_size)
+        conn = WriteConnection(negotiated, self.conf.retries, self.runtime.loop.time(),
+                               max_size=self.conf.max_upload_size,
+                               netascii=request.mode == "netascii")
+        return WriteTransfer(self.runtime, sock, info, self._transfer_done, conn, upload)
 
     def _transfer_done(self, transfer: Transfer, stats: TransferStats) -> None:
         self._drop(transfer.key, transfer)  # not if evicted (_evict): its slot is gone
         self.stats.active_sessions = sum(1 for t in self.active.values() if t)
         self.totals.add(stats)
-        succeeded = stats.outcome.startswith("complete")
-        aborted = stats.outcome == "aborted by client"
+        succeeded = stats.outcome.succeeded
+        aborted = stats.outcome is Outcome.ABORTED
         self._log_end(transfer, stats, succeeded or aborted)
         self.stats.increment("transfers_" + ("ok" if succeeded else
                                              "aborted" if aborted else "failed"))
-        self.stats.increment("bytes_sent" if stats.direction == "read" else "bytes_received",
+        self.stats.increment("bytes_sent" if stats.direction is Direction.READ
+                             else "bytes_received",
                              stats.bytes)
         self.stats.increment("retransmits", stats.retransmits)
         self._report(stats)
@@ -502,7 +510,7 @@ class TftpService:
         answered (a flood of RRQs must not make as many lines). A client
         that ends its transfer with an ERROR did answer (UEFI's tsize probe)."""
         level = logging.INFO if ok else logging.WARNING
-        silent = not transfer.established and stats.outcome != Outcome.ABORTED.value
+        silent = not transfer.established and stats.outcome is not Outcome.ABORTED
         if silent and not self._may_log("TFTP transfers ended before the client answered",
                                         level):
             return

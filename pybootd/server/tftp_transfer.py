@@ -1,11 +1,22 @@
 """One TFTP transfer on its own ephemeral port (its TID, RFC 1350 section 4).
 
-This is the per-block hot path. The socket is read from a plain
-``loop.add_reader`` callback (no transport or protocol objects), an ACK is
-decoded with two byte reads, and a DATA block goes out with ``sendmsg`` as a
-4-byte header plus a slice of the chunk read from the source: no copy.
-Lock-step reads go through :mod:`pybootd.server.tftp_pump` instead where it
-is built, which sends the blocks that need no decision from C.
+The transfer is the I/O edge of a sans-IO connection
+(:mod:`pybootd.tftp.connection`): it hands the connection what arrives on
+the socket and when its timer fires, sends what the connection gives, reads
+the source when the connection wants bytes, and reports the outcome. It
+frames no packet and recognises none: what happens to an ACK is
+``ReadConnection.receive``'s business.
+
+The wire is carried one of two ways, chosen once per transfer:
+
+* the event loop: a plain ``loop.add_reader`` callback reads the socket,
+  ``sendmsg`` sends a DATA block as its header and a slice of the chunk read
+  from the source (no copy), and consecutive full-size blocks of a window go
+  out in one UDP GSO send;
+* the pump (:mod:`pybootd.server.tftp_pump`), for lock-step reads where it is
+  built: it answers the ACKs the connection's :class:`FastPath` names without
+  Python, and hands the rest back, in order. Before the transfer acts on
+  anything it takes the count back (``resume``); after, it arms the pump again.
 """
 
 from __future__ import annotations
@@ -17,40 +28,16 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pybootd.api import TransferStats
-from pybootd.errors import BadPacket, PybootdError, SourceError, TftpError
+from pybootd.api import Direction, TransferStats
+from pybootd.errors import PybootdError, SourceError, TftpError
 from pybootd.loglimit import LogLimiter, clip
 from pybootd.sources.chunks import DISK_TIMEOUT, ChunkSource
-from pybootd.tftp.blocks import BlockStore
-from pybootd.tftp.netascii import NetasciiDecoder
-from pybootd.tftp.packets import (
-    HEADER,
-    Ack,
-    Data,
-    Error,
-    ErrorCode,
-    Opcode,
-    Packet,
-    encode_ack,
-    encode_error,
-    encode_oack,
-    parse_packet_untrusted,
-)
-from pybootd.tftp.session import (
-    Action,
-    Finish,
-    Outcome,
-    ReadSession,
-    SendAck,
-    SendOack,
-    SendWindow,
-    Store,
-    WriteSession,
-)
+from pybootd.tftp.connection import Datagram, ReadConnection, WriteConnection, WriteState
+from pybootd.tftp.packets import ErrorCode, encode_error
 from pybootd.udp import format_peer
 
 if TYPE_CHECKING:
@@ -63,6 +50,7 @@ log = logging.getLogger("pybootd.tftp")
 MIN_CHUNK = 64 * 1024
 MAX_CHUNK = 1024 * 1024
 RECV_BATCH = 64  # datagrams handled per wake-up before yielding to others
+FLUSH_BYTES = 256 * 1024  # an upload is written in batches of this much
 # UDP GSO (linux/udp.h): one sendmsg, many datagrams of one size.
 _SOL_UDP = 17
 _UDP_SEGMENT = 103
@@ -70,12 +58,11 @@ _GSO_SIZE = struct.Struct("=H")
 GSO_BATCH = 16  # below the kernel's UDP_MAX_SEGMENTS, 64
 GSO_MAX_BYTES = 65000  # below 65535 less the IPv6 and UDP headers
 _NO_GSO = {errno.EINVAL, errno.EIO, errno.EMSGSIZE, errno.ENOPROTOOPT, errno.EOPNOTSUPP}
-_DATA = int(Opcode.DATA)
-_ACK = int(Opcode.ACK)
-# What a client is told when the bytes cannot be read: the reason (a mirror
-# URL, a path, an OS error) is for the log only.
+# What a client is told when the bytes cannot be read or stored: the reason
+# (a mirror URL, a path, an OS error) is for the log only.
 SOURCE_UNAVAILABLE = "source unavailable"
 INTERNAL_ERROR = "internal error"
+SHUTTING_DOWN = "server shutting down"
 
 
 def chunk_size(blksize: int, windowsize: int) -> int:
@@ -101,9 +88,9 @@ def gso_segments(blksize: int, windowsize: int) -> int:
     return max(1, min(GSO_BATCH, windowsize // 4, GSO_MAX_BYTES // (blksize + 4)))
 
 
-def gso_cmsg(blksize: int) -> list[tuple[int, int, bytes]]:
-    """The ancillary data of a GSO send: cut into datagrams of 4 + blksize."""
-    return [(_SOL_UDP, _UDP_SEGMENT, _GSO_SIZE.pack(blksize + 4))]
+def gso_cmsg(size: int) -> list[tuple[int, int, bytes]]:
+    """The ancillary data of a GSO send: cut into datagrams of *size* bytes."""
+    return [(_SOL_UDP, _UDP_SEGMENT, _GSO_SIZE.pack(size))]
 
 
 @dataclass(frozen=True)
@@ -122,23 +109,23 @@ Done = Callable[["Transfer", TransferStats], None]
 
 
 class Transfer:
-    """What read and write transfers share: socket, timer, stats, ending."""
+    """What reads and writes share: the socket, the timer, sending, the end."""
 
-    direction = "read"
+    direction = Direction.READ
+    conn: ReadConnection | WriteConnection
 
     def __init__(self, runtime: Runtime, sock: socket.socket, info: TransferInfo,
                  on_done: Done) -> None:
         self.loop = runtime.loop
         self.runtime = runtime
         self.sock = sock
-        self.peer = peer = info.peer
-        self.key: tuple[str, int, int, str] = (peer[0], peer[1], 0, info.name)
-        self.label = format_peer(peer)
-        self.name, self.served, self.mode = info.name, info.served, info.mode
-        self.asked, self.granted = info.asked, info.granted
+        self.peer = info.peer
+        self.info = info
+        self.key: tuple[str, int, int, str] = (info.peer[0], info.peer[1], 0, info.name)
+        self.label = format_peer(info.peer)
+        self.name, self.served = info.name, info.served
         self.on_done = on_done
         self.started = time.monotonic()
-        self.packets = 0
         self.finished = False
         self.done: asyncio.Future[None] = self.loop.create_future()
         self._timer: asyncio.TimerHandle | None = None
@@ -146,21 +133,37 @@ class Transfer:
         # Lines a client can cause (a foreign TID) go through the service's
         # limiter, shared by every transfer; the service sets it at start.
         self.limiter = LogLimiter(logger=log)
+        self._gso_size = 0  # datagram size of this transfer's GSO sends (0: none)
+        self._segments = 1
 
     @property
     def established(self) -> bool:
         """Has the client answered once? Until then the service may evict
         the transfer for a new one (pybootd.tftp.session.FIRST_ANSWER_WAIT)."""
-        raise NotImplementedError
+        return self.conn.established
 
     def start(self) -> None:
-        """Send the first packet and start reading the socket."""
-        raise NotImplementedError
+        """Start reading the socket and send the first packet."""
+        self.loop.add_reader(self.sock.fileno(), self._readable)
+        self.flush()
 
-    # --- timer: one handle, re-armed lazily ----------------------------------
-    def arm(self, deadline: float | None) -> None:
-        if deadline is None or self.finished:
+    # --- the connection's side: what it gives, when it wants the timer --------
+    def flush(self) -> None:
+        """Send what the connection gives, then end or re-arm the timer."""
+        conn = self.conn
+        out = conn.datagrams_to_send(self.loop.time())
+        if out:
+            self._send_all(out)
+        if conn.finished is not None:
+            self.finish()
             return
+        deadline = conn.get_timer()
+        if deadline is not None:
+            self.arm(deadline)
+
+    def arm(self, deadline: float) -> None:
+        """One timer handle, re-armed lazily: a timer that fires before the
+        deadline moved on is simply set again (no churn per block)."""
         if self._timer is not None:
             if self._timer_when <= deadline:
                 return  # it fires first and re-arms for the later deadline
@@ -170,15 +173,15 @@ class Transfer:
 
     def _timer_fired(self) -> None:
         self._timer = None
-        self.on_timer()
-
-    def on_timer(self) -> None:
-        raise NotImplementedError
+        if not self.finished:
+            self.conn.handle_timer(self.loop.time())
+            self.flush()
 
     # --- receiving: plain add_reader callback, a bounded batch per wake-up ----
     def _readable(self, all_waiting: bool = False) -> None:
         """*all_waiting*: go on past a lock-step ACK (see catch_up)."""
-        sock, peer = self.sock, self.peer
+        sock, peer, conn = self.sock, self.peer, self.conn
+        lockstep = isinstance(conn, ReadConnection) and conn.lockstep and not all_waiting
         for _ in range(RECV_BATCH):
             try:
                 data, addr = sock.recvfrom(65536 + 4)
@@ -189,53 +192,92 @@ class Transfer:
             if addr[1] != peer[1] or addr[0] != peer[0]:
                 self.foreign(addr)
                 continue
-            if not (self.datagram(data) or all_waiting) or self.finished:
+            conn.receive(data, self.loop.time())
+            self.flush()
+            # In lock-step the client sends nothing more before our DATA:
+            # another recvfrom would only raise EAGAIN (the reader is
+            # level-triggered, so a queued packet is read on the next turn).
+            if lockstep or self.finished:
                 return
 
     def catch_up(self) -> None:
-        """Handle every datagram already waiting on the socket, now, without
-        waiting: the service calls it before it takes a request that matches
-        this transfer for a repeat (the ERROR or final ACK that ends this
+        """Handle every datagram already waiting on the socket, now: the
+        service calls it before it takes a request that matches this
+        transfer for a repeat (the ERROR or final ACK that ends this
         transfer may wait here, unread, while its client asks again)."""
-        self._readable(all_waiting=True)
-
-    def datagram(self, data: bytes) -> bool:
-        """Handle one datagram from the peer; False: stop reading for now."""
-        raise NotImplementedError
-
-    def parse(self, data: bytes) -> Packet | None:
-        """A packet from the peer, or None (logged) if it is malformed."""
-        try:
-            return parse_packet_untrusted(data)
-        except BadPacket as exc:
-            log.debug("%s: ignored malformed packet: %s", self.label, exc)
-            return None
-
-    # --- sending ------------------------------------------------------------
-    def send(self, packet: bytes, to: tuple[str, int] | None = None) -> None:
-        try:
-            self.sock.sendto(packet, to or self.peer)
-        except BlockingIOError:
-            log.debug("%s: send buffer full, packet dropped (the timer resends)", self.label)
-        except OSError as exc:
-            self.fail(Outcome.FAILED, f"send failed: {exc.strerror}")
+        if not self.finished:
+            self._readable(all_waiting=True)
 
     def foreign(self, addr: tuple[str, int]) -> None:
         """A packet from another TID: tell it off, carry on (RFC 1350 section 4)."""
         if self.limiter.allow("packet from a foreign TID", time.monotonic(), logging.INFO):
             log.info("%s: packet from foreign TID %s answered with ERROR 5", self.label,
                      format_peer(addr))
-        self.send(encode_error(ErrorCode.UNKNOWN_TID, "Unknown transfer ID"), addr)
+        try:
+            self.sock.sendto(encode_error(ErrorCode.UNKNOWN_TID, "Unknown transfer ID"), addr)
+        except OSError as exc:
+            log.debug("%s: ERROR 5 to %s not sent: %s", self.label, format_peer(addr), exc)
 
-    def fail(self, outcome: Outcome, detail: str, code: int | None = None,
-             message: str | None = None) -> None:
-        """End the transfer; send ERROR *code* first if given, with *message*
-        (default: *detail*, which only the log gets otherwise)."""
-        if code is not None and not self.finished:
-            self.send(encode_error(code, detail if message is None else message))
-        self.finish(outcome, detail)
+    # --- sending ------------------------------------------------------------
+    def _send_all(self, out: Sequence[Datagram]) -> None:
+        """Each datagram with one sendmsg, or a run of datagrams of one size
+        (the last may be shorter) with one GSO send, which the kernel cuts
+        into datagrams (``UDP_SEGMENT``, Linux 4.18).
 
-    def finish(self, outcome: Outcome, detail: str = "") -> None:
+        Why: with a window of 64 blocks of 1468 bytes the server's CPU per
+        block, not the round trip, bounds a transfer, and one system call per
+        block was most of that CPU (scripts/bench_tftp.py)."""
+        sock, peer, size = self.sock, self.peer, self._gso_size
+        i, count = 0, len(out)
+        try:
+            while i < count:
+                end = i + 1
+                if self._segments > 1:
+                    end = i
+                    while (end < count and end - i < self._segments
+                           and sum(map(len, out[end])) == size):
+                        end += 1
+                    if (end < count and end - i < self._segments
+                            and sum(map(len, out[end])) < size):
+                        end += 1  # a shorter one may end a GSO send
+                    end = max(end, i + 1)
+                if end - i > 1 and self._send_gso(out[i:end]):
+                    i = end
+                    continue
+                sock.sendmsg(out[i], (), 0, peer)
+                i += 1
+        except BlockingIOError:
+            # The send buffer is full: the datagrams left are lost as on the
+            # wire; the client asks again or the timer resends.
+            log.debug("%s: send buffer full, %d datagram(s) dropped", self.label, count - i)
+        except OSError as exc:
+            self.conn.abort(ErrorCode.NOT_DEFINED, "send failed", f"send failed: {exc.strerror}")
+
+    def _send_gso(self, run: Sequence[Datagram]) -> bool:
+        """One GSO send of *run*; False if the route refuses it (a datagram
+        larger than its MTU, no checksum offload): from then on this transfer
+        sends one datagram each. BlockingIOError: nothing was sent."""
+        buffers = [buffer for datagram in run for buffer in datagram]
+        try:
+            self.sock.sendmsg(buffers, gso_cmsg(self._gso_size), 0, self.peer)
+        except OSError as exc:
+            if exc.errno not in _NO_GSO:  # BlockingIOError (EAGAIN) too: not a refusal
+                raise
+            log.debug("%s: UDP GSO refused (%s), sending block by block", self.label,
+                      exc.strerror)
+            self._segments = 1
+            return False
+        return True
+
+    # --- the end --------------------------------------------------------------
+    def fail(self, code: int, message: str, detail: str | None = None) -> None:
+        """End now: ERROR *code* *message* to the client, *detail* (default:
+        *message*) in the log and the stats."""
+        if not self.finished:
+            self.conn.abort(code, message, detail)
+            self.flush()
+
+    def finish(self) -> None:
         if self.finished:
             return
         self.finished = True
@@ -245,11 +287,15 @@ class Transfer:
         self.detach()
         self.sock.close()
         self.release()
+        ending = self.conn.finished
+        assert ending is not None  # flush() finishes a transfer its connection ended
+        info = self.info
         stats = TransferStats(
-            peer=self.peer, filename=self.name, served=self.served, direction=self.direction,
-            mode=self.mode, options_asked=self.asked, options_granted=self.granted,
-            bytes=self.byte_count(), packets=self.packets, retransmits=self.retransmits(),
-            duration=time.monotonic() - self.started, outcome=outcome.value, error=detail)
+            peer=self.peer, filename=info.name, served=info.served, direction=self.direction,
+            mode=info.mode, options_asked=info.asked, options_granted=info.granted,
+            bytes=self.byte_count(), packets=self.conn.packets,
+            retransmits=self.conn.retransmits, duration=time.monotonic() - self.started,
+            outcome=ending.outcome, error=ending.detail)
         self.on_done(self, stats)
         if not self.done.done():
             self.done.set_result(None)
@@ -259,7 +305,7 @@ class Transfer:
         self.loop.remove_reader(self.sock.fileno())
 
     def release(self) -> None:
-        raise NotImplementedError
+        """Let go of the source or the upload."""
 
     def discard(self) -> None:
         """Never started (the service closed while it was being set up):
@@ -270,364 +316,160 @@ class Transfer:
     def byte_count(self) -> int:
         raise NotImplementedError
 
-    def retransmits(self) -> int:
-        raise NotImplementedError
-
 
 class ReadTransfer(Transfer):
     """Serves one RRQ."""
 
+    conn: ReadConnection
+
     def __init__(self, runtime: Runtime, sock: socket.socket, info: TransferInfo,
-                 on_done: Done, session: ReadSession, source: ChunkSource,
+                 on_done: Done, conn: ReadConnection, source: ChunkSource,
                  pump: Pump | None = None) -> None:
         super().__init__(runtime, sock, info, on_done)
-        self.session = session
+        self.conn = conn
         self.source = source
-        self.store = BlockStore(session.blksize)
-        self.chunk = chunk_size(session.blksize, session.windowsize)
-        self.ahead = session.windowsize + self.chunk // session.blksize
-        self.lockstep = session.windowsize == 1
+        self.chunk = chunk_size(conn.blksize, conn.windowsize)
         self._reading = False
-        self._pending: tuple[int, int] | None = None  # window waiting for bytes
-        self._segments = gso_segments(session.blksize, session.windowsize)
-        self._gso = gso_cmsg(session.blksize)
-        # Lock-step blocks that need no decision go out from compiled code
-        # (pybootd.server.tftp_pump says why); windows stay here.
-        self.pump = pump if self.lockstep else None
-        self._attached = False
+        self._segments = gso_segments(conn.blksize, conn.windowsize)
+        self._gso_size = conn.blksize + 4
+        self.pump = pump if conn.lockstep else None
+        self._armed = False  # a FastPath is out in the pump
+        self._hold = False
 
     def start(self) -> None:
-        self.attach()
-        self._fill()
-        self._act(self.session.start(self.loop.time()))
-        self._rearm()
-
-    def attach(self) -> None:
-        """Start reading the socket: through the pump, or a reader of its own."""
-        if self.pump is not None:
-            self.pump.add(self.sock.fileno(), self.peer, self)
+        if self.pump is None:
+            super().start()
         else:
-            self.loop.add_reader(self.sock.fileno(), self._readable)
-        self._attached = True
+            self.pump.add(self.sock.fileno(), self.peer, self)
+            self.flush()
+
+    def flush(self) -> None:
+        super().flush()
+        self._fill()
+        if self.pump is not None and not (self.finished or self._armed or self._hold):
+            path = self.conn.fast_path()
+            if path is not None:
+                self.pump.arm(self.sock.fileno(), path)
+                self._armed = True
 
     def detach(self) -> None:
-        if self.pump is not None:
-            if self._attached:
-                self.pump.remove(self.sock.fileno())
-        else:
+        if self.pump is None:
             super().detach()
+        else:
+            self._take()
+            self.pump.remove(self.sock.fileno())
 
     # --- through the pump ------------------------------------------------------
+    def _take(self) -> None:
+        """Disarm the pump and tell the connection what it answered."""
+        if self._armed:
+            self._armed = False
+            done, last_sent_at = self.pump.take(self.sock.fileno())  # type: ignore[union-attr]
+            self.conn.resume(done, last_sent_at)
+
     def pumped(self, data: bytes, addr: tuple[str, int]) -> None:
         """A datagram the pump did not answer, in the order it came."""
-        self._sync()
+        self._take()
         if addr[1] != self.peer[1] or addr[0] != self.peer[0]:
             self.foreign(addr)
         elif not self.finished:
-            self.datagram(data)
-        self._rearm()
+            self.conn.receive(data, self.loop.time())
+        if not self.finished:
+            self.flush()
 
     def catch_up(self) -> None:
-        self._sync()  # what the pump sent first: the session must know it
-        super().catch_up()
-        self._rearm()
-
-    def _sync(self) -> None:
-        """Take the state back from the pump and catch the session up."""
-        if self._take_pumped():
-            self.store.release_before(self.session.acked + 1)
-            self._fill()
-
-    def _take_pumped(self) -> bool:
-        """Disarm the pump and count what it sent into the session (True: some)."""
-        if self.pump is None or not self._attached or self.finished:
-            return False
-        sent, sent_at, packets = self.pump.take(self.sock.fileno())
-        if not packets:
-            return False
-        self.packets += packets
-        store = self.store
-        eof = store.last_block is not None and sent >= store.last_block
-        self.session.fast_forward(sent, sent_at, eof)
-        return True
-
-    def finish(self, outcome: Outcome, detail: str = "") -> None:
-        self._take_pumped()  # the blocks the pump sent count in the stats (an abort, close)
-        super().finish(outcome, detail)
-
-    def _rearm(self) -> None:
-        """Let the pump answer the ACK of the block last sent, and the next
-        ones, from the stored segment that holds them."""
-        session = self.session
-        if (self.pump is None or not self._attached or self.finished or session.sending
-                or session.awaiting_oack_ack or self._pending is not None
-                or session.sent_through != session.acked + 1):
-            return
-        segment = self.store.segment(session.sent_through + 1)
-        if segment is not None:
-            self.pump.arm(self.sock.fileno(), session.sent_through, segment[1], segment[0],
-                          self.store.blksize)
-
-    def datagram(self, data: bytes) -> bool:
-        if len(data) == 4 and data[1] == _ACK and data[0] == 0:
-            self._act(self.session.on_ack((data[2] << 8) | data[3], self.loop.time()))
-            # In lock-step the client sends nothing more before our DATA:
-            # another recvfrom would only raise EAGAIN (the reader is
-            # level-triggered, so a queued packet is read on the next turn).
-            return not self.lockstep
-        self._other(data)
-        return True
-
-    def _other(self, data: bytes) -> None:
-        packet = self.parse(data)
-        if isinstance(packet, Ack):
-            self._act(self.session.on_ack(packet.block, self.loop.time()))
-        elif isinstance(packet, Error):
-            self._act(self.session.on_error(packet.code, packet.message))
-
-    def _act(self, action: Action) -> None:
-        if isinstance(action, SendWindow):
-            self._send_window(action.first, action.first + action.count)
-        elif isinstance(action, SendOack):
-            self.send(encode_oack(action.options))
-        elif isinstance(action, Finish):
-            self.finish(action.outcome, action.detail)
-            return
-        self.arm(self.session.deadline)
-
-    def _send_window(self, block: int, end: int) -> None:
-        store, size = self.store, self.store.blksize
-        sent, last = 0, False
+        self._take()  # what the pump sent first: the connection must know it
+        self._hold = True  # no arming while the socket is read here
         try:
-            while block < end:
-                batch = self._batch(block, end)
-                if not batch:
-                    self._pending = (block, end)
-                    self._fill()
-                    return
-                self._transmit(block, batch)
-                sent += len(batch)
-                block += len(batch)
-                if len(batch[-1]) < size:
-                    last = True
-                    break
-        except BlockingIOError:
-            # The send buffer is full: what is left goes when the client
-            # asks again (its ACK inside the window) or on our timeout.
-            end = block
-        except OSError as exc:
-            self.fail(Outcome.FAILED, f"send failed: {exc.strerror}")
-            return
+            super().catch_up()
         finally:
-            self.packets += sent
-        self._pending = None
-        if last:
-            self.session.window_sent(block - 1, True, self.loop.time())
-            return
-        self.session.window_sent(end - 1, False, self.loop.time())
-        store.release_before(self.session.acked + 1)
-        self._fill()
+            self._hold = False
+        if not self.finished:
+            self.flush()
 
-    def _batch(self, block: int, end: int) -> list[memoryview | bytes]:
-        """The payloads of the blocks from *block* that can go in one send:
-        up to the window's end, the bytes read so far, the last block, and
-        the segments one GSO send takes."""
-        store, size = self.store, self.store.blksize
-        batch: list[memoryview | bytes] = []
-        for number in range(block, min(end, block + self._segments)):
-            payload = store.block(number)
-            if payload is None:
-                break
-            batch.append(payload)
-            if len(payload) < size:
-                break
-        return batch
+    def _timer_fired(self) -> None:
+        self._take()
+        super()._timer_fired()
 
-    def _transmit(self, first: int, payloads: list[memoryview | bytes]) -> None:
-        """DATA blocks *first*.. as datagrams: one sendmsg each, or, several
-        at once, one sendmsg whose buffers the kernel cuts into datagrams of
-        4 + blksize bytes (UDP GSO, ``UDP_SEGMENT``, Linux 4.18).
+    def fail(self, code: int, message: str, detail: str | None = None) -> None:
+        self._take()  # the blocks the pump sent count in the stats
+        super().fail(code, message, detail)
 
-        Why: with a window of 64 blocks of 1468 bytes the server's CPU per
-        block, not the round trip, bounds a transfer, and one system call per
-        block was most of that CPU (scripts/bench_tftp.py)."""
-        sock, peer = self.sock, self.peer
-        if len(payloads) > 1 and self._send_gso(first, payloads):
-            return
-        for number, payload in enumerate(payloads, first):
-            sock.sendmsg((HEADER.pack(_DATA, number & 0xFFFF), payload), (), 0, peer)
-
-    def _send_gso(self, first: int, payloads: list[memoryview | bytes]) -> bool:
-        """One GSO send of the blocks; False if the route refuses it (a
-        datagram larger than its MTU, no checksum offload): from then on this
-        transfer sends one datagram per block. BlockingIOError: nothing was
-        sent, the caller's window ends before *first*."""
-        buffers: list[memoryview | bytes] = []
-        for number, payload in enumerate(payloads, first):
-            buffers += (HEADER.pack(_DATA, number & 0xFFFF), payload)
-        try:
-            self.sock.sendmsg(buffers, self._gso, 0, self.peer)
-        except OSError as exc:
-            if exc.errno not in _NO_GSO:  # BlockingIOError (EAGAIN) too: not a refusal
-                raise
-            log.debug("%s: UDP GSO refused (%s), sending block by block", self.label,
-                      exc.strerror)
-            self._segments = 1
-            return False
-        return True
+    @property
+    def established(self) -> bool:
+        if not self.conn.established and self._armed:
+            # The pump may have answered the first ACKs in C: ask it.
+            self._take()
+            self.flush()
+        return self.conn.established
 
     # --- reading from the source, ahead of the window -------------------------
     def _fill(self) -> None:
-        store = self.store
-        if self._reading or store.eof or self.finished:
-            return
-        if store.available_through >= self.session.acked + self.ahead:
-            return
-        self._reading = True
-        self.loop.create_task(self._read_chunk())
+        if not self._reading and not self.finished and self.conn.wants_bytes():
+            self._reading = True
+            self.loop.create_task(self._read_chunk())
 
     async def _read_chunk(self) -> None:
         try:
             chunk = await self.source.read(self.chunk)
         except TftpError as exc:
-            self.fail(Outcome.FAILED, exc.detail, exc.code, exc.message)
+            self.fail(exc.code, exc.message, exc.detail)
             return
         except (PybootdError, OSError) as exc:  # a mirror or disk failing: its reason is ours
-            self.fail(Outcome.FAILED, str(exc), ErrorCode.NOT_DEFINED, SOURCE_UNAVAILABLE)
+            self.fail(ErrorCode.NOT_DEFINED, SOURCE_UNAVAILABLE, str(exc))
             return
         except Exception as exc:  # a plugin's bug must end this transfer only
             log.exception("%s: reading %s failed", self.label, clip(self.served))
-            self.fail(Outcome.FAILED, f"internal error: {exc}", ErrorCode.NOT_DEFINED,
-                      INTERNAL_ERROR)
+            self.fail(ErrorCode.NOT_DEFINED, INTERNAL_ERROR, f"internal error: {exc}")
             return
         finally:
             self._reading = False
         if self.finished:
             return
-        self._sync()
-        self.feed(chunk)
-        if self._pending is not None:
-            self._send_window(*self._pending)
-            self.arm(self.session.deadline)
-        else:
-            self._fill()
-        self._rearm()
-
-    def feed(self, chunk: bytes) -> None:
-        """Store a chunk read from the source; the end is an empty chunk or
-        the source's size reached."""
-        size, store = self.source.size, self.store
-        store.feed(chunk, eof=not chunk or (size is not None and store.fed + len(chunk) >= size))
-
-    def on_timer(self) -> None:
-        self._sync()
-        self._act(self.session.on_timer(self.loop.time()))
-        self._rearm()
-
-    @property
-    def established(self) -> bool:
-        if (not self.session.established and self.pump is not None and self._attached
-                and not self.finished):
-            # The pump may have answered the first ACKs in C: ask it.
-            self._sync()
-            self._rearm()
-        return self.session.established
+        self._take()
+        size, conn = self.source.size, self.conn
+        conn.feed(chunk, not chunk or (size is not None and conn.store.fed + len(chunk) >= size))
+        self.flush()
 
     def release(self) -> None:
         self.source.close()
 
     def byte_count(self) -> int:
-        if self.session.finished is not None and self.session.finished.succeeded:
-            return self.store.fed
-        return min(self.store.fed, self.session.acked * self.session.blksize)
-
-    def retransmits(self) -> int:
-        return self.session.retransmits
-
-
-FLUSH_BYTES = 256 * 1024
+        return self.conn.bytes_sent
 
 
 class WriteTransfer(Transfer):
     """Receives one WRQ into an :class:`Upload`."""
 
-    direction = "write"
+    direction = Direction.WRITE
+    conn: WriteConnection
 
     def __init__(self, runtime: Runtime, sock: socket.socket, info: TransferInfo,
-                 on_done: Done, session: WriteSession, upload: Upload,
-                 max_size: int) -> None:
+                 on_done: Done, conn: WriteConnection, upload: Upload) -> None:
         super().__init__(runtime, sock, info, on_done)
-        self.session = session
+        self.conn = conn
         self.upload = upload
-        self.max_size = max_size
-        self.decoder = NetasciiDecoder() if self.mode == "netascii" else None
-        self.received = 0
-        self._queue: list[bytes] = []
         self._flushing: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self.loop.add_reader(self.sock.fileno(), self._readable)
-        self._act(self.session.start(self.loop.time()), b"")
+    def flush(self) -> None:
+        conn = self.conn
+        if conn.state is WriteState.COMMITTING or conn.pending >= FLUSH_BYTES:
+            self._write_out()
+        super().flush()
 
-    def datagram(self, data: bytes) -> bool:
-        self._packet(data)
-        return True
-
-    def _packet(self, data: bytes) -> None:
-        if self.session.committing:
-            return  # every byte is in: nothing the client sends changes that now
-        packet = self.parse(data)
-        if isinstance(packet, Data):
-            if len(packet.data) > self.session.blksize:
-                self.fail(Outcome.FAILED, "DATA larger than the block size",
-                          ErrorCode.ILLEGAL_OPERATION)
-                return
-            self.packets += 1
-            action = self.session.on_data(packet.block, len(packet.data), self.loop.time())
-            self._act(action, packet.data)
-        elif isinstance(packet, Error):
-            self._act(self.session.on_error(packet.code, packet.message), b"")
-
-    def _act(self, action: Action, payload: bytes) -> None:
-        if isinstance(action, Store):
-            self._store(action, payload)
-        elif isinstance(action, SendAck):
-            self.send(encode_ack(action.block))
-        elif isinstance(action, SendOack):
-            self.send(encode_oack(action.options))
-        elif isinstance(action, Finish):
-            self.finish(action.outcome, action.detail)
-            return
-        self.arm(self.session.deadline)
-
-    def _store(self, action: Store, payload: bytes) -> None:
-        self.received += len(payload)
-        if self.received > self.max_size:
-            self.fail(Outcome.FAILED, f"upload exceeds {self.max_size} bytes", ErrorCode.DISK_FULL)
-            return
-        if self.decoder is not None:
-            payload = self.decoder.feed(payload) + (self.decoder.flush() if action.last else b"")
-        self._queue.append(payload)
-        if action.last:
-            self._flush(commit=True)
-            return
-        if sum(map(len, self._queue)) >= FLUSH_BYTES:
-            self._flush()
-        if action.ack is not None:
-            self.send(encode_ack(action.ack))
-
-    def _flush(self, commit: bool = False) -> None:
+    def _write_out(self) -> None:
         """Queue a write (and the commit) after the ones before it: one file,
         written in order, by one pool thread at a time."""
-        previous = self._flushing
-        self._flushing = self.loop.create_task(self._write(previous, commit))
+        chunk, commit = self.conn.to_store()
+        if chunk or commit:
+            self._flushing = self.loop.create_task(self._write(self._flushing, chunk, commit))
 
-    async def _write(self, previous: asyncio.Task[None] | None, commit: bool) -> None:
+    async def _write(self, previous: asyncio.Task[None] | None, chunk: bytes,
+                     commit: bool) -> None:
         if previous is not None:
             await asyncio.wait([previous])
         if self.finished:
             return  # ended meanwhile: the abort comes after this task
-        chunk, self._queue = b"".join(self._queue), []
         try:
             if chunk:
                 await self.runtime.blocking(DISK_TIMEOUT, self.upload.write, chunk)
@@ -638,20 +480,19 @@ class WriteTransfer(Transfer):
                              self.served)
                     return
                 # Only now may the last block be ACKed (RFC 1350 section 6).
-                self._act(self.session.committed(self.loop.time()), b"")
+                self.conn.committed(self.loop.time())
+                self.flush()
         except TftpError as exc:
-            self.fail(Outcome.FAILED, exc.detail, exc.code, exc.message)
+            self.fail(exc.code, exc.message, exc.detail)
         except (SourceError, OSError) as exc:  # the reason (a path, an OS error) is ours
-            self.fail(Outcome.FAILED, str(exc), ErrorCode.NOT_DEFINED, "cannot store the file")
+            self.fail(ErrorCode.NOT_DEFINED, "cannot store the file", str(exc))
 
-    def on_timer(self) -> None:
-        self._act(self.session.on_timer(self.loop.time()), b"")
-
-    def finish(self, outcome: Outcome, detail: str = "") -> None:
+    def finish(self) -> None:
         if self.finished:
             return
-        super().finish(outcome, detail)
-        if not outcome.succeeded:
+        super().finish()
+        ending = self.conn.finished
+        if ending is not None and not ending.outcome.succeeded:
             _background(self.loop.create_task(self._abort(self._flushing)))
 
     async def _abort(self, flushing: asyncio.Task[None] | None) -> None:
@@ -666,15 +507,11 @@ class WriteTransfer(Transfer):
     def abort_now(self, wait: float) -> None:
         """At shutdown: fail, and remove the temporary file right away (the
         pool may never run the queued abort)."""
-        self.fail(Outcome.FAILED, "server shutting down", ErrorCode.NOT_DEFINED)
+        self.fail(ErrorCode.NOT_DEFINED, SHUTTING_DOWN)
         try:
             self.upload.abort(wait)
         except OSError as exc:
             log.warning("%s: removing %s failed: %s", self.label, self.upload.temp, exc)
-
-    @property
-    def established(self) -> bool:
-        return self.session.established
 
     def discard(self) -> None:
         super().discard()
@@ -683,14 +520,8 @@ class WriteTransfer(Transfer):
         except OSError as exc:
             log.warning("%s: removing %s failed: %s", self.label, self.upload.temp, exc)
 
-    def release(self) -> None:
-        pass
-
     def byte_count(self) -> int:
-        return self.received
-
-    def retransmits(self) -> int:
-        return self.session.retransmits
+        return self.conn.received
 
 
 _tasks: set[asyncio.Task[None]] = set()

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from functools import cache
 
 from pybootd.errors import BadPacket, ProtocolError
 from pybootd.tftp.blocks import BlockStore
@@ -82,10 +83,27 @@ class ReadState(Enum):
 
 @dataclass(frozen=True)
 class FastPath:
-    """What a pump may do alone: on ``steps[i][0]`` arriving from the peer,
-    send ``steps[i][1]``, in order; anything else goes back to the connection."""
+    """What a pump may do alone, *count* steps: on the i-th of *count* equal
+    slices of *expects* arriving from the peer, send the i-th of the equal
+    slices of *heads* followed by ``body[i * stride:(i + 1) * stride]`` as
+    one datagram (the last step's body may be shorter, or empty); anything
+    else goes back to the connection. Buffers, not a Python object per step:
+    building a tuple, a header and a slice per block cost ~0.5 us, a third
+    of what the pump spends on a block."""
 
-    steps: tuple[tuple[bytes, Datagram], ...]
+    count: int
+    expects: Buffer
+    heads: Buffer
+    body: Buffer
+    stride: int
+
+
+@cache
+def _headers(opcode: int) -> memoryview:
+    """The 4-byte headers of *opcode* for wire blocks 0..65535, twice over, so
+    that any run of up to 65536 consecutive blocks is one slice (rollover)."""
+    one = b"".join(HEADER.pack(opcode, n) for n in range(MAX_BLOCK + 1))
+    return memoryview(one + one)
 
 
 class _Connection:
@@ -115,16 +133,24 @@ class ReadConnection(_Connection):
         self.session = ReadSession(negotiated, retries, first_answer_wait)
         self.store = BlockStore(negotiated.blksize)
         self.blksize = negotiated.blksize
+        self.windowsize = negotiated.windowsize
         self.lockstep = negotiated.windowsize == 1
         self.read_ahead = negotiated.windowsize + max(1, read_ahead)
         self.finished: Finish | None = None
-        self.packets = 0  # datagrams handed out to send
+        self.packets = 0  # DATA handed out to send, the pump's included
         self._out: list[Datagram] = []
         self._window: tuple[int, int] | None = None  # blocks [first, end) to send
         self._armed = False  # a FastPath is out; resume() before anything else
         self._act(self.session.start(now), now)
 
     # --- state ------------------------------------------------------------------
+    @property
+    def bytes_sent(self) -> int:
+        """Payload bytes the client has acknowledged (all, once complete)."""
+        if self.finished is not None and self.finished.outcome.succeeded:
+            return self.store.fed
+        return min(self.store.fed, self.session.acked * self.blksize)
+
     @property
     def state(self) -> ReadState:
         if self.finished is not None:
@@ -196,7 +222,6 @@ class ReadConnection(_Connection):
         if self._window is not None:
             self._fill_window(now)
         out, self._out = self._out, []
-        self.packets += len(out)
         return out
 
     def _fill_window(self, now: float) -> None:
@@ -209,6 +234,7 @@ class ReadConnection(_Connection):
                 self._window = (block, end)
                 return
             self._out.append((HEADER.pack(_DATA, block & MAX_BLOCK), payload))
+            self.packets += 1
             block += 1
             if len(payload) < size:
                 self._window = None
@@ -230,28 +256,33 @@ class ReadConnection(_Connection):
 
     # --- the fast path --------------------------------------------------------------
     def fast_path(self, limit: int = 1024) -> FastPath | None:
-        """Up to *limit* steps a pump may take alone, or None when there are none
-        (not lock-step, nothing sent yet, or the next block not stored)."""
-        session = self.session
+        """Up to *limit* steps a pump may take alone, from the stored segment
+        that holds the next block, or None when there are none (not
+        lock-step, nothing sent yet, the next block not stored)."""
+        session, store, size = self.session, self.store, self.blksize
         if (not self.lockstep or self._armed or self.state is not ReadState.WAITING
                 or session.sent_through != session.acked + 1 or self._out):
             return None
-        steps: list[tuple[bytes, Datagram]] = []
-        last = session.sent_through
-        while len(steps) < limit:
-            payload = self.store.block(last + 1)
-            if payload is None or (session.last_block is not None
-                                   and last >= session.last_block):
-                break
-            steps.append((encode_ack(last & MAX_BLOCK),
-                          (HEADER.pack(_DATA, (last + 1) & MAX_BLOCK), payload)))
-            last += 1
-            if len(payload) < self.blksize:
-                break
-        if not steps:
+        first = session.sent_through + 1  # the block that answers the ACK out
+        found = store.segment(first)
+        if found is None:
+            # Only the empty final block is stored outside a segment.
+            count = 1 if store.last_block == first else 0
+            body: Buffer = b""
+        else:
+            start, data = found
+            offset = (first - start) * size
+            count = min(limit, -(-(len(data) - offset) // size))
+            body = memoryview(data)[offset:offset + count * size]
+            if (store.last_block == first + count and count < limit
+                    and store.segment(first + count) is None):
+                count += 1  # the empty final block: its step sends the header only
+        if count == 0:
             return None
         self._armed = True
-        return FastPath(tuple(steps))
+        wire = 4 * ((first - 1) & MAX_BLOCK)
+        return FastPath(count, _headers(_ACK)[wire:wire + 4 * count],
+                        _headers(_DATA)[wire + 4:wire + 4 + 4 * count], body, size)
 
     def resume(self, done: int, last_sent_at: float) -> None:
         """The pump answered the first *done* steps, the last at *last_sent_at*."""

@@ -12,7 +12,7 @@ keeps timer churn off the per-block path.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from pybootd.tftp.options import Negotiated
 from pybootd.tftp.packets import MAX_BLOCK
@@ -26,12 +26,15 @@ MAX_BACKOFF = 8.0  # seconds; the retransmit timeout doubles up to this
 FIRST_ANSWER_WAIT = 3.0
 
 
-class Outcome(Enum):
+class Outcome(StrEnum):
+    """How a transfer ended (``TransferStats.outcome``, the log's words)."""
+
     COMPLETE = "complete"
     COMPLETE_UNCONFIRMED = "complete (final ACK not received)"
     ABORTED = "aborted by client"
     TIMED_OUT = "timed out"
     FAILED = "failed"
+    REFUSED = "refused"  # an ERROR instead of a transfer (never started)
 
     @property
     def succeeded(self) -> bool:
@@ -171,7 +174,7 @@ class ReadSession:
         """Blocks through *sent* went out in lock-step, each answering the
         ACK of the one before, the last at *sent_at* (*eof*: it was the
         short, final block), without this session being told
-        (pybootd._lockstep did it): catch up, as if on_ack and window_sent
+        (a pump did it, see connection.FastPath): catch up, as if on_ack and window_sent
         had been called for each."""
         if (self.windowsize != 1 or self.finished is not None or self.sending
                 or self.awaiting_oack_ack or sent <= self.sent_through):

@@ -21,6 +21,7 @@ from dhcp_helpers import (
 from hypothesis import strategies as st
 
 from pybootd.dhcp.chain import ChainTracker
+from pybootd.dhcp.events import Event
 from pybootd.dhcp.options import DhcpOption, MessageType
 from pybootd.dhcp.packet import FLAG_BROADCAST, DhcpPacket, encode_packet, parse_packet_untrusted
 from pybootd.dhcp.pool import PERMANENT, Lease, LeasePool, LeaseState
@@ -54,13 +55,13 @@ def dora(pool: LeasePool, options: dict[int, bytes] | None = None) -> IPv4Addres
         **(options or {}), DhcpOption.SERVER_ID: SERVER.packed,
         DhcpOption.REQUESTED_IP: offer.yiaddr.packed})
     decision = answer(req, pool)
-    assert decision.event == "ack" and decision.persist
+    assert decision.event is Event.ACK and decision.persist
     return reply_of(decision).yiaddr
 
 
 def test_discover_offer_plain_client() -> None:
     decision = answer(request(MessageType.DISCOVER), new_pool())
-    assert decision.event == "offer" and decision.broadcast
+    assert decision.event is Event.OFFER and decision.broadcast
     assert decision.destination == ("255.255.255.255", 68)
     assert decision.persist == ()  # offers are not stored
     reply = reply_of(decision)
@@ -126,14 +127,14 @@ def test_http_boot_client_gets_a_full_url_as_configured() -> None:
 def test_http_boot_client_without_any_url_is_not_answered() -> None:
     pool = new_pool(count=1)
     decision = answer(request(MessageType.DISCOVER, options=HTTP_BOOT), pool)  # no http root
-    assert decision.event == "ignore" and decision.reply is None
+    assert decision.event is Event.IGNORE and decision.reply is None
     assert decision.note.startswith(f"HTTP boot client {MAC_TEXT} ignored: no http URL "
                                     "configured for arch http-x64")
     assert decision.once and not decision.warning  # logged once per MAC, at info
     assert pool.lease_of(MAC_TEXT) is None  # and no address held for it
     tftp_url = settings(bootfiles={16: "tftp://198.51.100.1/shim.efi"})
     assert answer(request(MessageType.DISCOVER, options=HTTP_BOOT), pool, tftp_url).event \
-        == "ignore"
+        is Event.IGNORE
 
 
 def test_http_boot_client_falls_back_to_its_uefi_pxe_file_never_boot_file() -> None:
@@ -145,14 +146,14 @@ def test_http_boot_client_falls_back_to_its_uefi_pxe_file_never_boot_file() -> N
     assert reply.file == b"http://mirror.example/netboot/grubx64.efi"
     bios_only = settings(bootfiles={0: "pxelinux.0"}, http_root=MIRROR)
     decision = answer(request(MessageType.DISCOVER, options=HTTP_BOOT), new_pool(), bios_only)
-    assert decision.event == "ignore" and decision.reply is None
+    assert decision.event is Event.IGNORE and decision.reply is None
 
 
 def test_boot_file_too_long_for_the_file_field_is_never_cut() -> None:
     long_root = "http://mirror.example/" + "d" * 100 + "/"
     decision = answer(request(MessageType.DISCOVER, options=HTTP_BOOT), new_pool(),
                       settings(http_root=long_root))
-    assert decision.event == "ignore" and decision.warning and "127 bytes" in decision.note
+    assert decision.event is Event.IGNORE and decision.warning and "127 bytes" in decision.note
 
 
 def test_ipxe_file_per_architecture() -> None:
@@ -223,7 +224,7 @@ def test_full_exchange_then_renew_unicast() -> None:
     ip = dora(pool)
     assert ip == POOL_START
     renew = answer(request(MessageType.REQUEST, ciaddr=ip), pool, now=T0 + 1800)
-    assert renew.event == "ack" and renew.destination == (str(ip), 68) and not renew.broadcast
+    assert renew.event is Event.ACK and renew.destination == (str(ip), 68) and not renew.broadcast
     reply = reply_of(renew)
     assert reply.ciaddr == ip and reply.yiaddr == ip
     assert pool.lease_of(MAC_TEXT).expires == T0 + 1800 + 3600  # type: ignore[union-attr]
@@ -233,7 +234,7 @@ def test_broadcast_flag_and_relay_destinations() -> None:
     pool = new_pool()
     ip = dora(pool)
     flagged = answer(request(MessageType.REQUEST, ciaddr=ip, flags=FLAG_BROADCAST), pool)
-    assert flagged.event == "ack" and flagged.broadcast  # the flag wins over ciaddr
+    assert flagged.event is Event.ACK and flagged.broadcast  # the flag wins over ciaddr
     relay = IPv4Address("198.51.100.2")
     relayed = answer(request(MessageType.DISCOVER, giaddr=relay), pool)
     assert relayed.destination == (str(relay), 67) and not relayed.broadcast
@@ -242,7 +243,7 @@ def test_broadcast_flag_and_relay_destinations() -> None:
 
 def test_relay_from_another_network_is_ignored() -> None:
     decision = answer(request(MessageType.DISCOVER, giaddr=OTHER), new_pool())
-    assert decision.event == "ignore" and decision.reply is None
+    assert decision.event is Event.IGNORE and decision.reply is None
 
 
 def test_selecting_another_server_forgets_the_offer() -> None:
@@ -250,7 +251,7 @@ def test_selecting_another_server_forgets_the_offer() -> None:
     answer(request(MessageType.DISCOVER), pool)
     req = request(MessageType.REQUEST, options={DhcpOption.SERVER_ID: OTHER.packed,
                                                 DhcpOption.REQUESTED_IP: OTHER.packed})
-    assert answer(req, pool).event == "ignore"
+    assert answer(req, pool).event is Event.IGNORE
     assert pool.lease_of(MAC_TEXT).state == LeaseState.FREE  # type: ignore[union-attr]
 
 
@@ -258,28 +259,28 @@ def test_init_reboot() -> None:
     pool = new_pool()
     unknown = request(MessageType.REQUEST, options={
         DhcpOption.REQUESTED_IP: IPv4Address("198.51.100.105").packed})
-    assert answer(unknown, pool).event == "ignore"  # no record: silent (RFC 2131 4.3.2)
+    assert answer(unknown, pool).event is Event.IGNORE  # no record: silent (RFC 2131 4.3.2)
     ip = dora(pool)
     ok = request(MessageType.REQUEST, options={DhcpOption.REQUESTED_IP: ip.packed})
-    assert answer(ok, pool).event == "ack"
+    assert answer(ok, pool).event is Event.ACK
     wrong = request(MessageType.REQUEST, options={
         DhcpOption.REQUESTED_IP: IPv4Address("198.51.100.105").packed})
     nak = answer(wrong, pool)
-    assert nak.event == "nak" and nak.broadcast
+    assert nak.event is Event.NAK and nak.broadcast
     assert reply_of(nak).message_type == MessageType.NAK
     assert reply_of(nak).yiaddr == IPv4Address(0)
     foreign = request(MessageType.REQUEST, options={DhcpOption.REQUESTED_IP: OTHER.packed})
-    assert answer(foreign, pool).event == "nak"  # wrong network
+    assert answer(foreign, pool).event is Event.NAK  # wrong network
 
 
 def test_rebinding_unknown_client_is_not_ours_to_nak() -> None:
     pool = new_pool()
     req = request(MessageType.REQUEST, ciaddr=IPv4Address("198.51.100.50"))
-    assert answer(req, pool).event == "ignore"
+    assert answer(req, pool).event is Event.IGNORE
     ip = dora(pool)
     moved = request(MessageType.REQUEST, ciaddr=OTHER)
-    assert answer(moved, pool).event == "nak"  # known client, wrong network
-    assert answer(request(MessageType.REQUEST, ciaddr=ip), pool).event == "ack"
+    assert answer(moved, pool).event is Event.NAK  # known client, wrong network
+    assert answer(request(MessageType.REQUEST, ciaddr=ip), pool).event is Event.ACK
 
 
 def test_nak_via_relay_sets_broadcast_bit() -> None:
@@ -288,7 +289,7 @@ def test_nak_via_relay_sets_broadcast_bit() -> None:
     dora(pool)
     req = request(MessageType.REQUEST, ciaddr=OTHER, giaddr=relay)
     nak = answer(req, pool)
-    assert nak.event == "nak" and nak.destination == (str(relay), 67)
+    assert nak.event is Event.NAK and nak.destination == (str(relay), 67)
     assert reply_of(nak).flags & FLAG_BROADCAST
 
 
@@ -297,19 +298,19 @@ def test_decline_and_release() -> None:
     ip = dora(pool)
     release = request(MessageType.RELEASE, ciaddr=ip, options={DhcpOption.SERVER_ID: SERVER.packed})
     decision = answer(release, pool)
-    assert decision.event == "release" and decision.reply is None and decision.persist
+    assert decision.event is Event.RELEASE and decision.reply is None and decision.persist
     assert dora(pool) == ip  # same MAC, same address
     decline = request(MessageType.DECLINE, options={DhcpOption.SERVER_ID: SERVER.packed,
                                                    DhcpOption.REQUESTED_IP: ip.packed})
     declined = answer(decline, pool)
-    assert declined.event == "decline" and declined.persist[0].state == LeaseState.DECLINED
+    assert declined.event is Event.DECLINE and declined.persist[0].state == LeaseState.DECLINED
     assert dora(pool) != ip
 
 
 def test_inform_gets_options_without_address() -> None:
     ip = IPv4Address("198.51.100.7")
     decision = answer(request(MessageType.INFORM, ciaddr=ip), new_pool())
-    assert decision.event == "ack" and decision.destination == (str(ip), 68)  # notified as ack
+    assert decision.event is Event.ACK and decision.destination == (str(ip), 68)  # notified as ack
     reply = reply_of(decision)
     assert reply.yiaddr == IPv4Address(0) and reply.message_type == MessageType.ACK
     assert DhcpOption.LEASE_TIME not in reply.options
@@ -319,7 +320,7 @@ def test_inform_gets_options_without_address() -> None:
 def test_bootp_request() -> None:
     pool = new_pool()
     decision = answer(request(None), pool)
-    assert decision.event == "ack" and decision.persist
+    assert decision.event is Event.ACK and decision.persist
     reply = reply_of(decision)
     assert reply.message_type is None and reply.yiaddr == POOL_START
     assert reply.file == b"pxelinux.0"
@@ -334,18 +335,19 @@ def test_bootp_address_is_permanent_and_refreshed() -> None:
     later = T0 + 30 * 86400  # long after lease_time
     other = answer(request(MessageType.DISCOVER, mac=bytes.fromhex("525400000001")), pool,
                    now=later)
-    assert other.event == "ignore" and "exhausted" in other.note  # no duplicate
+    assert other.event is Event.IGNORE and "exhausted" in other.note  # no duplicate
     again = answer(request(None), pool, now=later)  # the next boot: same address, stored again
-    assert again.event == "ack" and again.ip == first.ip
+    assert again.event is Event.ACK and again.ip == first.ip
     assert again.persist and again.persist[0].expires == PERMANENT
 
 
 def test_plain_dhcp_needs_pxe_first_without_allow_simple_dhcp() -> None:
     pool = new_pool()
     s = settings(allow_simple_dhcp=False)
-    assert answer(request(MessageType.DISCOVER), pool, s).event == "ignore"
-    assert answer(request(MessageType.DISCOVER, options=pxe_options()), pool, s).event == "offer"
-    assert answer(request(MessageType.DISCOVER), pool, s).event == "offer"  # now known
+    assert answer(request(MessageType.DISCOVER), pool, s).event is Event.IGNORE
+    pxe = request(MessageType.DISCOVER, options=pxe_options())
+    assert answer(pxe, pool, s).event is Event.OFFER
+    assert answer(request(MessageType.DISCOVER), pool, s).event is Event.OFFER  # now known
 
 
 def test_static_reservation_and_exhaustion() -> None:
@@ -355,7 +357,7 @@ def test_static_reservation_and_exhaustion() -> None:
     dora(pool)
     other = request(MessageType.DISCOVER, mac=bytes.fromhex("525400000001"))
     decision = answer(other, pool)
-    assert decision.event == "ignore" and decision.warning and "exhausted" in decision.note
+    assert decision.event is Event.IGNORE and decision.warning and "exhausted" in decision.note
 
 
 def test_reservation_held_by_another_mac_is_not_offered() -> None:
@@ -364,18 +366,18 @@ def test_reservation_held_by_another_mac_is_not_offered() -> None:
     pool = new_pool()
     pool.restore([Lease(reserved, MAC_TEXT, LeaseState.BOUND, T0 + 600)])  # from before
     decision = answer(request(MessageType.DISCOVER, mac=static_mac), pool)
-    assert decision.event == "ignore" and decision.reply is None and decision.warning
+    assert decision.event is Event.IGNORE and decision.reply is None and decision.warning
     assert decision.once  # the service logs the conflict once
     assert "198.51.100.20" in decision.note and f"held by {MAC_TEXT}" in decision.note
     bootp = answer(request(None, mac=static_mac), pool)
-    assert bootp.event == "ignore" and bootp.once == decision.once
+    assert bootp.event is Event.IGNORE and bootp.once == decision.once
     req = request(MessageType.REQUEST, mac=static_mac,
                   options={DhcpOption.REQUESTED_IP: reserved.packed})
-    assert answer(req, pool).event == "nak"  # INIT-REBOOT: not while the other holds it
+    assert answer(req, pool).event is Event.NAK  # INIT-REBOOT: not while the other holds it
     renew = answer(request(MessageType.REQUEST, ciaddr=reserved), pool, now=T0 + 300)
-    assert renew.event == "nak"  # the holder is told to move
+    assert renew.event is Event.NAK  # the holder is told to move
     freed = answer(request(MessageType.DISCOVER, mac=static_mac), pool, now=T0 + 600)
-    assert freed.event == "offer" and freed.ip == reserved
+    assert freed.event is Event.OFFER and freed.ip == reserved
 
 
 def test_warning_topics_for_rate_limiting() -> None:
@@ -403,9 +405,9 @@ def test_echoes_option_82_last_and_61() -> None:
 
 def test_proxy_mode() -> None:
     s = settings(mode="proxy")
-    assert answer(request(MessageType.DISCOVER), None, s).event == "ignore"
+    assert answer(request(MessageType.DISCOVER), None, s).event is Event.IGNORE
     offer = answer(request(MessageType.DISCOVER, options=pxe_options()), None, s)
-    assert offer.event == "offer" and offer.broadcast
+    assert offer.event is Event.OFFER and offer.broadcast
     reply = reply_of(offer)
     assert reply.yiaddr == IPv4Address(0) and reply.file == b"grubx64.efi"
     assert DhcpOption.LEASE_TIME not in reply.options
@@ -419,7 +421,7 @@ def test_boot_service_port_4011(mode: str) -> None:
     req = request(MessageType.REQUEST, ciaddr=client, options=pxe_options())
     decision = answer(req, new_pool(), settings(mode=mode), boot_service=True,
                       source=(str(client), 4011))
-    assert decision.event == "ack" and decision.destination == (str(client), 4011)
+    assert decision.event is Event.ACK and decision.destination == (str(client), 4011)
     assert reply_of(decision).file == b"grubx64.efi"
 
 
@@ -464,7 +466,7 @@ def test_ack_stores_host_name_and_uuid_a_renewal_keeps_them() -> None:
     (lease,) = [item for item in pool.leases() if item.ip == ip]
     assert (lease.hostname, lease.uuid) == ("pc-1", "4C4C4544-0042-3510-8051-B4C04F4D3132")
     renew = answer(request(MessageType.REQUEST, ciaddr=ip), pool, now=T0 + 1800)
-    assert renew.event == "ack"
+    assert renew.event is Event.ACK
     (stored,) = renew.persist
     assert (stored.hostname, stored.uuid) == ("pc-1", "4C4C4544-0042-3510-8051-B4C04F4D3132")
     assert stored.expires == T0 + 1800 + 3600
@@ -473,7 +475,7 @@ def test_ack_stores_host_name_and_uuid_a_renewal_keeps_them() -> None:
 def test_plain_client_refused_names_the_mac_and_the_key() -> None:
     decision = answer(request(MessageType.DISCOVER), new_pool(),
                       settings(allow_simple_dhcp=False))
-    assert decision.event == "ignore" and decision.reply is None
+    assert decision.event is Event.IGNORE and decision.reply is None
     assert decision.note == (f"{MAC_TEXT}: DISCOVER ignored: plain DHCP client (not PXE) and "
                              "allow_simple_dhcp is off (expected allow_simple_dhcp = on to "
                              "serve it)")

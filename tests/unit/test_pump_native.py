@@ -170,13 +170,22 @@ def answered(pump: Pump, served: socket.socket, client: socket.socket, datagram:
     return got[0]
 
 
+def arm_blocks(pump: Pump, fd: int, count: int, body: bytes | memoryview = b"",
+               stride: int = 0, first: int = 0) -> None:
+    """Step i expects ack(first + i) and replies header(first + i + 1), then
+    body[i * stride:(i + 1) * stride]."""
+    blocks = range(first, first + count)
+    expects, heads = b"".join(map(ack, blocks)), b"".join(header(n + 1) for n in blocks)
+    pump.arm(fd, count, expects, heads, body, stride)
+
+
 # --- the contract -----------------------------------------------------------
 
 def test_a_matching_datagram_gets_exactly_the_prepared_bytes(
         pump: Pump, sockets: Callable[..., socket.socket]) -> None:
     served, client = pair(pump, sockets)
     chunk = os.urandom(3000)
-    pump.arm(served.fileno(), [(ack(7), (header(8), memoryview(chunk)[512:1024]))])
+    pump.arm(served.fileno(), 1, ack(7), header(8), memoryview(chunk)[512:1024], 512)
     before = time.monotonic()
     assert answered(pump, served, client, ack(7)) == header(8) + chunk[512:1024]
     done, last = pump.take(served.fileno())
@@ -184,21 +193,23 @@ def test_a_matching_datagram_gets_exactly_the_prepared_bytes(
     assert before <= last <= time.monotonic()  # the clock of time.monotonic()
 
 
-def test_a_reply_may_be_one_buffer_and_an_expect_any_length(
+def test_an_expect_may_be_any_length_and_a_reply_empty(
         pump: Pump, sockets: Callable[..., socket.socket]) -> None:
     served, client = pair(pump, sockets)
-    pump.arm(served.fileno(), [(b"hello, pump", bytearray(b"one buffer")), (b"", [])])
+    fd = served.fileno()
+    pump.arm(fd, 2, b"hello, pumpHELLO, PUMP", b"", bytearray(b"one buffer"), 10)
     assert answered(pump, served, client, b"hello, pump") == b"one buffer"
+    assert answered(pump, served, client, b"HELLO, PUMP") == b""  # the last stride is empty
+    assert pump.take(fd)[0] == 2
+    pump.arm(fd, 1, b"", b"", b"", 0)
     assert answered(pump, served, client, b"") == b""  # empty to empty: still a datagram
-    assert pump.take(served.fileno())[0] == 2
+    assert pump.take(fd)[0] == 1
 
 
 def test_steps_run_in_order(pump: Pump, sockets: Callable[..., socket.socket]) -> None:
     served, client = pair(pump, sockets)
     chunk = os.urandom(512 * 3)
-    view = memoryview(chunk)
-    pump.arm(served.fileno(), [(ack(n), (header(n + 1), view[n * 512:(n + 1) * 512]))
-                               for n in range(3)])
+    arm_blocks(pump, served.fileno(), 3, memoryview(chunk), 512)
     for n in range(3):
         assert answered(pump, served, client, ack(n)) == header(n + 1) + chunk[n * 512:][:512]
     assert pump.take(served.fileno())[0] == 3
@@ -208,7 +219,7 @@ def test_out_of_order_datagrams_are_handed_back_in_order_and_disarm(
         pump: Pump, sockets: Callable[..., socket.socket]) -> None:
     served, client = pair(pump, sockets)
     fd = served.fileno()
-    pump.arm(fd, [(ack(n), header(n + 1) + b"x") for n in range(3)])
+    arm_blocks(pump, fd, 3, b"xxx", 1)
     client.sendto(ack(1), served.getsockname())  # step 1 before step 0: not its turn
     client.sendto(ack(0), served.getsockname())  # right, but the socket is disarmed now
     client.sendto(b"\x00\x05\x00\x00oops\x00", served.getsockname())
@@ -225,7 +236,7 @@ def test_a_datagram_from_another_port_is_handed_back_never_answered(
     served, client = pair(pump, sockets)
     stranger = sockets()
     fd = served.fileno()
-    pump.arm(fd, [(ack(0), header(1)), (ack(1), header(2))])
+    arm_blocks(pump, fd, 2)
     stranger.sendto(ack(0), served.getsockname())
     back = drive(pump, lambda back: len(back) == 1)
     assert back == [(fd, ack(0), stranger.getsockname())]
@@ -240,7 +251,7 @@ def test_a_datagram_after_the_last_step_is_handed_back(
         pump: Pump, sockets: Callable[..., socket.socket]) -> None:
     served, client = pair(pump, sockets)
     fd = served.fileno()
-    pump.arm(fd, [(ack(0), header(1))])
+    arm_blocks(pump, fd, 1)
     assert answered(pump, served, client, ack(0)) == header(1)
     client.sendto(ack(1), served.getsockname())
     client.sendto(ack(0), served.getsockname())  # even the first step's again
@@ -264,7 +275,7 @@ def test_a_reply_that_cannot_be_sent_hands_the_datagram_back(
     served, client = pair(pump, sockets)
     fd = served.fileno()
     too_long = bytes(70000)  # more than a UDP datagram holds: EMSGSIZE
-    pump.arm(fd, [(ack(0), (header(1), too_long))])
+    arm_blocks(pump, fd, 1, too_long, len(too_long))
     client.sendto(ack(0), served.getsockname())
     assert drive(pump, lambda back: len(back) == 1) == [(fd, ack(0), client.getsockname())]
     assert pump.take(fd) == (0, 0.0)
@@ -275,12 +286,12 @@ def test_take_counts_and_times_and_resets(
     served, client = pair(pump, sockets)
     fd = served.fileno()
     assert pump.take(fd) == (0, 0.0)
-    pump.arm(fd, [(ack(n), header(n + 1)) for n in range(5)])
+    arm_blocks(pump, fd, 5)
     for n in range(3):
         answered(pump, served, client, ack(n))
     after_third = time.monotonic()
     with pytest.raises(ValueError, match="take"):
-        pump.arm(fd, [(ack(3), header(4))])  # would lose the 3 answered
+        arm_blocks(pump, fd, 1, first=3)  # would lose the 3 answered
     done, last = pump.take(fd)
     assert done == 3 and 0 < last <= after_third
     assert pump.take(fd) == (0, 0.0)
@@ -295,30 +306,30 @@ def test_arm_again_before_any_answer_replaces_the_steps(
         pump: Pump, sockets: Callable[..., socket.socket]) -> None:
     served, client = pair(pump, sockets)
     fd = served.fileno()
-    pump.arm(fd, [(ack(0), b"old")])
-    pump.arm(fd, [(ack(0), b"new")])
+    pump.arm(fd, 1, ack(0), b"", b"old", 3)
+    pump.arm(fd, 1, ack(0), b"", b"new", 3)
     assert answered(pump, served, client, ack(0)) == b"new"
 
 
-def test_strided_steps_are_the_same_steps_in_three_buffers(
+def test_the_steps_are_cut_from_three_buffers(
         pump: Pump, sockets: Callable[..., socket.socket]) -> None:
     served, client = pair(pump, sockets)
     fd = served.fileno()
     body = os.urandom(512 * 2 + 100)  # the last step's stride is short
     expects = b"".join(ack(n) for n in range(3))
     heads = b"".join(header(n + 1) for n in range(3))
-    pump.arm_strided(fd, 3, expects, memoryview(heads), body, 512)
+    pump.arm(fd, 3, expects, memoryview(heads), body, 512)
     del heads
     for n in range(3):
         assert answered(pump, served, client, ack(n)) == header(n + 1) + body[n * 512:][:512]
     assert pump.take(fd)[0] == 3
-    pump.arm_strided(fd, 2, expects[:8], b"H1H2", body[:512], 512)  # ends in an empty stride
+    pump.arm(fd, 2, expects[:8], b"H1H2", body[:512], 512)  # ends in an empty stride
     assert answered(pump, served, client, ack(0)) == b"H1" + body[:512]
     assert answered(pump, served, client, ack(1)) == b"H2"
     client.sendto(ack(2), served.getsockname())  # after the last step
     assert [data for _, data, _ in drive(pump, lambda back: len(back) == 1)] == [ack(2)]
     assert pump.take(fd)[0] == 2
-    pump.arm_strided(fd, 0, b"", b"", b"", 512)  # nothing to answer
+    pump.arm(fd, 0, b"", b"", b"", 512)  # nothing to answer
     client.sendto(ack(0), served.getsockname())
     assert [data for _, data, _ in drive(pump, lambda back: len(back) == 1)] == [ack(0)]
 
@@ -334,28 +345,30 @@ def test_strided_steps_are_the_same_steps_in_three_buffers(
     (1, b"12", b"hh", b"x", -1),
     (2 ** 62, b"", b"", b"x" * 10, 2 ** 62),  # no overflow
 ])
-def test_strided_steps_that_do_not_add_up_are_refused(
+def test_steps_that_do_not_add_up_are_refused(
         pump: Pump, sockets: Callable[..., socket.socket], count: int, expects: bytes,
         heads: bytes, body: bytes, stride: int) -> None:
     served, client = pair(pump, sockets)
     fd = served.fileno()
-    pump.arm_strided(fd, 1, ack(0), b"", b"", 0)
+    pump.arm(fd, 1, ack(0), b"", b"", 0)
     with pytest.raises(ValueError):
-        pump.arm_strided(fd, count, expects, heads, body, stride)
+        pump.arm(fd, count, expects, heads, body, stride)
     client.sendto(ack(0), served.getsockname())  # the refused arm disarmed it
     assert [data for _, data, _ in drive(pump, lambda back: len(back) == 1)] == [ack(0)]
 
 
-def test_bad_steps_are_refused_and_leave_the_socket_disarmed(
-        pump: Pump, sockets: Callable[..., socket.socket]) -> None:
+@pytest.mark.parametrize("args", [
+    (1, "not a buffer", b"", b"", 0),  # expects
+    (1, ack(0), [b"h"], b"", 0),  # heads
+    (1, ack(0), b"", 5, 0),  # body
+])
+def test_buffers_that_are_not_buffers_are_refused_and_leave_the_socket_disarmed(
+        pump: Pump, sockets: Callable[..., socket.socket], args: tuple[Any, ...]) -> None:
     served, client = pair(pump, sockets)
     fd = served.fileno()
-    bad: list[Any] = [[(ack(0),)], [(ack(0), b"a", b"b")], [(1, b"a")], [(ack(0), [1])], 5]
-    for steps in bad:
-        with pytest.raises((TypeError, ValueError)):
-            pump.arm(fd, steps)
-    with pytest.raises(TypeError):  # on the second step: the first is not armed either
-        pump.arm(fd, [(ack(0), b"ok"), (ack(1), [b"a", "not a buffer"])])  # type: ignore[list-item]
+    pump.arm(fd, 1, ack(0), b"ok", b"", 0)
+    with pytest.raises(TypeError):
+        pump.arm(fd, *args)
     client.sendto(ack(0), served.getsockname())
     assert [data for _, data, _ in drive(pump, lambda back: len(back) == 1)] == [ack(0)]
     assert nothing_comes(client)
@@ -365,7 +378,7 @@ def test_remove_then_close_and_a_reused_number_gets_no_old_arm(
         pump: Pump, sockets: Callable[..., socket.socket]) -> None:
     served, client = pair(pump, sockets)
     fd = served.fileno()
-    pump.arm(fd, [(ack(0), header(1))])
+    arm_blocks(pump, fd, 1)
     with pytest.raises(ValueError, match="already"):
         pump.add(fd, client.getsockname())
     assert pump.active() == 1
@@ -394,8 +407,7 @@ def test_fifty_sockets_at_once(pump: Pump, sockets: Callable[..., socket.socket]
     pairs = [pair(pump, sockets) for _ in range(50)]
     chunks = [os.urandom(1468 * 2) for _ in pairs]
     for (served, _), chunk in zip(pairs, chunks, strict=True):
-        pump.arm(served.fileno(), [(ack(n), (header(n + 1), memoryview(chunk)[n * 1468:][:1468]))
-                                   for n in range(2)])
+        arm_blocks(pump, served.fileno(), 2, memoryview(chunk), 1468)
     for step in range(2):
         for served, client in pairs:
             client.sendto(ack(step), served.getsockname())
@@ -419,7 +431,7 @@ def test_budget_and_handback_max_leave_the_rest_for_the_next_run(
         pump: Pump, native: ModuleType, sockets: Callable[..., socket.socket]) -> None:
     pairs = [pair(pump, sockets) for _ in range(10)]
     for served, client in pairs:
-        pump.arm(served.fileno(), [(ack(0), header(1))])
+        arm_blocks(pump, served.fileno(), 1)
         client.sendto(ack(0), served.getsockname())
     assert select.select([pump.fileno()], [], [], TIMEOUT)[0]
     time.sleep(QUIET)  # all ten are there (loopback delivers at once; this is a margin)
@@ -449,7 +461,7 @@ def test_a_dual_stack_socket_matches_an_ipv4_mapped_peer(
         client = sockets()
         peer = ("::ffff:127.0.0.1", client.getsockname()[1], 0, 0)
         pump.add(served.fileno(), peer)
-        pump.arm(served.fileno(), [(ack(0), header(1))])
+        arm_blocks(pump, served.fileno(), 1)
         client.sendto(ack(0), ("127.0.0.1", served.getsockname()[1]))
         assert drive(pump, lambda back: bool(select.select([client], [], [], 0)[0])) == []
         assert client.recv(10) == header(1)
@@ -479,7 +491,7 @@ def test_ipv6(pump: Pump, sockets: Callable[..., socket.socket]) -> None:
     except OSError as exc:
         pytest.skip(f"no IPv6 loopback: {exc}")
     fd = served.fileno()
-    pump.arm(fd, [(ack(0), header(1))])
+    arm_blocks(pump, fd, 1)
     assert answered(pump, served, client, ack(0)) == header(1)
     client.sendto(b"other", served.getsockname())
     assert drive(pump, lambda back: len(back) == 1) == [(fd, b"other", client.getsockname())]
@@ -493,12 +505,13 @@ def test_the_buffers_stay_valid_when_the_caller_drops_them(
     fd = served.fileno()
     expected: list[bytes] = []
 
-    def arm() -> None:  # every reference to the payload is this function's
+    def arm() -> None:  # every reference to the buffers is this function's
         payload = bytes(os.urandom(4096))
         expected.extend(header(n + 1) + payload[n * 1024:][:1024] for n in range(4))
-        view = memoryview(payload)
-        pump.arm(fd, [(ack(n), (header(n + 1), view[n * 1024:(n + 1) * 1024]))
-                      for n in range(4)])
+        expects = bytearray(b"".join(ack(n) for n in range(4)))
+        heads = bytes(b"".join(header(n + 1) for n in range(4)))
+        pump.arm(fd, 4, expects, heads, memoryview(payload), 1024)
+        expects[:] = bytes(len(expects))  # copied: changing it now changes nothing
 
     arm()
     gc.collect()
@@ -513,40 +526,45 @@ def test_buffers_are_held_while_armed_and_released_after(
     served, client = pair(pump, sockets)
     fd = served.fileno()
     data = bytearray(b"resizable")
-    head = b"head:"
-    refs = sys.getrefcount(head)
-    pump.arm(fd, [(ack(0), (head, data)), (ack(1), (head, data))])
+    heads = b"head:" * 2
+    refs = sys.getrefcount(heads)
+
+    def arm() -> None:  # step 0: heads[:5] + data, step 1: heads[5:] and an empty stride
+        pump.arm(fd, 2, ack(0) + ack(1), heads, data, len(data))
+
+    arm()
     with pytest.raises(BufferError):  # exported: the pump reads it
         data.extend(b"!")
-    assert sys.getrefcount(head) > refs
+    assert sys.getrefcount(heads) > refs
     assert answered(pump, served, client, ack(0)) == b"head:resizable"
     pump.take(fd)
-    assert sys.getrefcount(head) == refs
+    assert sys.getrefcount(heads) == refs
     data.extend(b"!")
     # Disarmed inside run() (a datagram handed back): released right there,
     # the count still there for take().
-    pump.arm(fd, [(ack(0), (head, data)), (ack(1), (head, data))])
+    arm()
     assert answered(pump, served, client, ack(0)) == b"head:resizable!"
     client.sendto(b"else", served.getsockname())
     drive(pump, lambda back: len(back) == 1)
-    assert sys.getrefcount(head) == refs
+    assert sys.getrefcount(heads) == refs
     data.extend(b"!")
     assert pump.take(fd)[0] == 1
-    # The strided form holds its heads and body the same way.
-    pump.arm_strided(fd, 1, ack(0), head, data, len(data))
-    assert sys.getrefcount(head) > refs
+    # take releases them without any step answered too.
+    arm()
+    assert sys.getrefcount(heads) > refs
     with pytest.raises(BufferError):
         data.extend(b"!")
     assert pump.take(fd) == (0, 0.0)
-    assert sys.getrefcount(head) == refs
+    assert sys.getrefcount(heads) == refs
     # remove and close release too.
-    pump.arm(fd, [(ack(0), (head, data))])
+    arm()
     pump.remove(fd)
-    assert sys.getrefcount(head) == refs
+    assert sys.getrefcount(heads) == refs
     pump.add(fd, client.getsockname())
-    pump.arm(fd, [(ack(0), (head, data))])
+    arm()
     pump.close()
-    assert sys.getrefcount(head) == refs
+    assert sys.getrefcount(heads) == refs
+    data.extend(b"!")
 
 
 # --- busy polling ---------------------------------------------------------------
@@ -566,7 +584,7 @@ def test_busy_poll_answers_a_fast_peer_in_one_run_without_the_gil(
     served, client = pair(pump, sockets)
     fd = served.fileno()
     steps = 20
-    pump.arm(fd, [(ack(n), header(n + 1)) for n in range(steps)])
+    arm_blocks(pump, fd, steps)
     replies: list[bytes] = []
 
     def peer() -> None:
@@ -609,7 +627,7 @@ def test_busy_poll_stops_after_polls_that_see_nothing_and_probes_again(
     # A probe that sees a datagram resets the count of misses.
     for _ in range(native.SPIN_PROBE - 2):
         pump.run(1024, spin)
-    pump.arm(served.fileno(), [(ack(0), header(1))])
+    arm_blocks(pump, served.fileno(), 1)
     threading.Timer(spin / 6, client.sendto, (ack(0), served.getsockname())).start()
     assert timed() >= spin  # polled, answered, polled on until nothing came
     assert client.recv(10) == header(1)
@@ -634,7 +652,8 @@ def test_closed_pump_and_bad_arguments(native: ModuleType) -> None:
         the_pump.run(10, -1.0)
     the_pump.close()
     the_pump.close()
-    for call in (the_pump.fileno, lambda: the_pump.run(1, 0.0), lambda: the_pump.take(0)):
+    for call in (the_pump.fileno, lambda: the_pump.run(1, 0.0), lambda: the_pump.take(0),
+                 lambda: the_pump.arm(0, 0, b"", b"", b"", 0)):
         with pytest.raises(ValueError, match="closed"):
             call()
 

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from pybootd.errors import ProtocolError
 from pybootd.tftp.connection import (
     Datagram,
+    FastPath,
     ReadConnection,
     ReadState,
     WriteConnection,
@@ -163,18 +164,30 @@ def test_abort_tells_the_client_and_ends() -> None:
 
 # --- the fast path: what a pump may do alone, and how the connection catches up -----
 
+def steps(path: FastPath) -> list[tuple[bytes, bytes]]:
+    """The contract spelled out: (the 4 bytes expected, the datagram sent) per step."""
+    size = len(path.expects) // path.count
+    assert len(path.heads) == len(path.expects)
+    assert (path.count - 1) * path.stride <= len(path.body) <= path.count * path.stride
+    return [(bytes(path.expects[i * size:(i + 1) * size]),
+             bytes(path.heads[i * size:(i + 1) * size])
+             + bytes(path.body[i * path.stride:(i + 1) * path.stride]))
+            for i in range(path.count)]
+
+
 def run_pump(conn: ReadConnection, acks: list[bytes]) -> tuple[list[bytes], list[bytes]]:
     """A pump that follows the contract: (what it sent, what it handed back)."""
     path = conn.fast_path()
     assert path is not None
+    pairs = steps(path)
     sent: list[bytes] = []
     back: list[bytes] = []
     step = 0
     for ack in acks:
-        if back or step >= len(path.steps) or ack != path.steps[step][0]:
+        if back or step >= len(pairs) or ack != pairs[step][0]:
             back.append(ack)
             continue
-        sent.append(b"".join(bytes(b) for b in path.steps[step][1]))
+        sent.append(pairs[step][1])
         step += 1
     conn.resume(step, T0 + 0.5)
     return sent, back
@@ -200,6 +213,20 @@ def test_fast_path_stops_at_the_last_block_and_hands_its_ack_back() -> None:
     assert back == [encode_ack(2)]
     conn.receive(back[0], T0 + 0.6)
     assert conn.finished is not None and conn.finished.outcome is Outcome.COMPLETE
+
+
+def test_fast_path_ends_at_its_segment_when_the_short_block_is_in_the_next() -> None:
+    """Found by the HTTP-root tests: a cached file read in two chunks (whole
+    blocks, then the short last one) must not end with an empty block."""
+    conn = ReadConnection(Negotiated(8, 1, 1.0, None, ()), 3, T0)
+    conn.feed(b"a" * 16, eof=False)
+    conn.feed(b"tail", eof=True)
+    packets(conn)
+    sent, back = run_pump(conn, [encode_ack(1), encode_ack(2)])
+    assert [parse_packet_untrusted(raw) for raw in sent] == [Data(2, b"a" * 8)]
+    assert back == [encode_ack(2)]
+    conn.receive(back[0], T0 + 0.6)
+    assert packets(conn) == [Data(3, b"tail")]
 
 
 def test_fast_path_hands_back_what_it_does_not_expect() -> None:
@@ -233,7 +260,7 @@ def test_fast_path_steps_roll_over_too() -> None:
         conn.receive(encode_ack(block), T0)
     path = conn.fast_path(limit=3)
     assert path is not None
-    assert [(ack, bytes(d[0])) for ack, d in path.steps] == [
+    assert [(ack, datagram[:4]) for ack, datagram in steps(path)] == [
         (encode_ack(65534), b"\x00\x03\xff\xff"), (encode_ack(65535), b"\x00\x03\x00\x00"),
         (encode_ack(0), b"\x00\x03\x00\x01")]
 

@@ -113,7 +113,7 @@ def test_block_store_exact_multiple_ends_with_empty_block() -> None:
 
 
 def test_block_store_segment_holds_whole_blocks() -> None:
-    """What the compiled lock-step path is armed with (tftp_pump)."""
+    """What a lock-step pump is armed with (connection.FastPath)."""
     store = BlockStore(4)
     store.feed(b"abcdefghij")  # blocks 1, 2; "ij" waits for more
     assert store.segment(2) == (1, b"abcdefgh")

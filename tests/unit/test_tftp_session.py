@@ -350,7 +350,7 @@ def test_write_rollover() -> None:
 
 
 def test_fast_forward_catches_up_with_blocks_sent_elsewhere() -> None:
-    """pybootd._lockstep answered ACKs 1..4 with blocks 2..5; the session
+    """A pump answered ACKs 1..4 with blocks 2..5; the session
     learns it before it acts, as if it had seen each ACK."""
     s = read_session(retries=2)
     send(s, s.start(0.0), 9, 0.0)

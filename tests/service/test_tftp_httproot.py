@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from httpmirror import Mirror
 from netlab import wait_for
-from test_tftp_service import Server, free_port
 from tftpclient import Client, TftpFailure
+from tftpserver import Server
 
 from pybootd.sources import httpcache
 from pybootd.sources.chunks import PooledSource
@@ -33,7 +33,7 @@ def mirror(tmp_path: Path) -> Iterator[Mirror]:
 
 
 def http_server(mirror: Mirror, tmp_path: Path, extra: str = "") -> Server:
-    return Server(f"[tftp]\naddress = 127.0.0.1\nport = {free_port()}\n"
+    return Server(f"[tftp]\naddress = 127.0.0.1\nport = 0\n"
                   f"root = {mirror.url}netboot\ncache_dir = {tmp_path / 'cache'}\n"
                   f"http_timeout = 1\ntimeout = 0.5\n{extra}", tmp_path / "t.ini")
 

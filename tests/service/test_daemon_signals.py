@@ -1,8 +1,9 @@
 """The daemon as a service: signals, one instance per port and lease file, start-up failures.
 
-Each test runs ``python3 -m pybootd -c FILE`` on 127.0.0.1 high ports (DHCP
-and TFTP), with a state_dir and a log file of its own, and looks at what an
-operator sees: log lines, stderr, exit statuses, files served.
+Each test runs ``python3 -m pybootd -c FILE`` on 127.0.0.1 (DHCP and TFTP on
+ports 0: the daemon binds ports of its own and logs them, no port is guessed),
+with a state_dir and a log file of its own, and looks at what an operator
+sees: log lines, stderr, exit statuses, files served.
 """
 
 from __future__ import annotations
@@ -23,11 +24,10 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
-from dhcp_helpers import MAC_TEXT, request
+from dhcplab import MAC_TEXT, datagram
 from tftpclient import Client, TftpFailure
 
 from pybootd.dhcp.options import DhcpOption, MessageType
-from pybootd.dhcp.packet import encode_packet
 from pybootd.dhcp.pool import Lease, LeaseState
 from pybootd.server.leasestore import LeaseStore
 from pybootd.tftp.packets import Error, encode_ack
@@ -72,22 +72,29 @@ class Setup:
         return path
 
 
+class Daemon(subprocess.Popen[bytes]):
+    """``python3 -m pybootd``, its stderr in a file of its own (read after it exits)."""
+
+    def __init__(self, argv: list[str], stderr_path: Path,
+                 preexec_fn: Callable[[], object] | None) -> None:
+        self.stderr_path = stderr_path
+        with stderr_path.open("wb") as err:
+            super().__init__(argv, stdout=subprocess.DEVNULL, stderr=err,
+                             env=dict(os.environ, PYTHONPATH=str(REPO)),
+                             start_new_session=True, preexec_fn=preexec_fn)
+
+
 class Daemons:
     """The daemons a test starts; each is killed (by its pid) at the end."""
 
     def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.procs: list[Daemon] = []
 
     def start(self, config: Path, wrap: list[str] | None = None,
-              preexec_fn: Callable[[], object] | None = None) -> subprocess.Popen[bytes]:
-        err = (config.parent / f"{config.name}.{len(self.procs)}.stderr").open("wb")
+              preexec_fn: Callable[[], object] | None = None) -> Daemon:
+        err = config.parent / f"{config.name}.{len(self.procs)}.stderr"
         argv = [*(wrap or []), sys.executable, "-m", "pybootd", "-c", str(config)]
-        proc: subprocess.Popen[bytes] = subprocess.Popen(argv,
-                                stdout=subprocess.DEVNULL, stderr=err,
-                                env=dict(os.environ, PYTHONPATH=str(REPO)),
-                                start_new_session=True, preexec_fn=preexec_fn)
-        err.close()
-        proc.stderr_path = Path(err.name)  # type: ignore[attr-defined]
+        proc = Daemon(argv, err, preexec_fn)
         self.procs.append(proc)
         return proc
 
@@ -122,11 +129,11 @@ def setup() -> Iterator[Setup]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def stderr_of(proc: subprocess.Popen[bytes]) -> str:
-    return Path(proc.stderr_path).read_text()  # type: ignore[attr-defined]
+def stderr_of(proc: Daemon) -> str:
+    return proc.stderr_path.read_text()
 
 
-def wait_log(path: Path, text: str, proc: subprocess.Popen[bytes] | None = None,
+def wait_log(path: Path, text: str, proc: Daemon | None = None,
              timeout: float = START) -> str:
     """The log once it holds *text* (fails at once if the daemon exited)."""
     deadline = time.monotonic() + timeout
@@ -141,7 +148,7 @@ def wait_log(path: Path, text: str, proc: subprocess.Popen[bytes] | None = None,
     pytest.fail(f"no {text!r} in {path} within {timeout}s:\n{content}")
 
 
-def ready(setup: Setup, proc: subprocess.Popen[bytes]) -> str:
+def ready(setup: Setup, proc: Daemon) -> str:
     """The log once the daemon is ready; the ports it bound are then known."""
     log = wait_log(setup.log, "pybootd ready", proc)
     bound = BOUND.findall(log)
@@ -157,14 +164,14 @@ def fetch(setup: Setup, name: str) -> bytes:
 
 def send_request(setup: Setup, ip: str = "127.0.0.100") -> None:
     """A SELECTING REQUEST from MAC_TEXT: the daemon stores a lease, then ACKs."""
-    packet = request(MessageType.REQUEST, options={
+    data = datagram(MessageType.REQUEST, options={
         DhcpOption.SERVER_ID: IPv4Address("127.0.0.1").packed,
         DhcpOption.REQUESTED_IP: IPv4Address(ip).packed})
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.sendto(encode_packet(packet), ("127.0.0.1", setup.dhcp_at))
+        sock.sendto(data, ("127.0.0.1", setup.dhcp_at))
 
 
-def one_line_exit(proc: subprocess.Popen[bytes]) -> str:
+def one_line_exit(proc: Daemon) -> str:
     """The daemon fails at start: exit status 1, one line on stderr, no traceback."""
     assert proc.wait(START) == 1
     err = stderr_of(proc)
@@ -350,10 +357,11 @@ def _bad_page(path: Path) -> None:
     (_not_sqlite, "is not an SQLite database"),
     (_bad_page, "is damaged (quick_check: "),
 ])
-def test_broken_lease_file_is_refused_at_start(setup: Setup, daemons: Daemons, damage: object,
+def test_broken_lease_file_is_refused_at_start(setup: Setup, daemons: Daemons,
+                                               damage: Callable[[Path], None],
                                                what: str) -> None:
     path = _lease_file(setup.state)
-    damage(path)  # type: ignore[operator]
+    damage(path)
     proc = daemons.start(setup.config(logger="type = stderr\n"))
     err = one_line_exit(proc)
     assert err.startswith(f"pybootd: lease file {path} {what}")

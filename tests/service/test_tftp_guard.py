@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -15,12 +16,12 @@ from pathlib import Path
 
 import pytest
 from netlab import wait_for
-from test_tftp_service import Server, free_port, start_error
 from tftpclient import Client, TftpFailure
+from tftpserver import Server, start_error
 
-from pybootd.api import BytesResponse, TftpRequest, TransferStats
+from pybootd.api import BytesResponse, ServerStats, TftpRequest, TransferStats
 from pybootd.config import parse_config
-from pybootd.errors import SourceError
+from pybootd.errors import PybootdError, SourceError
 from pybootd.server.tftp import REFUSAL_BURST
 from pybootd.tftp.packets import (
     Data,
@@ -53,12 +54,14 @@ def logs(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
     return caplog
 
 
-def config(root: Path, port: int | None = None, extra: str = "", **tftp: object) -> str:
-    """An ini with [tftp] *tftp* (timeout 0.2 s, 2 retries unless given)."""
-    values: dict[str, object] = {"address": "127.0.0.1", "port": port or free_port(),
+def config(root: Path, port: int = 0, extra: str = "", stats_interval: float = 60,
+           **tftp: object) -> str:
+    """An ini with [tftp] *tftp* (timeout 0.2 s, 2 retries unless given) on
+    *port* (0: the kernel picks a free one, Server.port tells which)."""
+    values: dict[str, object] = {"address": "127.0.0.1", "port": port,
                                  "root": root, "timeout": 0.2, "retries": 2, **tftp}
     lines = "".join(f"{key} = {value}\n" for key, value in values.items())
-    return f"[tftp]\n{lines}{extra}\n[daemon]\nstats_interval = 60\n"
+    return f"[tftp]\n{lines}{extra}\n[daemon]\nstats_interval = {stats_interval}\n"
 
 
 def rrq(name: str, options: tuple[tuple[str, str], ...] = ()) -> bytes:
@@ -300,9 +303,12 @@ def test_a_source_error_tells_the_client_no_url(root: Path, tmp_path: Path,
     "source unavailable", the log the reason (it names the mirror)."""
 
     class Failing(BytesResponse):
+        _started = False
+
         def read(self, n: int) -> bytes:
-            if self._pos:
+            if self._started:
                 raise SourceError("mirror http://mirror.example/secret stalled")
+            self._started = True
             return super().read(1024)
 
     def handler(request: TftpRequest) -> BytesResponse | None:
@@ -328,8 +334,8 @@ def test_a_source_error_tells_the_client_no_url(root: Path, tmp_path: Path,
 
 # --- item 7: one instance per port ---------------------------------------------------------
 def test_a_second_service_on_the_same_port_fails_to_start(root: Path, tmp_path: Path) -> None:
-    port = free_port()
-    first = Server(config(root, port), tmp_path / "t.ini")
+    first = Server(config(root), tmp_path / "t.ini")
+    port = first.port  # held by the first service
     try:
         assert start_error(config(root, port), tmp_path / "t.ini") == (
             f"cannot listen on 127.0.0.1:{port} for TFTP: Address already in use (another "
@@ -349,13 +355,27 @@ def ipv6_works() -> bool:
     return True
 
 
+def on_every_address(root: Path, path: Path) -> tuple[Server, str]:
+    """A Server on every address (IPv4 and IPv6), on one configured port,
+    and its ini. Not port = 0: each family would get its own. A port below
+    the kernel's ephemeral range (no port = 0 socket takes those), another
+    one if something holds it: nothing is freed and reused."""
+    for port in random.sample(range(20_000, 32_768), 20):
+        text = config(root, port).replace("address = 127.0.0.1\n", "")
+        try:
+            return Server(text, path), text
+        except PybootdError as exc:
+            if "Address already in use" not in str(exc):
+                raise
+    raise AssertionError("20 ports in use")
+
+
 def test_every_address_ipv4_and_ipv6_bind_one_port_once(root: Path, tmp_path: Path) -> None:
-    port = free_port()
-    text = config(root, port).replace("address = 127.0.0.1\n", "")
-    first = Server(text, tmp_path / "t.ini")
+    first, text = on_every_address(root, tmp_path / "t.ini")
+    port = first.port
     try:
-        assert len(first.service.listeners) == (2 if ipv6_works() else 1)
-        assert set(first.service.ports) == {port}
+        assert len(first.ports) == (2 if ipv6_works() else 1)
+        assert set(first.ports) == {port}
         assert "Address already in use" in start_error(text, tmp_path / "t.ini")
         with Client("127.0.0.1", port) as client:
             assert client.get("small").data == b"hello"
@@ -470,13 +490,12 @@ def test_a_missing_boot_file_is_a_warning_once_per_client(root: Path, tmp_path: 
 # --- reload (SIGHUP) and summary (SIGUSR1) --------------------------------------------------
 def test_reload_applies_filters_and_boot_files(root: Path, tmp_path: Path,
                                                logs: pytest.LogCaptureFixture) -> None:
-    port = free_port()
-    srv = Server(config(root, port), tmp_path / "t.ini")
+    srv = Server(config(root), tmp_path / "t.ini")
     try:
-        with Client("127.0.0.1", port) as client:
+        with Client("127.0.0.1", srv.port) as client:
             with pytest.raises(TftpFailure):
                 client.get("alias")
-            new = parse_config(config(root, port) + "[filters]\nalias = small\n"
+            new = parse_config(config(root, srv.port) + "[filters]\nalias = small\n"
                                "[bootfile]\nbios = lpxelinux.0\n", tmp_path / "t.ini")
             srv.call(lambda: srv.service.reload(new))
             assert client.get("alias").data == b"hello"
@@ -489,7 +508,13 @@ def test_reload_applies_filters_and_boot_files(root: Path, tmp_path: Path,
 
 
 def test_summary_counts_since_start(root: Path, tmp_path: Path) -> None:
-    srv = Server(config(root, timeout=1.0, retries=5), tmp_path / "t.ini")
+    emitted: list[dict[str, int]] = []  # what server_stats got, every stats_interval
+
+    def on_server(stats: ServerStats) -> None:
+        emitted.append(stats.get_and_reset_all_counters())
+
+    srv = Server(config(root, stats_interval=0.2, timeout=1.0, retries=5), tmp_path / "t.ini",
+                 server_stats=on_server)
     try:
         assert srv.call(srv.service.summary) == (
             "0 running, 0 finished (0 ok, 0 failed, 0 aborted), 0 bytes sent, 0 received")
@@ -503,9 +528,13 @@ def test_summary_counts_since_start(root: Path, tmp_path: Path) -> None:
             held.receive()
             wait_for(lambda: "1 aborted" in srv.call(srv.service.summary), 5,
                      what="the abort")
-            srv.call(srv.service._emit_stats)  # a stats_interval passes: counters reset
+            reported = len(emitted)
+            wait_for(lambda: len(emitted) > reported, 5,
+                     what="a stats_interval to pass (server_stats reads and resets the counters)")
             assert srv.call(srv.service.summary) == (
                 "1 running, 3 finished (2 ok, 0 failed, 1 aborted), 300005 bytes sent, "
                 "0 received")
     finally:
         srv.stop()
+    # The interval's counters were handed over and reset; the summary was not.
+    assert sum(counters.get("transfers_ok", 0) for counters in emitted) == 2

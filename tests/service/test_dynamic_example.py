@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from netlab import wait_for
-from test_tftp_service import free_port
 from tftpclient import Client, TftpFailure
+from tftpserver import bound_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -18,13 +18,16 @@ def test_dynamic_example_serves_generated_and_root_files(tmp_path: Path) -> None
     root = tmp_path / "root"
     root.mkdir()
     (root / "menu.cfg").write_bytes(b"menu from the root\n")
-    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(  # it stops by itself after --seconds
-        [sys.executable, str(REPO / "scripts" / "dynamic_tftp.py"), "--port", str(port),
+        [sys.executable, str(REPO / "scripts" / "dynamic_tftp.py"), "--port", "0",
          "--root", str(root), "--seconds", "5"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    logged: list[str] = []  # the log (stderr) read for the port
     try:
+        assert proc.stderr is not None
+        port = bound_port(proc.stderr, logged)  # the example logs where it serves
+
         def answers() -> bytes | None:
             try:
                 with Client("127.0.0.1", port, timeout=0.5) as client:
@@ -41,7 +44,8 @@ def test_dynamic_example_serves_generated_and_root_files(tmp_path: Path) -> None
                 client.get("absent")
             except TftpFailure as failure:
                 assert failure.code == 1
-        stdout, stderr = proc.communicate(timeout=20)
+        stdout, rest = proc.communicate(timeout=20)
+        stderr = "".join(logged) + rest
     finally:
         proc.kill()
     assert proc.returncode == 0, stderr

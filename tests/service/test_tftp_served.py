@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from httpmirror import Mirror
 from netlab import wait_for
-from test_tftp_service import Server, free_port
 from tftpclient import Client, TftpFailure
+from tftpserver import Server
 
 from pybootd.api import TransferStats
 from pybootd.sources import httpcache
@@ -65,7 +65,7 @@ def own_files(tmp_path: Path) -> Iterator[tuple[Server, Path, list[TransferStats
     (conf / "pybootd.log.1").write_bytes(SECRET)
     (conf / "names.txt").write_text(f"# indirection to the configuration\n{conf / 't.ini'}\n")
     path = conf / "t.ini"
-    text = (f"[tftp]\naddress = 127.0.0.1\nport = {free_port()}\nroot = {conf}\n"
+    text = (f"[tftp]\naddress = 127.0.0.1\nport = 0\nroot = {conf}\n"
             "timeout = 0.2\nretries = 2\n"
             f"[daemon]\nstate_dir = state\n"
             f"[logger]\ntype = file\nfile = {conf / 'pybootd.log'}\n"
@@ -110,7 +110,7 @@ def test_a_root_inside_state_dir_still_serves(tmp_path: Path) -> None:
     (state / "tftp" / "boot.img").write_bytes(b"boot")
     (state / "leases.sqlite").write_bytes(SECRET)
     (state / "tftp" / "up").symlink_to(state / "leases.sqlite")
-    text = (f"[tftp]\naddress = 127.0.0.1\nport = {free_port()}\nroot = {state / 'tftp'}\n"
+    text = (f"[tftp]\naddress = 127.0.0.1\nport = 0\nroot = {state / 'tftp'}\n"
             f"[daemon]\nstate_dir = {state}\n")
     srv = Server(text, tmp_path / "t.ini")
     try:
@@ -143,7 +143,7 @@ def confined(tmp_path: Path) -> Iterator[tuple[Server, list[TransferStats]]]:
     (root / "pub" / "ok.txt").write_bytes(b"in the root")
     rules = (f"[filters]\npub/* = {srv_dir}/pub/{{filename}}\nfixed = {outside}/fixed.txt\n"
              f"ind/* = [{srv_dir}/ind.txt]\nnames/* = [{srv_dir}/names/{{filename}}]\n")
-    text = (f"[tftp]\naddress = 127.0.0.1\nport = {free_port()}\nroot = {root}\n"
+    text = (f"[tftp]\naddress = 127.0.0.1\nport = 0\nroot = {root}\n"
             f"timeout = 0.2\n{rules}")
     seen: list[TransferStats] = []
     srv = Server(text, tmp_path / "t.ini", session_stats=seen.append)
@@ -176,7 +176,7 @@ def rooted(tmp_path: Path) -> Iterator[tuple[Server, list[TransferStats]]]:
     (root / "dangling").symlink_to(tmp_path / "no-such-file")
     (root / "folder").mkdir()
     seen: list[TransferStats] = []
-    text = (f"[tftp]\naddress = 127.0.0.1\nport = {free_port()}\nroot = {root}\n"
+    text = (f"[tftp]\naddress = 127.0.0.1\nport = 0\nroot = {root}\n"
             f"timeout = 0.2\nallow_write = off\n")
     srv = Server(text, tmp_path / "t.ini", session_stats=seen.append)
     yield srv, seen
@@ -212,7 +212,7 @@ def test_options_that_cannot_be_used_are_ignored(
 
 # --- item 5: the upload quota -----------------------------------------------------------
 def quota_server(tmp_path: Path, upload_dir: Path, quota: int, overwrite: bool = False) -> Server:
-    text = (f"[tftp]\naddress = 127.0.0.1\nport = {free_port()}\nroot = {tmp_path}\n"
+    text = (f"[tftp]\naddress = 127.0.0.1\nport = 0\nroot = {tmp_path}\n"
             f"timeout = 0.2\nretries = 2\nallow_write = on\nupload_dir = {upload_dir}\n"
             f"upload_quota = {quota}\noverwrite = {'on' if overwrite else 'off'}\n")
     return Server(text, tmp_path / "t.ini")
@@ -260,7 +260,7 @@ def test_upload_stopped_in_the_middle_when_it_passes_the_quota(tmp_path: Path) -
     upload_dir = tmp_path / "up"
     upload_dir.mkdir()
     seen: list[TransferStats] = []
-    text = (f"[tftp]\naddress = 127.0.0.1\nport = {free_port()}\nroot = {tmp_path}\n"
+    text = (f"[tftp]\naddress = 127.0.0.1\nport = 0\nroot = {tmp_path}\n"
             f"timeout = 0.2\nretries = 2\nallow_write = on\nupload_dir = {upload_dir}\n"
             "upload_quota = 300000\n")
     srv = Server(text, tmp_path / "t.ini", session_stats=seen.append)
@@ -297,7 +297,7 @@ def test_an_overwrite_gives_back_the_old_size(tmp_path: Path) -> None:
 def test_upload_never_replaces_a_daemon_file(tmp_path: Path) -> None:
     """upload_dir holding the configuration file, with overwrite on."""
     path = tmp_path / "t.ini"
-    text = (f"[tftp]\naddress = 127.0.0.1\nport = {free_port()}\nroot = {tmp_path}\n"
+    text = (f"[tftp]\naddress = 127.0.0.1\nport = 0\nroot = {tmp_path}\n"
             f"timeout = 0.2\nallow_write = on\nupload_dir = {tmp_path}\noverwrite = on\n")
     path.write_text(text)
     srv = Server(text, path)
@@ -323,7 +323,7 @@ def mirror(tmp_path: Path) -> Iterator[Mirror]:
 
 
 def http_server(mirror: Mirror, tmp_path: Path, extra: str = "") -> Server:
-    return Server(f"[tftp]\naddress = 127.0.0.1\nport = {free_port()}\n"
+    return Server(f"[tftp]\naddress = 127.0.0.1\nport = 0\n"
                   f"root = {mirror.url}netboot\ncache_dir = {tmp_path / 'cache'}\n"
                   f"http_timeout = 1\ntimeout = 0.5\n{extra}", tmp_path / "t.ini")
 
