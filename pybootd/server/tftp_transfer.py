@@ -345,12 +345,12 @@ class ReadTransfer(Transfer):
 
     def flush(self) -> None:
         super().flush()
-        self._fill()
         if self.pump is not None and not (self.finished or self._armed or self._hold):
             path = self.conn.fast_path()
             if path is not None:
                 self.pump.arm(self.sock.fileno(), path)
                 self._armed = True
+        self._fill()  # after arming: reads ahead of what the pump may send
 
     def detach(self) -> None:
         if self.pump is None:
@@ -426,8 +426,7 @@ class ReadTransfer(Transfer):
             self._reading = False
         if self.finished:
             return
-        self._take()
-        size, conn = self.source.size, self.conn
+        size, conn = self.source.size, self.conn  # (a pump out goes on meanwhile)
         conn.feed(chunk, not chunk or (size is not None and conn.store.fed + len(chunk) >= size))
         self.flush()
 
