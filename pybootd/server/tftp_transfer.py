@@ -362,9 +362,9 @@ class ReadTransfer(Transfer):
     # --- through the pump ------------------------------------------------------
     def _take(self) -> None:
         """Disarm the pump and tell the connection what it answered."""
-        if self._armed:
+        if self._armed and self.pump is not None:
             self._armed = False
-            done, last_sent_at = self.pump.take(self.sock.fileno())  # type: ignore[union-attr]
+            done, last_sent_at = self.pump.take(self.sock.fileno())
             self.conn.resume(done, last_sent_at)
 
     def pumped(self, data: bytes, addr: tuple[str, int]) -> None:

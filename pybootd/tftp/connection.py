@@ -24,10 +24,8 @@ States are a :class:`ReadState`; a call the state does not allow raises
 :class:`pybootd.errors.ProtocolError` (a bug of the I/O layer, never a
 client's doing: what a client sends is always accepted or ignored).
 
-Status: the transfers in :mod:`pybootd.server.tftp_transfer` still drive
-``ReadSession``/``WriteSession`` and frame packets themselves; moving them
-onto these connections (and the pump onto :class:`FastPath`, served by the
-protocol-free ``pybootd/_pump.c``) is the next step of issue 11.
+The I/O layer (:mod:`pybootd.server.tftp_transfer`) sends what it is given
+and arms a pump (:mod:`pybootd.server.tftp_pump`) with :meth:`fast_path`.
 """
 
 from __future__ import annotations
