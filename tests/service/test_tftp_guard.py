@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import socket
 import threading
@@ -35,15 +34,6 @@ from pybootd.tftp.packets import (
     encode_ack,
     parse_packet_untrusted,
 )
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    folder = tmp_path / "root"
-    folder.mkdir()
-    (folder / "small").write_bytes(b"hello")
-    (folder / "big").write_bytes(os.urandom(300_000))
-    return folder
 
 
 @pytest.fixture

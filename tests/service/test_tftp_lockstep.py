@@ -19,14 +19,6 @@ from pybootd.server import tftp_pump
 from pybootd.tftp.packets import Data, Error, ErrorCode, encode, encode_ack
 
 
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    folder = tmp_path / "root"
-    folder.mkdir()
-    (folder / "big").write_bytes(os.urandom(300_000))
-    return folder
-
-
 # --- the service: lock-step reads on the loop, with each pump and without -----------------
 @pytest.fixture(params=["pump", "python"])
 def on_loop(request: pytest.FixtureRequest, root: Path, tmp_path: Path,

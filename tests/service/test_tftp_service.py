@@ -29,11 +29,9 @@ from pybootd.udp import IP_PKTINFO
 
 
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
-    folder = tmp_path / "root"
-    folder.mkdir()
-    (folder / "small").write_bytes(b"hello")
-    (folder / "big").write_bytes(os.urandom(300_000))
+def root(root: Path, tmp_path: Path) -> Path:
+    """tests/service/conftest.py's, with a subfolder and symbolic links."""
+    folder = root
     (folder / "sub").mkdir()
     (folder / "sub" / "file").write_bytes(b"in sub")
     (tmp_path / "secret").write_bytes(b"secret")
