@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,3 +35,14 @@ def pybootd_logger_restored() -> Iterator[None]:
             handler.close()
     logger.setLevel(saved[0])
     logger.propagate, logger.handlers[:], logger.disabled = saved[1], saved[2], saved[3]
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """A TFTP root with a small and a big file (the service tests; a test
+    module may define its own)."""
+    folder = tmp_path / "root"
+    folder.mkdir()
+    (folder / "small").write_bytes(b"hello")
+    (folder / "big").write_bytes(os.urandom(300_000))
+    return folder

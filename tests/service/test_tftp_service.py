@@ -30,7 +30,7 @@ from pybootd.udp import IP_PKTINFO
 
 @pytest.fixture
 def root(root: Path, tmp_path: Path) -> Path:
-    """tests/service/conftest.py's, with a subfolder and symbolic links."""
+    """tests/conftest.py's, with a subfolder and symbolic links."""
     folder = root
     (folder / "sub").mkdir()
     (folder / "sub" / "file").write_bytes(b"in sub")
