@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future
 from typing import Protocol
 
 from pybootd.api import ResponseData
@@ -49,8 +50,10 @@ class PooledSource:
         future.add_done_callback(_log_close_error)
 
 
-def _log_close_error(future: object) -> None:
-    exc = future.exception()  # type: ignore[attr-defined]
+def _log_close_error(future: Future[None]) -> None:
+    if future.cancelled():
+        return  # the daemon is exiting (its pool dropped queued work): exit closes it
+    exc = future.exception()
     if exc is not None:
         log.warning("closing a response failed: %s", exc)
 
