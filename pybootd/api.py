@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
-from pybootd.tftp.session import Outcome
+from pybootd.tftp.connection import Outcome
 
 __all__ = ["BytesResponse", "Direction", "FileResponse", "Handler", "Outcome", "ResponseData",
            "ServerStats", "ServerStatsCallback", "SessionStatsCallback", "TftpRequest",

@@ -13,8 +13,11 @@ from pybootd.tftp.packets import (
     Opcode,
     Packet,
     Request,
-    encode,
     encode_ack,
+    encode_data,
+    encode_error,
+    encode_oack,
+    encode_request,
     parse_packet_untrusted,
 )
 
@@ -107,3 +110,16 @@ class Client:
             if isinstance(reply, Error):
                 raise TftpFailure(reply.code, reply.message)
             assert isinstance(reply, Ack) and reply.block == number & 0xFFFF
+
+
+def encode(packet: Packet) -> bytes:
+    """Encode any packet (a client's side of the codec)."""
+    if isinstance(packet, Request):
+        return encode_request(packet)
+    if isinstance(packet, Data):
+        return encode_data(packet.block, packet.data)
+    if isinstance(packet, Ack):
+        return encode_ack(packet.block)
+    if isinstance(packet, Error):
+        return encode_error(packet.code, packet.message)
+    return encode_oack(packet.options)

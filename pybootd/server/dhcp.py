@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import TypeVar
 
+from pybootd import udp
 from pybootd.config import BootpConfig, Config
 from pybootd.dhcp.chain import ChainTracker
 from pybootd.dhcp.events import REPLY_EVENTS, Event
@@ -54,7 +55,7 @@ from pybootd.runtime import Runtime
 from pybootd.server.dhcpacl import AccessControl, Verdict
 from pybootd.server.leasestore import LeaseFileError, LeaseStore, is_fatal
 from pybootd.server.notify import Notifier
-from pybootd.udp import IP_PKTINFO, PKTINFO_SPACE, packet_info, pktinfo_cmsg
+from pybootd.udp import PKTINFO_SPACE, packet_info, pktinfo_cmsg
 
 log = logging.getLogger("pybootd.dhcp")
 T = TypeVar("T")
@@ -330,25 +331,16 @@ class DhcpService:
         return {ip for ip in candidates if ip in network.network}
 
     def _bind(self, port: int, *, boot_service: bool) -> None:
-        # No SO_REUSEADDR: a second server on this port (another pybootd,
-        # dnsmasq) must make the bind fail, not split the requests (and the
-        # addresses) between two pools, as dnsmasq refuses too.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        # (udp.listen: a second DHCP server on this port must make the bind
+        # fail, not split the requests and the addresses between two pools.)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-            if self.bootp.interface:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE,
-                                self.bootp.interface.encode())
-            sock.bind((str(self.bootp.address), port))
+            sock = udp.listen(socket.AF_INET, str(self.bootp.address), port,
+                              buffer=4 * 1024 * 1024, broadcast=True,
+                              device=self.bootp.interface or None)
         except OSError as exc:
-            sock.close()
             raise NetworkConfigError(
                 f"cannot listen on {self.bootp.address}:{port}/udp for DHCP: {exc.strerror} "
                 f"({_bind_advice(exc, port, boot_service)})") from None
-        sock.setblocking(False)
         self._sockets.append((sock, boot_service))
 
     def _pool_text(self) -> str:

@@ -7,10 +7,11 @@ import contextlib
 import errno
 import logging
 import socket
-from dataclasses import dataclass
+from collections import Counter
 from ipaddress import ip_address
 from pathlib import Path
 
+from pybootd import udp
 from pybootd.api import (
     Direction,
     Handler,
@@ -26,13 +27,13 @@ from pybootd.loglimit import LogLimiter, OncePer, clip
 from pybootd.runtime import Runtime
 from pybootd.server import tftp_pump
 from pybootd.server.tftp_transfer import (
+    INTERNAL_ERROR,
     SHUTTING_DOWN,
     SOURCE_UNAVAILABLE,
     ReadTransfer,
     Transfer,
     TransferInfo,
     WriteTransfer,
-    chunk_size,
 )
 from pybootd.sources import local
 from pybootd.sources.chunks import DISK_TIMEOUT, NetasciiSource
@@ -40,17 +41,15 @@ from pybootd.sources.httpcache import HttpCache
 from pybootd.sources.resolver import Resolver
 from pybootd.tftp import admission
 from pybootd.tftp.admission import Admission, Decision, Key, Running
-from pybootd.tftp.connection import ReadConnection, WriteConnection
+from pybootd.tftp.connection import Outcome
 from pybootd.tftp.filters import FilterSet, Rule
-from pybootd.tftp.options import Limits, negotiate
+from pybootd.tftp.options import Limits, Negotiated, negotiate
 from pybootd.tftp.packets import ErrorCode, Request, encode_error, parse_packet_untrusted
 from pybootd.tftp.paths import normalize_request_path
-from pybootd.tftp.session import Outcome
-from pybootd.udp import IP_PKTINFO, format_peer, packet_info
+from pybootd.udp import format_peer, packet_info
 
 log = logging.getLogger("pybootd.tftp")
 
-SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux value (socket(7))
 SOCKET_BUFFER = 4 * 1024 * 1024
 SHUTDOWN_ABORT_WAIT = 2.0  # seconds an upload's abort waits for a write running in the pool
 REFUSAL_BURST = 100  # refusal lines per code per LOG_WINDOW (see TftpService.refusals)
@@ -59,22 +58,18 @@ REFUSAL_BURST = 100  # refusal lines per code per LOG_WINDOW (see TftpService.re
 # holds (500 at once: 200 were dropped by the kernel).
 LISTENER_BUFFER = 4 * 1024 * 1024
 
+
 def check_folders(config: Config) -> None:
     """A local ``root``, and ``upload_dir`` when uploads are on, must be
     existing folders, or every request would get ERROR 1. Blocks (the disk);
     raises ConfigError naming the key."""
     tftp = config.tftp
-    if tftp.root_url is None and tftp.root_path is not None:
-        _require_folder(config, "root", tftp.root_path)
-    if tftp.allow_write and tftp.upload_dir is not None:
-        _require_folder(config, "upload_dir", tftp.upload_dir)
-
-
-def _require_folder(config: Config, key: str, path: Path) -> None:
-    if path.is_dir():
-        return
-    what = "is not a folder" if path.exists() else "does not exist"
-    raise config.error("tftp", key, f"{path} {what} (expected an existing folder)")
+    folders = {"root": tftp.root_path if tftp.root_url is None else None,
+               "upload_dir": tftp.upload_dir if tftp.allow_write else None}
+    for key, path in folders.items():
+        if path is not None and not path.is_dir():
+            what = "is not a folder" if path.exists() else "does not exist"
+            raise config.error("tftp", key, f"{path} {what} (expected an existing folder)")
 
 
 def boot_file_names(config: Config) -> frozenset[str]:
@@ -89,30 +84,6 @@ def boot_file_names(config: Config) -> frozenset[str]:
             with contextlib.suppress(TftpError):  # a name no request can match
                 found.add(normalize_request_path(name))
     return frozenset(found)
-
-
-@dataclass
-class Totals:
-    """Transfers since start, for summary() (ServerStats is reset every
-    stats_interval)."""
-
-    ok: int = 0
-    failed: int = 0
-    aborted: int = 0
-    sent: int = 0
-    received: int = 0
-
-    def add(self, stats: TransferStats) -> None:
-        if stats.outcome.succeeded:
-            self.ok += 1
-        elif stats.outcome is Outcome.ABORTED:
-            self.aborted += 1
-        else:
-            self.failed += 1
-        if stats.direction is Direction.READ:
-            self.sent += stats.bytes
-        else:
-            self.received += stats.bytes
 
 
 class TftpService:
@@ -157,7 +128,7 @@ class TftpService:
         self.refusals = LogLimiter(burst=REFUSAL_BURST, logger=log)
         self._missing = OncePer()  # (client address, boot file) warned about
         self.boot_files = boot_file_names(config)
-        self.totals = Totals()
+        self.totals: Counter[str] = Counter()  # since start (self.stats resets)
 
     # --- lifecycle ------------------------------------------------------------
     async def start(self) -> None:
@@ -196,7 +167,7 @@ class TftpService:
             family = socket.AF_INET6 if ip_address(self.address).version == 6 else socket.AF_INET
             return [(family, self.address)]
         targets: list[tuple[int, str]] = [(socket.AF_INET, "0.0.0.0")]
-        if socket.has_ipv6 and _ipv6_usable():
+        if socket.has_ipv6 and udp.ipv6_usable():
             targets.append((socket.AF_INET6, "::"))
         return targets
 
@@ -215,12 +186,11 @@ class TftpService:
                  len(self.boot_files))
 
     def summary(self) -> str:
-        totals = self.totals
-        running = sum(1 for t in self.active.values() if t is not None)
-        finished = totals.ok + totals.failed + totals.aborted
-        return (f"{running} running, {finished} finished ({totals.ok} ok, "
-                f"{totals.failed} failed, {totals.aborted} aborted), {totals.sent} bytes sent, "
-                f"{totals.received} received")
+        t = self.totals
+        running = sum(1 for transfer in self.active.values() if transfer is not None)
+        return (f"{running} running, {t['ok'] + t['failed'] + t['aborted']} finished "
+                f"({t['ok']} ok, {t['failed']} failed, {t['aborted']} aborted), "
+                f"{t['sent']} bytes sent, {t['received']} received")
 
     def stop_accepting(self) -> None:
         for sock in self.listeners:
@@ -337,19 +307,14 @@ class TftpService:
     def _refuse_busy(self, listener: socket.socket, addr: tuple[str, int], request: Request,
                      decision: Decision) -> None:
         """ERROR 0 from the server port, a log line (rate-limited)."""
-        label, name = format_peer(addr), clip(request.filename)
-        if decision.outcome is Admission.CLIENT_LIMIT:
-            self.stats.increment("refused_per_address")
-            if self._may_log("TFTP requests refused: too many from one address"):
-                log.warning("%s: refused %s: %d transfers from this address running "
-                            "(max_client_sessions)", label, name, decision.running)
-            refusal = "too many transfers from this address"
-        else:
-            self.stats.increment("refused_busy")
-            if self._may_log("TFTP requests refused: server busy"):
-                log.warning("%s: refused %s: %d sessions running", label, name,
-                            decision.running)
-            refusal = "server busy"
+        per_address = decision.outcome is Admission.CLIENT_LIMIT
+        self.stats.increment("refused_per_address" if per_address else "refused_busy")
+        if self._may_log("TFTP requests refused: " + (
+                "too many from one address" if per_address else "server busy")):
+            log.warning("%s: refused %s: %d %s", format_peer(addr), clip(request.filename),
+                        decision.running, "transfers from this address running "
+                        "(max_client_sessions)" if per_address else "sessions running")
+        refusal = "too many transfers from this address" if per_address else "server busy"
         with contextlib.suppress(OSError):
             listener.sendto(encode_error(ErrorCode.NOT_DEFINED, refusal), addr)
 
@@ -364,7 +329,7 @@ class TftpService:
         if self._may_log("TFTP transfers evicted: no answer, server full"):
             log.warning("%s: %s %s evicted for a new request: the server is full and this "
                         "client never answered", transfer.label, transfer.direction,
-                        clip(transfer.name))
+                        clip(transfer.info.name))
         transfer.fail(ErrorCode.NOT_DEFINED, "server busy",
                       "evicted: no answer while the server was full")
 
@@ -374,10 +339,11 @@ class TftpService:
             return
         del self.active[key]
 
-    def _may_log(self, topic: str, level: int = logging.WARNING) -> bool:
-        """A line a client can cause: at most LOG_BURST per topic per window."""
-        return log.isEnabledFor(level) and self.limiter.allow(topic, self.runtime.loop.time(),
-                                                              level)
+    def _may_log(self, topic: str, level: int = logging.WARNING,
+                 limiter: LogLimiter | None = None) -> bool:
+        """A line a client can cause: at most a burst per topic per window."""
+        return log.isEnabledFor(level) and (limiter or self.limiter).allow(
+            topic, self.runtime.loop.time(), level)
 
     async def _serve(self, request: Request, peer: tuple[str, int], sock: socket.socket,
                      key: Key) -> None:
@@ -390,7 +356,7 @@ class TftpService:
                 transfer: Transfer = await self._start_write(request, name, peer, sock)
             else:
                 transfer = await self._start_read(request, name, peer, sock)
-            served = transfer.served
+            served = transfer.info.served
             if self._closed:  # close() came meanwhile, and told the client
                 transfer.discard()
                 return
@@ -402,39 +368,34 @@ class TftpService:
         except (TftpError, SourceError) as exc:
             self._drop(key)
             self._refused(sock, peer, request, exc, name, served)
-        except Exception:
+        except Exception as exc:
             log.exception("%s: internal error serving %s", label, clip(request.filename))
-            self._refuse(sock, peer, request, ErrorCode.NOT_DEFINED, "internal error")
             self._drop(key)
+            self._refused(sock, peer, request, TftpError(ErrorCode.NOT_DEFINED, INTERNAL_ERROR,
+                                                         f"internal error: {exc}"), name)
         finally:
             self._opening.pop(key, None)
 
     def _refused(self, sock: socket.socket, peer: tuple[str, int], request: Request,
                  exc: TftpError | SourceError, name: str = "", served: str = "") -> None:
-        """A request that gets an ERROR instead of a transfer, and its stats."""
+        """A request that gets ERROR *exc* instead of a transfer: the ERROR, a
+        log line (rate-limited, per code), its stats."""
         # A SourceError's text names a mirror URL or a path: the log's only.
         code, message, detail = (exc.code, exc.message, exc.detail) if isinstance(
             exc, TftpError) else (ErrorCode.NOT_DEFINED, SOURCE_UNAVAILABLE, str(exc))
-        self._refuse(sock, peer, request, code, message, detail, name)
-        self._report(TransferStats(peer, request.filename, served,
-                                   Direction.WRITE if request.is_write else Direction.READ,
-                                   request.mode, dict(request.options), {}, 0, 0, 0, 0.0,
-                                   Outcome.REFUSED, detail))
-
-    def _refuse(self, sock: socket.socket, peer: tuple[str, int], request: Request, code: int,
-                message: str, detail: str | None = None, name: str = "") -> None:
-        """Send ERROR *code* *message*; log *detail* (rate-limited, per code)."""
         level = logging.INFO if code == ErrorCode.FILE_NOT_FOUND else logging.WARNING
-        if not self._missing_boot_file(peer, name, code) and log.isEnabledFor(level) and \
-                self.refusals.allow(f"TFTP requests refused with ERROR {code}",
-                                    self.runtime.loop.time(), level):
+        if not self._missing_boot_file(peer, name, code) and self._may_log(
+                f"TFTP requests refused with ERROR {code}", level, self.refusals):
             log.log(level, "%s: %s %s refused: ERROR %d %s", format_peer(peer),
-                    request.opcode.name, clip(request.filename), code,
-                    clip(message if detail is None else detail))
+                    request.opcode.name, clip(request.filename), code, clip(detail))
         self.stats.increment(f"error_{code}")
         with contextlib.suppress(OSError):
             sock.sendto(encode_error(code, message), peer)
         sock.close()
+        self._report(TransferStats(peer, request.filename, served,
+                                   Direction.WRITE if request.is_write else Direction.READ,
+                                   request.mode, dict(request.options), {}, 0, 0, 0, 0.0,
+                                   Outcome.REFUSED, detail))
 
     def _missing_boot_file(self, peer: tuple[str, int], name: str, code: int) -> bool:
         """A configured boot file that is not there: that client cannot boot.
@@ -461,16 +422,8 @@ class TftpService:
         except TftpError:
             source.close()
             raise
-        log.info("%s: RRQ %s%s %s%s", format_peer(peer), clip(request.filename),
-                 f" -> {clip(opened.served)}" if opened.served != name else "", request.mode,
-                 "".join(f" {k}={clip(v)}" for k, v in negotiated.oack))
-        info = TransferInfo(peer, request.filename, opened.served, request.mode,
-                            dict(request.options), dict(negotiated.oack))
-        conn = ReadConnection(negotiated, self.conf.retries, self.runtime.loop.time(),
-                              read_ahead=chunk_size(negotiated.blksize,
-                                                    negotiated.windowsize) // negotiated.blksize)
-        return ReadTransfer(self.runtime, sock, info, self._transfer_done, conn, source,
-                            self.pump)
+        info = self._granted(request, name, peer, opened.served, negotiated)
+        return ReadTransfer(self.runtime, sock, info, self._transfer_done, source, self.pump)
 
     async def _start_write(self, request: Request, name: str, peer: tuple[str, int],
                            sock: socket.socket) -> WriteTransfer:
@@ -481,27 +434,29 @@ class TftpService:
         upload = await self.runtime.blocking(DISK_TIMEOUT, local.Upload, self.conf.upload_dir,
                                              name, self.conf.overwrite, self.upload_quota,
                                              negotiated.tsize, self.resolver.protected)
-        log.info("%s: WRQ %s %s%s", format_peer(peer), clip(request.filename), request.mode,
-                 "".join(f" {k}={clip(v)}" for k, v in negotiated.oack))
-        info = TransferInfo(peer, request.filename, name, request.mode, dict(request.options),
-                            dict(negotiated.oack))
-        conn = WriteConnection(negotiated, self.conf.retries, self.runtime.loop.time(),
-                               max_size=self.conf.max_upload_size,
-                               netascii=request.mode == "netascii")
-        return WriteTransfer(self.runtime, sock, info, self._transfer_done, conn, upload)
+        info = self._granted(request, name, peer, name, negotiated)
+        return WriteTransfer(self.runtime, sock, info, self._transfer_done, upload,
+                             self.conf.max_upload_size)
+
+    def _granted(self, request: Request, name: str, peer: tuple[str, int], served: str,
+                 negotiated: Negotiated) -> TransferInfo:
+        """The line that says a request is served, and the transfer's info."""
+        log.info("%s: %s %s%s %s%s", format_peer(peer), request.opcode.name,
+                 clip(request.filename), f" -> {clip(served)}" if served != name else "",
+                 request.mode, "".join(f" {k}={clip(v)}" for k, v in negotiated.oack))
+        return TransferInfo(peer, request.filename, served, request.mode,
+                            dict(request.options), negotiated, self.conf.retries)
 
     def _transfer_done(self, transfer: Transfer, stats: TransferStats) -> None:
         self._drop(transfer.key, transfer)  # not if evicted (_evict): its slot is gone
         self.stats.active_sessions = sum(1 for t in self.active.values() if t)
-        self.totals.add(stats)
-        succeeded = stats.outcome.succeeded
         aborted = stats.outcome is Outcome.ABORTED
-        self._log_end(transfer, stats, succeeded or aborted)
-        self.stats.increment("transfers_" + ("ok" if succeeded else
-                                             "aborted" if aborted else "failed"))
-        self.stats.increment("bytes_sent" if stats.direction is Direction.READ
-                             else "bytes_received",
-                             stats.bytes)
+        kind = "ok" if stats.outcome.succeeded else "aborted" if aborted else "failed"
+        read = stats.direction is Direction.READ
+        self.totals.update({kind: 1, "sent" if read else "received": stats.bytes})
+        self._log_end(transfer, stats, kind != "failed")
+        self.stats.increment("transfers_" + kind)
+        self.stats.increment("bytes_sent" if read else "bytes_received", stats.bytes)
         self.stats.increment("retransmits", stats.retransmits)
         self._report(stats)
 
@@ -546,48 +501,14 @@ class TftpService:
         self._schedule_stats()
 
 
-def _ipv6_usable() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
-            probe.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
 def _listener(family: int, host: str, port: int) -> socket.socket:
-    """The server port, bound without SO_REUSEADDR or SO_REUSEPORT: a second
-    server on the same port (another pybootd, tftpd-hpa) must fail to start
-    rather than share the requests, as dnsmasq does. (The IPv6 socket is
-    V6ONLY, so it never conflicts with the IPv4 one on the same port.)"""
-    sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
-        _large_receive_buffer(sock)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
-        else:
-            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-        sock.bind((host, port))
-        sock.setblocking(False)
+        return udp.listen(family, host, port, buffer=LISTENER_BUFFER)
     except OSError as exc:
-        sock.close()
-        where = format_peer((host, port))
-        if exc.errno == errno.EADDRINUSE:
-            raise PybootdError(f"cannot listen on {where} for TFTP: {exc.strerror} (another "
-                               "TFTP server, or another pybootd, runs on this port)") from None
-        raise PybootdError(f"cannot listen on {where} for TFTP: {exc.strerror}") from None
-    return sock
-
-
-def _large_receive_buffer(sock: socket.socket) -> None:
-    """LISTENER_BUFFER, beyond net.core.rmem_max when we may (root: SO_RCVBUFFORCE)."""
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, LISTENER_BUFFER)
-    # Linux reports twice what was set (socket(7)); less means rmem_max capped it.
-    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < LISTENER_BUFFER:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, LISTENER_BUFFER)
+        hint = (" (another TFTP server, or another pybootd, runs on this port)"
+                if exc.errno == errno.EADDRINUSE else "")
+        raise PybootdError(f"cannot listen on {format_peer((host, port))} for TFTP: "
+                           f"{exc.strerror}{hint}") from None
 
 
 def _local_address(ancdata: list[tuple[int, int, bytes]]) -> tuple[str, int] | None:

@@ -1,24 +1,18 @@
 """Lock-step reads' per-block path, compiled and protocol-free.
 
-Why: with many lock-step clients at once (bench_tftp.py, 100 atftp clients
-x 8 MiB at blksize 1468 on this 2-core VM) the server's CPU per block sets
-the aggregate. Through asyncio pybootd spent 15.1 us per DATA block and
-reached 0.71x tftpd-hpa (10.4 us); a minimal pure-Python epoll server,
-with no protocol logic at all, 0.92x. So the step that needs no decision
-runs in C (pybootd/_pump.c), which knows no TFTP: the connection states it
-as a :class:`pybootd.tftp.connection.FastPath` ("on these 4 bytes, send
-that datagram"), the pump answers what matches and hands the rest back, in
-order, and the transfer tells the connection how many it answered
-(``resume``) before it acts on anything else.
+Why: with many lock-step clients the server's CPU per block sets the
+aggregate (bench_tftp.py, 100 clients x 8 MiB at blksize 1468, 2 cores):
+through asyncio pybootd reached 0.71x tftpd-hpa, a minimal pure-Python
+epoll server with no protocol logic at all 0.92x. So the step that needs no
+decision runs in C (pybootd/_pump.c, which knows no TFTP): the connection
+states it as a :class:`pybootd.tftp.connection.FastPath`, the pump answers
+what matches and hands the rest back, in order, and the transfer tells the
+connection how many it answered (``resume``) before it acts on anything else.
 
 The pump is an epoll set that the stock asyncio loop watches like any
-descriptor (``loop.add_reader``). After a wake-up's work it polls for more
-for up to ``[tftp] busy_poll`` microseconds, as the kernel's SO_BUSY_POLL
-does for NICs (it cannot for loopback or veth): measured on this VM, most
-of a loopback round trip is wake-ups, not work. The policy is the pump's
-alone (``_pump.SPIN_MISSES``, ``SPIN_PROBE``): after polls that saw nothing
-(a real NIC, a slow firmware) it only sleeps, and probes again now and then.
-Without the compiled module, transfers read their sockets on the loop.
+descriptor; after a wake-up's work it polls for up to ``[tftp] busy_poll``
+microseconds (the policy, in _pump.c, is its alone). Without the compiled
+module, transfers read their sockets on the loop.
 """
 
 from __future__ import annotations

@@ -4,31 +4,22 @@ The transfer is the I/O edge of a sans-IO connection
 (:mod:`pybootd.tftp.connection`): it hands the connection what arrives on
 the socket and when its timer fires, sends what the connection gives, reads
 the source when the connection wants bytes, and reports the outcome. It
-frames no packet and recognises none: what happens to an ACK is
-``ReadConnection.receive``'s business.
-
-The wire is carried one of two ways, chosen once per transfer:
-
-* the event loop: a plain ``loop.add_reader`` callback reads the socket,
-  ``sendmsg`` sends a DATA block as its header and a slice of the chunk read
-  from the source (no copy), and consecutive full-size blocks of a window go
-  out in one UDP GSO send;
-* the pump (:mod:`pybootd.server.tftp_pump`), for lock-step reads where it is
-  built: it answers the ACKs the connection's :class:`FastPath` names without
-  Python, and hands the rest back, in order. Before the transfer acts on
-  anything it takes the count back (``resume``); after, it arms the pump again.
+frames no packet and recognises none. The wire is carried one of two ways,
+chosen once per transfer: the event loop (``loop.add_reader``, ``sendmsg``
+of a header and a slice of the chunk read, windows in UDP GSO sends), or,
+for lock-step reads where it is built, the pump (:mod:`.tftp_pump`). Before
+the transfer acts on anything it takes the pump's count back (``sync``);
+after, it arms the pump again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
+import contextlib
 import logging
 import socket
-import struct
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -37,8 +28,9 @@ from pybootd.errors import PybootdError, SourceError, TftpError
 from pybootd.loglimit import LogLimiter, clip
 from pybootd.sources.chunks import DISK_TIMEOUT, ChunkSource
 from pybootd.tftp.connection import Datagram, ReadConnection, WriteConnection, WriteState
+from pybootd.tftp.options import Negotiated
 from pybootd.tftp.packets import ErrorCode, encode_error
-from pybootd.udp import format_peer
+from pybootd.udp import Sender, format_peer
 
 if TYPE_CHECKING:
     from pybootd.runtime import Runtime
@@ -51,13 +43,8 @@ MIN_CHUNK = 64 * 1024
 MAX_CHUNK = 1024 * 1024
 RECV_BATCH = 64  # datagrams handled per wake-up before yielding to others
 FLUSH_BYTES = 256 * 1024  # an upload is written in batches of this much
-# UDP GSO (linux/udp.h): one sendmsg, many datagrams of one size.
-_SOL_UDP = 17
-_UDP_SEGMENT = 103
-_GSO_SIZE = struct.Struct("=H")
 GSO_BATCH = 16  # below the kernel's UDP_MAX_SEGMENTS, 64
 GSO_MAX_BYTES = 65000  # below 65535 less the IPv6 and UDP headers
-_NO_GSO = {errno.EINVAL, errno.EIO, errno.EMSGSIZE, errno.ENOPROTOOPT, errno.EOPNOTSUPP}
 # What a client is told when the bytes cannot be read or stored: the reason
 # (a mirror URL, a path, an OS error) is for the log only.
 SOURCE_UNAVAILABLE = "source unavailable"
@@ -75,34 +62,28 @@ def chunk_size(blksize: int, windowsize: int) -> int:
 
 
 def gso_segments(blksize: int, windowsize: int) -> int:
-    """How many DATA blocks one send takes: 1 where GSO is not Linux's, else
-    a quarter of the window, at most GSO_BATCH and what one GSO send takes.
+    """How many DATA blocks one send takes (udp.Sender): a quarter of the
+    window, at most GSO_BATCH and what one GSO send takes.
 
     Why a quarter: the client starts on the first datagrams while the rest
     go out. On loopback with atftp (scripts/bench_tftp.py, MB/s at
     512/ws8, 1468/ws8, 512/ws64, 1468/ws64): one send per block 44, 121,
     73, 216; the whole window in one send 40, 109, 104, 271; a quarter of it
     (at most 16) 54, 125, 134, 304; an eighth 45, 127, 137, 297."""
-    if not sys.platform.startswith("linux"):
-        return 1
     return max(1, min(GSO_BATCH, windowsize // 4, GSO_MAX_BYTES // (blksize + 4)))
-
-
-def gso_cmsg(size: int) -> list[tuple[int, int, bytes]]:
-    """The ancillary data of a GSO send: cut into datagrams of *size* bytes."""
-    return [(_SOL_UDP, _UDP_SEGMENT, _GSO_SIZE.pack(size))]
 
 
 @dataclass(frozen=True)
 class TransferInfo:
-    """What a transfer reports about its request (TransferStats, log lines)."""
+    """A transfer's request and what it was granted (TransferStats, log lines)."""
 
     peer: tuple[str, int]
     name: str  # as the client asked
     served: str  # what is served (a filter's target, the upload's name)
     mode: str
     asked: dict[str, str]  # options in the request
-    granted: dict[str, str]  # options in the OACK
+    negotiated: Negotiated  # its .oack: the options granted
+    retries: int
 
 
 Done = Callable[["Transfer", TransferStats], None]
@@ -123,7 +104,6 @@ class Transfer:
         self.info = info
         self.key: tuple[str, int, int, str] = (info.peer[0], info.peer[1], 0, info.name)
         self.label = format_peer(info.peer)
-        self.name, self.served = info.name, info.served
         self.on_done = on_done
         self.started = time.monotonic()
         self.finished = False
@@ -133,13 +113,12 @@ class Transfer:
         # Lines a client can cause (a foreign TID) go through the service's
         # limiter, shared by every transfer; the service sets it at start.
         self.limiter = LogLimiter(logger=log)
-        self._gso_size = 0  # datagram size of this transfer's GSO sends (0: none)
-        self._segments = 1
+        self.sender = Sender(sock, info.peer)
 
     @property
     def established(self) -> bool:
         """Has the client answered once? Until then the service may evict
-        the transfer for a new one (pybootd.tftp.session.FIRST_ANSWER_WAIT)."""
+        the transfer for a new one (pybootd.tftp.connection.FIRST_ANSWER_WAIT)."""
         return self.conn.established
 
     def start(self) -> None:
@@ -173,6 +152,7 @@ class Transfer:
 
     def _timer_fired(self) -> None:
         self._timer = None
+        self.sync()
         if not self.finished:
             self.conn.handle_timer(self.loop.time())
             self.flush()
@@ -205,6 +185,7 @@ class Transfer:
         service calls it before it takes a request that matches this
         transfer for a repeat (the ERROR or final ACK that ends this
         transfer may wait here, unread, while its client asks again)."""
+        self.sync()
         if not self.finished:
             self._readable(all_waiting=True)
 
@@ -219,60 +200,24 @@ class Transfer:
             log.debug("%s: ERROR 5 to %s not sent: %s", self.label, format_peer(addr), exc)
 
     # --- sending ------------------------------------------------------------
-    def _send_all(self, out: Sequence[Datagram]) -> None:
-        """Each datagram with one sendmsg, or a run of datagrams of one size
-        (the last may be shorter) with one GSO send, which the kernel cuts
-        into datagrams (``UDP_SEGMENT``, Linux 4.18).
-
-        Why: with a window of 64 blocks of 1468 bytes the server's CPU per
-        block, not the round trip, bounds a transfer, and one system call per
-        block was most of that CPU (scripts/bench_tftp.py)."""
-        sock, peer, size = self.sock, self.peer, self._gso_size
-        i, count = 0, len(out)
+    def _send_all(self, out: list[Datagram]) -> None:
         try:
-            while i < count:
-                end = i + 1
-                if self._segments > 1:
-                    end = i
-                    while (end < count and end - i < self._segments
-                           and sum(map(len, out[end])) == size):
-                        end += 1
-                    if (end < count and end - i < self._segments
-                            and sum(map(len, out[end])) < size):
-                        end += 1  # a shorter one may end a GSO send
-                    end = max(end, i + 1)
-                if end - i > 1 and self._send_gso(out[i:end]):
-                    i = end
-                    continue
-                sock.sendmsg(out[i], (), 0, peer)
-                i += 1
-        except BlockingIOError:
-            # The send buffer is full: the datagrams left are lost as on the
-            # wire; the client asks again or the timer resends.
-            log.debug("%s: send buffer full, %d datagram(s) dropped", self.label, count - i)
+            sent = self.sender.send(out)
         except OSError as exc:
             self.conn.abort(ErrorCode.NOT_DEFINED, "send failed", f"send failed: {exc.strerror}")
-
-    def _send_gso(self, run: Sequence[Datagram]) -> bool:
-        """One GSO send of *run*; False if the route refuses it (a datagram
-        larger than its MTU, no checksum offload): from then on this transfer
-        sends one datagram each. BlockingIOError: nothing was sent."""
-        buffers = [buffer for datagram in run for buffer in datagram]
-        try:
-            self.sock.sendmsg(buffers, gso_cmsg(self._gso_size), 0, self.peer)
-        except OSError as exc:
-            if exc.errno not in _NO_GSO:  # BlockingIOError (EAGAIN) too: not a refusal
-                raise
+            return
+        if sent < len(out):  # the send buffer is full: the client asks again or the timer resends
+            log.debug("%s: send buffer full, %d datagram(s) dropped", self.label, len(out) - sent)
+        if self.sender.refused is not None:
             log.debug("%s: UDP GSO refused (%s), sending block by block", self.label,
-                      exc.strerror)
-            self._segments = 1
-            return False
-        return True
+                      self.sender.refused)
+            self.sender.refused = None
 
     # --- the end --------------------------------------------------------------
     def fail(self, code: int, message: str, detail: str | None = None) -> None:
         """End now: ERROR *code* *message* to the client, *detail* (default:
         *message*) in the log and the stats."""
+        self.sync()
         if not self.finished:
             self.conn.abort(code, message, detail)
             self.flush()
@@ -292,8 +237,8 @@ class Transfer:
         info = self.info
         stats = TransferStats(
             peer=self.peer, filename=info.name, served=info.served, direction=self.direction,
-            mode=info.mode, options_asked=info.asked, options_granted=info.granted,
-            bytes=self.byte_count(), packets=self.conn.packets,
+            mode=info.mode, options_asked=info.asked, options_granted=dict(info.negotiated.oack),
+            bytes=self.conn.transferred, packets=self.conn.packets,
             retransmits=self.conn.retransmits, duration=time.monotonic() - self.started,
             outcome=ending.outcome, error=ending.detail)
         self.on_done(self, stats)
@@ -304,6 +249,9 @@ class Transfer:
         """Stop reading the socket (before it is closed)."""
         self.loop.remove_reader(self.sock.fileno())
 
+    def sync(self) -> None:
+        """Before acting on anything: learn what was sent meanwhile elsewhere."""
+
     def release(self) -> None:
         """Let go of the source or the upload."""
 
@@ -313,9 +261,6 @@ class Transfer:
         self.sock.close()
         self.release()
 
-    def byte_count(self) -> int:
-        raise NotImplementedError
-
 
 class ReadTransfer(Transfer):
     """Serves one RRQ."""
@@ -323,15 +268,16 @@ class ReadTransfer(Transfer):
     conn: ReadConnection
 
     def __init__(self, runtime: Runtime, sock: socket.socket, info: TransferInfo,
-                 on_done: Done, conn: ReadConnection, source: ChunkSource,
-                 pump: Pump | None = None) -> None:
+                 on_done: Done, source: ChunkSource, pump: Pump | None = None) -> None:
         super().__init__(runtime, sock, info, on_done)
-        self.conn = conn
+        negotiated = info.negotiated
+        self.chunk = chunk_size(negotiated.blksize, negotiated.windowsize)
+        self.conn = conn = ReadConnection(negotiated, info.retries, self.loop.time(),
+                                          read_ahead=self.chunk // negotiated.blksize)
         self.source = source
-        self.chunk = chunk_size(conn.blksize, conn.windowsize)
         self._reading = False
-        self._segments = gso_segments(conn.blksize, conn.windowsize)
-        self._gso_size = conn.blksize + 4
+        self.sender = Sender(sock, info.peer, conn.blksize + 4,
+                             gso_segments(conn.blksize, conn.windowsize))
         self.pump = pump if conn.lockstep else None
         self._armed = False  # a FastPath is out in the pump
         self._hold = False
@@ -356,12 +302,13 @@ class ReadTransfer(Transfer):
         if self.pump is None:
             super().detach()
         else:
-            self._take()
+            self.sync()
             self.pump.remove(self.sock.fileno())
 
     # --- through the pump ------------------------------------------------------
-    def _take(self) -> None:
-        """Disarm the pump and tell the connection what it answered."""
+    def sync(self) -> None:
+        """Disarm the pump and tell the connection what it answered (the
+        blocks it sent count in the stats, its last send sets the timer)."""
         if self._armed and self.pump is not None:
             self._armed = False
             done, last_sent_at = self.pump.take(self.sock.fileno())
@@ -369,7 +316,7 @@ class ReadTransfer(Transfer):
 
     def pumped(self, data: bytes, addr: tuple[str, int]) -> None:
         """A datagram the pump did not answer, in the order it came."""
-        self._take()
+        self.sync()
         if addr[1] != self.peer[1] or addr[0] != self.peer[0]:
             self.foreign(addr)
         elif not self.finished:
@@ -378,7 +325,6 @@ class ReadTransfer(Transfer):
             self.flush()
 
     def catch_up(self) -> None:
-        self._take()  # what the pump sent first: the connection must know it
         self._hold = True  # no arming while the socket is read here
         try:
             super().catch_up()
@@ -387,19 +333,11 @@ class ReadTransfer(Transfer):
         if not self.finished:
             self.flush()
 
-    def _timer_fired(self) -> None:
-        self._take()
-        super()._timer_fired()
-
-    def fail(self, code: int, message: str, detail: str | None = None) -> None:
-        self._take()  # the blocks the pump sent count in the stats
-        super().fail(code, message, detail)
-
     @property
     def established(self) -> bool:
         if not self.conn.established and self._armed:
             # The pump may have answered the first ACKs in C: ask it.
-            self._take()
+            self.sync()
             self.flush()
         return self.conn.established
 
@@ -419,7 +357,7 @@ class ReadTransfer(Transfer):
             self.fail(ErrorCode.NOT_DEFINED, SOURCE_UNAVAILABLE, str(exc))
             return
         except Exception as exc:  # a plugin's bug must end this transfer only
-            log.exception("%s: reading %s failed", self.label, clip(self.served))
+            log.exception("%s: reading %s failed", self.label, clip(self.info.served))
             self.fail(ErrorCode.NOT_DEFINED, INTERNAL_ERROR, f"internal error: {exc}")
             return
         finally:
@@ -433,9 +371,6 @@ class ReadTransfer(Transfer):
     def release(self) -> None:
         self.source.close()
 
-    def byte_count(self) -> int:
-        return self.conn.bytes_sent
-
 
 class WriteTransfer(Transfer):
     """Receives one WRQ into an :class:`Upload`."""
@@ -444,9 +379,10 @@ class WriteTransfer(Transfer):
     conn: WriteConnection
 
     def __init__(self, runtime: Runtime, sock: socket.socket, info: TransferInfo,
-                 on_done: Done, conn: WriteConnection, upload: Upload) -> None:
+                 on_done: Done, upload: Upload, max_size: int) -> None:
         super().__init__(runtime, sock, info, on_done)
-        self.conn = conn
+        self.conn = WriteConnection(info.negotiated, info.retries, self.loop.time(),
+                                    max_size=max_size, netascii=info.mode == "netascii")
         self.upload = upload
         self._flushing: asyncio.Task[None] | None = None
 
@@ -476,7 +412,7 @@ class WriteTransfer(Transfer):
                 await self.runtime.blocking(DISK_TIMEOUT, self.upload.commit)
                 if self.finished:  # the server stopped meanwhile
                     log.info("%s: %s was stored, but the transfer had ended", self.label,
-                             self.served)
+                             self.info.served)
                     return
                 # Only now may the last block be ACKed (RFC 1350 section 6).
                 self.conn.committed(self.loop.time())
@@ -498,8 +434,13 @@ class WriteTransfer(Transfer):
         """Remove the temporary file once the queued writes have stopped."""
         if flushing is not None:
             await asyncio.wait([flushing])
-        try:
+        with self._removing():
             await self.runtime.blocking(DISK_TIMEOUT, self.upload.abort)
+
+    @contextlib.contextmanager
+    def _removing(self) -> Iterator[None]:
+        try:
+            yield
         except (SourceError, OSError) as exc:
             log.warning("%s: removing %s failed: %s", self.label, self.upload.temp, exc)
 
@@ -507,20 +448,13 @@ class WriteTransfer(Transfer):
         """At shutdown: fail, and remove the temporary file right away (the
         pool may never run the queued abort)."""
         self.fail(ErrorCode.NOT_DEFINED, SHUTTING_DOWN)
-        try:
+        with self._removing():
             self.upload.abort(wait)
-        except OSError as exc:
-            log.warning("%s: removing %s failed: %s", self.label, self.upload.temp, exc)
 
     def discard(self) -> None:
         super().discard()
-        try:
+        with self._removing():
             self.upload.abort(0)
-        except OSError as exc:
-            log.warning("%s: removing %s failed: %s", self.label, self.upload.temp, exc)
-
-    def byte_count(self) -> int:
-        return self.conn.received
 
 
 _tasks: set[asyncio.Task[None]] = set()

@@ -30,13 +30,9 @@ class Running:
     key: Key
     started: float
     # Has the client answered once? Until then the transfer may be evicted
-    # for a new request (pybootd.tftp.session.FIRST_ANSWER_WAIT).
+    # for a new request (pybootd.tftp.connection.FIRST_ANSWER_WAIT).
     established: bool
     opening: bool = False  # its file is still being opened: not evictable yet
-
-    @property
-    def client(self) -> str:
-        return self.key[0]
 
 
 @dataclass(frozen=True)
@@ -64,7 +60,7 @@ def admit(key: Key, mode: str, running: Sequence[Running], limits: Limits) -> De
         return Decision(Admission.REPEAT)
     if mode not in MODES:
         return Decision(Admission.BAD_MODE)
-    mine = sum(1 for r in running if r.client == key[0])
+    mine = sum(1 for r in running if r.key[0] == key[0])  # the client's address
     if mine >= limits.max_client_sessions:
         return Decision(Admission.CLIENT_LIMIT, running=mine)
     if len(running) < limits.max_sessions:

@@ -83,20 +83,6 @@ def _number(value: str) -> int | None:
     return int(text)
 
 
-def _at_least(value: str, low: int) -> int | None:
-    asked = _number(value)
-    return asked if asked is not None and asked >= low else None
-
-
-@dataclass
-class _Draft:
-    blksize: int
-    windowsize: int
-    timeout: float
-    tsize: int | None
-    granted: list[tuple[str, str]]
-
-
 def negotiate(
     options: tuple[tuple[str, str], ...],
     limits: Limits,
@@ -111,62 +97,36 @@ def negotiate(
     ignored (see the module's docstring). Raises :class:`TftpError` 3 for an
     upload announced over the limit, nothing else.
     """
-    draft = _Draft(DEFAULT_BLKSIZE, 1, limits.timeout, None, [])
+    blksize, windowsize, timeout, tsize = DEFAULT_BLKSIZE, 1, limits.timeout, None
+    granted: list[tuple[str, str]] = []
     for name, value in options:
-        if name == "blksize":
-            _blksize(draft, value, limits)
-        elif name == "windowsize":
-            _windowsize(draft, value, limits)
-        elif name == "timeout":
-            _timeout(draft, value)
-        elif name == "tsize":
-            _tsize(draft, value, limits, size, is_write)
+        asked = _number(value)
+        if name == "blksize" and asked is not None and asked >= MIN_BLKSIZE:
+            # RFC 2348 section 2: the server may answer with a smaller size.
+            blksize = min(asked, MAX_BLKSIZE, limits.blksize)
+            granted.append((name, str(blksize)))
+        elif name == "windowsize" and asked is not None and asked >= MIN_WINDOWSIZE:
+            # RFC 7440 section 3: the server may answer with a smaller window.
+            windowsize = min(asked, MAX_WINDOWSIZE, limits.windowsize)
+            granted.append((name, str(windowsize)))
+        elif name == "timeout" and asked is not None and MIN_TIMEOUT <= asked <= MAX_TIMEOUT:
+            timeout = float(asked)
+            granted.append((name, str(asked)))
+        elif name == "tsize" and not is_write:
+            # RFC 2349 section 4: in a read request, a request for the size
+            # (the value is meant to be 0; it is not looked at).
+            if size is not None:
+                tsize = size
+                granted.append((name, str(size)))
+        elif name == "tsize" and asked is not None:  # else: counted as the bytes come
+            if limits.max_upload is not None and asked > limits.max_upload:
+                raise TftpError(ErrorCode.DISK_FULL, "disk full or allocation exceeded",
+                                f"upload of {asked} bytes exceeds max_upload_size "
+                                f"({limits.max_upload})")
+            tsize = asked
+            granted.append((name, str(asked)))
         # RFC 2347 section 2: unknown options are ignored.
-    windowsize, granted = draft.windowsize, draft.granted
-    if windowsize > 1:
-        windowsize = min(windowsize, max(1, limits.window_bytes // draft.blksize))
+    if windowsize > 1:  # the burst's bytes, once blksize is known whatever the order
+        windowsize = min(windowsize, max(1, limits.window_bytes // blksize))
         granted = [(n, str(windowsize) if n == "windowsize" else v) for n, v in granted]
-    return Negotiated(draft.blksize, windowsize, draft.timeout, draft.tsize, tuple(granted))
-
-
-def _blksize(draft: _Draft, value: str, limits: Limits) -> None:
-    asked = _at_least(value, MIN_BLKSIZE)
-    if asked is not None:
-        # RFC 2348 section 2: the server may answer with a smaller size.
-        draft.blksize = min(asked, MAX_BLKSIZE, limits.blksize)
-        draft.granted.append(("blksize", str(draft.blksize)))
-
-
-def _windowsize(draft: _Draft, value: str, limits: Limits) -> None:
-    asked = _at_least(value, MIN_WINDOWSIZE)
-    if asked is not None:
-        # RFC 7440 section 3: the server may answer with a smaller window.
-        draft.windowsize = min(asked, MAX_WINDOWSIZE, limits.windowsize)
-        draft.granted.append(("windowsize", str(draft.windowsize)))
-
-
-def _timeout(draft: _Draft, value: str) -> None:
-    asked = _number(value)
-    if asked is not None and MIN_TIMEOUT <= asked <= MAX_TIMEOUT:
-        draft.timeout = float(asked)
-        draft.granted.append(("timeout", str(asked)))
-
-
-def _tsize(draft: _Draft, value: str, limits: Limits, size: int | None,
-           is_write: bool) -> None:
-    if not is_write:
-        # RFC 2349 section 4: in a read request, a request for the size
-        # (the value is meant to be 0; it is not looked at).
-        if size is not None:
-            draft.tsize = size
-            draft.granted.append(("tsize", str(size)))
-        return
-    asked = _number(value)
-    if asked is None:
-        return  # an upload of unknown size: its bytes are counted as they come
-    if limits.max_upload is not None and asked > limits.max_upload:
-        raise TftpError(ErrorCode.DISK_FULL, "disk full or allocation exceeded",
-                        f"upload of {asked} bytes exceeds max_upload_size "
-                        f"({limits.max_upload})")
-    draft.tsize = asked
-    draft.granted.append(("tsize", str(asked)))
+    return Negotiated(blksize, windowsize, timeout, tsize, tuple(granted))

@@ -198,16 +198,3 @@ def encode_error(code: int, message: str) -> bytes:
 
 def encode_oack(options: tuple[tuple[str, str], ...]) -> bytes:
     return HEADER.pack(Opcode.OACK, 0)[:2] + _options_bytes(options)
-
-
-def encode(packet: Packet) -> bytes:
-    """Encode any packet (used by tests and the client side of tools)."""
-    if isinstance(packet, Request):
-        return encode_request(packet)
-    if isinstance(packet, Data):
-        return encode_data(packet.block, packet.data)
-    if isinstance(packet, Ack):
-        return encode_ack(packet.block)
-    if isinstance(packet, Error):
-        return encode_error(packet.code, packet.message)
-    return encode_oack(packet.options)

@@ -48,9 +48,9 @@ from tftp_support import (
     write_file,
     write_text,
 )
-from tftpclient import TftpFailure
+from tftpclient import TftpFailure, encode
 
-from pybootd.tftp.packets import Data, Error, Oack, encode, encode_ack
+from pybootd.tftp.packets import Data, Error, Oack, encode_ack
 
 pytestmark = [pytest.mark.netns, pytest.mark.interop]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from netlab import wait_for
-from tftpclient import Client, TftpFailure
+from tftpclient import Client, TftpFailure, encode
 from tftpserver import Server, start_error
 
 from pybootd.api import BytesResponse, ServerStats, TftpRequest, TransferStats
@@ -30,7 +30,6 @@ from pybootd.tftp.packets import (
     Opcode,
     Packet,
     Request,
-    encode,
     encode_ack,
     parse_packet_untrusted,
 )

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 from netlab import wait_for
-from tftpclient import Client
+from tftpclient import Client, encode
 from tftpserver import Server, ini
 
 from pybootd.api import TransferStats
 from pybootd.server import tftp_pump
-from pybootd.tftp.packets import Data, Error, ErrorCode, encode, encode_ack
+from pybootd.tftp.packets import Data, Error, ErrorCode, encode_ack
 
 
 # --- the service: lock-step reads on the loop, with each pump and without -----------------

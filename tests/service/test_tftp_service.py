@@ -16,15 +16,16 @@ from pathlib import Path
 
 import pytest
 from netlab import wait_for
-from tftpclient import Client, TftpFailure
+from tftpclient import Client, TftpFailure, encode
 from tftpserver import Server, ini, start_error
 
+from pybootd import udp
 from pybootd.api import BytesResponse, ServerStats, TftpRequest, TransferStats
 from pybootd.errors import TftpError
-from pybootd.server import tftp, tftp_pump, tftp_transfer
+from pybootd.server import tftp, tftp_pump
 from pybootd.server.tftp_transfer import GSO_BATCH, gso_segments
 from pybootd.sources import local
-from pybootd.tftp.packets import Ack, Data, Error, ErrorCode, Oack, encode, encode_ack
+from pybootd.tftp.packets import Ack, Data, Error, ErrorCode, Oack, encode_ack
 from pybootd.udp import IP_PKTINFO
 
 
@@ -583,7 +584,7 @@ def test_gso_refused_falls_back_block_by_block(root: Path, tmp_path: Path,
     UDP_SEGMENT, EINVAL) gets the same window one datagram per block."""
     monkeypatch.setattr(logging.getLogger("pybootd"), "propagate", True)  # the CLI's tests
     caplog.set_level(logging.DEBUG, logger="pybootd.tftp")
-    monkeypatch.setattr(tftp_transfer, "gso_cmsg", lambda blksize: [(17, 103, b"\0\0\0\0")])
+    monkeypatch.setattr(udp, "gso_cmsg", lambda blksize: [(17, 103, b"\0\0\0\0")])
     srv = Server(ini(root), tmp_path / "t.ini")
     try:
         with Client("127.0.0.1", srv.port) as client:

@@ -9,8 +9,11 @@ from hypothesis import strategies as st
 
 from pybootd.errors import ProtocolError
 from pybootd.tftp.connection import (
+    FIRST_ANSWER_WAIT,
     Datagram,
     FastPath,
+    Finish,
+    Outcome,
     ReadConnection,
     ReadState,
     WriteConnection,
@@ -28,7 +31,6 @@ from pybootd.tftp.packets import (
     encode_error,
     parse_packet_untrusted,
 )
-from pybootd.tftp.session import Outcome
 
 T0 = 1000.0
 
@@ -348,3 +350,258 @@ def test_committed_only_while_committing() -> None:
     conn = writer()
     with pytest.raises(ProtocolError):
         conn.committed(T0)
+
+
+# --- timers: retransmission, back-off, the first answer's wait (bytes in, bytes out) ----
+
+def blocks(conn: ReadConnection, now: float = T0) -> list[int]:
+    """The DATA block numbers sent now."""
+    sent = packets(conn, now)
+    assert all(isinstance(p, Data) for p in sent)
+    return [p.block for p in sent]  # type: ignore[attr-defined]
+
+
+def test_only_ack_0_acknowledges_an_oack() -> None:
+    conn = reader(b"hello", oack=(("blksize", "8"),))
+    packets(conn)
+    conn.receive(encode_ack(1), T0 + 0.1)
+    assert packets(conn) == [] and conn.state is ReadState.OACK_SENT
+
+
+def test_a_lost_oack_is_resent_with_backoff_then_given_up() -> None:
+    oack = (("blksize", "8"),)
+    conn = ReadConnection(Negotiated(8, 1, 1.0, None, oack), 2, T0, first_answer_wait=100)
+    packets(conn)
+    conn.handle_timer(T0 + 0.5)  # not due yet
+    assert packets(conn) == []
+    conn.handle_timer(T0 + 1.0)
+    assert packets(conn) == [Oack(oack)] and conn.get_timer() == T0 + 3.0  # doubled: 2 s
+    conn.handle_timer(T0 + 3.0)
+    assert packets(conn) == [Oack(oack)] and conn.get_timer() == T0 + 7.0
+    conn.handle_timer(T0 + 7.0)
+    assert conn.finished == Finish(Outcome.TIMED_OUT, "no ACK after block 0")
+
+
+def test_an_unanswered_oack_ends_after_the_first_answer_wait() -> None:
+    """Retries 5 at 1 s would hold the slot 31 s; unanswered, it ends at 3 s."""
+    assert FIRST_ANSWER_WAIT == 3.0
+    conn = reader(b"x", oack=(("blksize", "8"),), retries=5)
+    packets(conn)
+    conn.handle_timer(T0 + 1.0)
+    assert len(packets(conn)) == 1 and conn.get_timer() == T0 + 3.0  # not T0 + 4
+    conn.handle_timer(T0 + 2.9)
+    assert conn.finished is None
+    conn.handle_timer(T0 + 3.0)
+    assert conn.finished == Finish(Outcome.TIMED_OUT, "no answer to the first packet in 3s")
+    assert not conn.established
+
+
+def test_an_unanswered_first_data_ends_after_the_first_answer_wait() -> None:
+    conn = reader(b"x" * 100, retries=5)
+    assert blocks(conn) == [1] and conn.get_timer() == T0 + 1.0
+    conn.handle_timer(T0 + 1.0)
+    assert blocks(conn) == [1] and conn.get_timer() == T0 + 3.0
+    conn.handle_timer(T0 + 3.0)
+    assert conn.finished is not None and conn.finished.outcome is Outcome.TIMED_OUT
+
+
+def test_an_answered_read_keeps_its_whole_retry_budget() -> None:
+    conn = reader(b"x" * 100, oack=(("blksize", "8"),), retries=5)
+    packets(conn)
+    conn.receive(encode_ack(0), T0 + 0.5)
+    assert blocks(conn) == [1] and conn.established and conn.get_timer() == T0 + 1.5
+    due = T0 + 1.5
+    for _ in range(5):  # 1.5 + 2 + 4 + 8 + 8 + 8: far beyond 3 s
+        conn.handle_timer(due)
+        assert blocks(conn) == [1]
+        due = conn.get_timer()  # type: ignore[assignment]
+    assert due > T0 + 20
+    conn.handle_timer(due)
+    assert conn.finished == Finish(Outcome.TIMED_OUT, "no ACK after block 0")
+
+
+def test_a_retry_budget_shorter_than_the_first_answer_wait_ends_first() -> None:
+    conn = reader(b"x", oack=(("blksize", "8"),), retries=0)
+    packets(conn)
+    assert conn.get_timer() == T0 + 1.0
+    conn.handle_timer(T0 + 1.0)
+    assert conn.finished == Finish(Outcome.TIMED_OUT, "no ACK after block 0")
+
+
+def test_the_ack_of_a_window_establishes_a_read_without_oack() -> None:
+    conn = reader(b"x" * 100, windowsize=4)
+    assert blocks(conn) == [1, 2, 3, 4] and not conn.established
+    conn.receive(encode_ack(4), T0 + 0.1)
+    assert blocks(conn) == [5, 6, 7, 8] and conn.established
+    assert conn.get_timer() == pytest.approx(T0 + 1.1)
+
+
+def test_a_timeout_in_a_window_restarts_after_the_last_acked_block() -> None:
+    conn = reader(b"x" * 240, windowsize=8)
+    blocks(conn)
+    conn.receive(encode_ack(8), T0 + 0.1)
+    assert blocks(conn) == list(range(9, 17))  # nothing comes back
+    conn.handle_timer(T0 + 1.1)
+    assert blocks(conn) == list(range(9, 17)) and conn.retransmits == 1
+
+
+def test_windows_roll_over_past_65535() -> None:
+    conn = reader(b"w" * (8 * (65536 + 40) - 3), windowsize=16)
+    sent = 0
+    while conn.finished is None:
+        numbers = blocks(conn)
+        sent += len(numbers)
+        conn.receive(encode_ack(numbers[-1]), T0)
+    assert sent == 65576 and conn.finished.outcome is Outcome.COMPLETE
+
+
+def test_a_missing_final_ack_ends_complete_after_the_retries() -> None:
+    conn = reader(b"x", retries=1)
+    blocks(conn)
+    conn.handle_timer(T0 + 1.0)
+    assert blocks(conn) == [1]
+    conn.handle_timer(T0 + 3.0)
+    assert conn.finished is not None and conn.finished.outcome is Outcome.COMPLETE_UNCONFIRMED
+    assert conn.finished.outcome.succeeded and conn.transferred == 1
+
+
+def test_an_ack_beyond_the_window_is_ignored() -> None:
+    conn = reader(b"x" * 80, windowsize=2)
+    blocks(conn)
+    conn.receive(encode_ack(7), T0 + 0.1)
+    assert packets(conn) == [] and conn.state is ReadState.WAITING
+
+
+def test_no_ack_and_no_timer_count_while_the_window_waits_for_the_source() -> None:
+    """And the first answer's wait starts when DATA 1 goes out: a slow mirror
+    must not time the client out before it had anything to answer."""
+    conn = ReadConnection(Negotiated(8, 1, 1.0, None, ()), 3, T0)
+    conn.receive(encode_ack(0), T0 + 0.1)
+    conn.handle_timer(T0 + 5.0)
+    assert conn.state is ReadState.STARVED and conn.retransmits == 0
+    conn.feed(b"late", eof=True)
+    assert blocks(conn, T0 + 6) == [1] and conn.get_timer() == T0 + 7.0
+
+
+def test_a_resumed_pump_resets_the_backoff_and_leaves_duplicates_duplicate() -> None:
+    conn = reader(b"x" * 80, retries=2)
+    blocks(conn)
+    conn.handle_timer(T0 + 1.0)  # a retransmission spent some budget
+    assert blocks(conn) == [1] and conn.get_timer() == T0 + 3.0
+    sent, _ = run_pump(conn, [encode_ack(n) for n in (1, 2, 3, 4)])
+    assert len(sent) == 4 and conn.established
+    assert conn.get_timer() == T0 + 0.5 + 1.0  # the timeout is 1 s again
+    conn.receive(encode_ack(4), T0 + 0.6)  # a duplicate now
+    assert packets(conn) == []
+    conn.receive(encode_ack(5), T0 + 0.7)
+    assert blocks(conn) == [6]
+
+
+# --- uploads: the commit, the dally, gaps ---------------------------------------------
+
+def test_an_upload_without_data_1_ends_after_the_first_answer_wait() -> None:
+    conn = WriteConnection(Negotiated(8, 1, 1.0, None, ()), 5, T0, max_size=100)
+    assert packets(conn) == [Ack(0)]
+    conn.handle_timer(T0 + 1.0)
+    assert packets(conn) == [Ack(0)] and conn.get_timer() == T0 + 3.0
+    conn.handle_timer(T0 + 3.0)
+    assert conn.finished == Finish(Outcome.TIMED_OUT, "no DATA 1 in 3s")
+    conn = WriteConnection(Negotiated(8, 1, 1.0, None, ()), 5, T0, max_size=100)
+    conn.receive(encode_data(1, b"01234567"), T0 + 0.5)
+    assert conn.established and conn.get_timer() == T0 + 1.5
+
+
+def test_nothing_is_sent_while_the_upload_is_stored() -> None:
+    """A slow fsync: no timer runs out and no repeated final DATA is ACKed
+    while the file is not yet stored (the ACK says it is, RFC 1350 section 6)."""
+    conn = writer()
+    conn.receive(encode_data(1, b"01234567"), T0 + 0.1)
+    conn.receive(encode_data(2, b"tail"), T0 + 0.2)
+    assert packets(conn) == [Ack(0), Ack(1)] and conn.get_timer() is None
+    for now in (T0 + 1.2, T0 + 5, T0 + 60):
+        conn.receive(encode_data(2, b"tail"), now)
+        conn.receive(encode_data(1, b"01234567"), now)
+        conn.receive(encode_error(0, "bored"), now)  # every byte arrived: the commit decides
+        conn.handle_timer(now)
+    assert packets(conn) == [] and conn.state is WriteState.COMMITTING
+    conn.committed(T0 + 61)
+    assert packets(conn) == [Ack(2)] and conn.get_timer() == T0 + 62
+    with pytest.raises(ProtocolError):
+        conn.committed(T0 + 61.5)  # only once
+    conn.handle_timer(T0 + 62)
+    assert conn.finished == Finish(Outcome.COMPLETE)
+
+
+def test_an_empty_upload_is_committed_before_its_ack() -> None:
+    conn = writer(windowsize=4)
+    packets(conn)
+    conn.receive(encode_data(1, b""), T0)
+    conn.handle_timer(T0 + 10)
+    assert packets(conn) == [] and conn.to_store() == (b"", True)
+    conn.committed(T0 + 10)
+    assert packets(conn) == [Ack(1)]
+
+
+def test_the_last_block_of_a_window_waits_for_the_commit() -> None:
+    conn = writer(windowsize=4)
+    packets(conn)
+    for block, payload in ((1, b"a" * 8), (2, b"b" * 8), (3, b"end")):
+        conn.receive(encode_data(block, payload), T0)
+    conn.receive(encode_data(3, b"end"), T0 + 0.1)
+    conn.receive(encode_data(4, b"more"), T0 + 0.1)  # nothing after the last block either
+    assert packets(conn) == []
+    conn.committed(T0 + 0.2)
+    conn.receive(encode_data(4, b"more"), T0 + 0.3)  # past the end: no gap ACK
+    assert packets(conn) == [Ack(3)]
+    conn.receive(encode_error(0, "done"), T0 + 0.4)
+    assert conn.finished == Finish(Outcome.COMPLETE)
+
+
+def test_a_repeated_data_is_acked_again_not_stored_twice() -> None:
+    conn = writer()
+    packets(conn)
+    conn.receive(encode_data(1, b"01234567"), T0)
+    conn.receive(encode_data(1, b"01234567"), T0 + 0.1)
+    assert packets(conn) == [Ack(1), Ack(1)] and conn.to_store() == (b"01234567", False)
+
+
+def test_an_upload_with_options_resends_its_oack_until_data_1() -> None:
+    conn = writer(oack=(("blksize", "8"),))
+    assert packets(conn) == [Oack((("blksize", "8"),))]
+    conn.handle_timer(T0 + 1.0)
+    assert packets(conn) == [Oack((("blksize", "8"),))]
+    conn.receive(encode_data(1, b""), T0 + 1.5)
+    assert conn.state is WriteState.COMMITTING
+
+
+def test_an_upload_resends_its_ack_then_gives_up() -> None:
+    conn = WriteConnection(Negotiated(8, 1, 1.0, None, ()), 1, T0, max_size=100)
+    conn.receive(encode_data(1, b"01234567"), T0 + 0.1)
+    packets(conn)
+    conn.handle_timer(T0 + 1.1)
+    assert packets(conn) == [Ack(1)]
+    conn.handle_timer(T0 + 3.1)
+    assert conn.finished == Finish(Outcome.TIMED_OUT, "no DATA after block 1")
+
+
+def test_a_windowed_upload_acks_each_window_and_once_per_gap() -> None:
+    """RFC 7440 section 4."""
+    conn = writer(windowsize=4, max_size=10_000)
+    packets(conn)
+    for block in (1, 2, 3):
+        conn.receive(encode_data(block, b"x" * 8), T0)
+    assert packets(conn) == []
+    conn.receive(encode_data(4, b"x" * 8), T0)
+    assert packets(conn) == [Ack(4)]
+    conn.receive(encode_data(6, b"x" * 8), T0)  # block 5 was lost
+    conn.receive(encode_data(7, b"x" * 8), T0)
+    assert packets(conn) == [Ack(4)]
+    conn.receive(encode_data(5, b"x" * 8), T0)
+    assert conn.to_store() == (b"x" * 40, False)
+
+
+def test_upload_block_numbers_roll_over_past_65535() -> None:
+    conn = writer(blksize=1, max_size=70_000)
+    for block in range(1, 65540):
+        conn.receive(encode_data(block & 0xFFFF, b"u"), T0)
+    assert conn.packets == 65539 and conn.datagrams_to_send(T0)[-1] == (encode_ack(3),)

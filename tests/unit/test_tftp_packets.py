@@ -7,6 +7,7 @@ import contextlib
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tftpclient import encode
 
 from pybootd.errors import BadPacket
 from pybootd.tftp.packets import (
@@ -17,7 +18,6 @@ from pybootd.tftp.packets import (
     Oack,
     Opcode,
     Request,
-    encode,
     encode_data,
     parse_packet_untrusted,
 )
