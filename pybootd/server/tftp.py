@@ -53,9 +53,8 @@ log = logging.getLogger("pybootd.tftp")
 SOCKET_BUFFER = 4 * 1024 * 1024
 SHUTDOWN_ABORT_WAIT = 2.0  # seconds an upload's abort waits for a write running in the pool
 REFUSAL_BURST = 100  # refusal lines per code per LOG_WINDOW (see TftpService.refusals)
-# The listener's receive buffer: a room of PCs switched on at once sends
-# hundreds of RRQs in a few milliseconds, more than the default 208 KiB
-# holds (500 at once: 200 were dropped by the kernel).
+# The listener's receive buffer: a room of PCs switched on at once sends hundreds
+# of RRQs in a few ms, more than 208 KiB holds (500 at once: 200 were dropped).
 LISTENER_BUFFER = 4 * 1024 * 1024
 
 
@@ -274,6 +273,8 @@ class TftpService:
             return
         if decision.victim is not None:
             self._evict(decision.victim)
+        if key in self.active:  # asked again after its client answered
+            self._retire(key)
         try:
             sock = _transfer_socket(listener.family, local_addr, addr)
         except OSError as exc:
@@ -294,15 +295,24 @@ class TftpService:
         return admission.admit(key, mode, running, self.admission)
 
     def _after_catch_up(self, key: Key, mode: str) -> Decision:
-        """A request like a running transfer's: that transfer first handles
-        what already waits on its socket. The ERROR that ends UEFI's tsize
-        probe, or tftp-hpa's final ACK, can wait there unread while the
-        same request (same port, same file) reaches the listener; if it ends
-        the transfer, the request is new, else a true repeat."""
+        """A request like an unanswered transfer's: that transfer first reads
+        its socket (the ERROR that ends UEFI's tsize probe may wait there); if
+        that ends the transfer, the request is new, else a true repeat."""
         transfer = self.active.get(key)
         if transfer is not None:
             transfer.catch_up()
+            if not transfer.finished:
+                return Decision(Admission.REPEAT)
         return self._decide(key, mode)
+
+    def _retire(self, key: Key) -> None:
+        """Another client shares the port (Linux may give busybox's SO_REUSEADDR
+        sockets one port: 1 in 100 was never served): the running transfer goes
+        on under a key no request matches (a NUL ends names on the wire)."""
+        transfer = self.active.pop(key)
+        assert transfer is not None  # a request still being opened is a repeat
+        transfer.key = (*key[:3], f"{key[3]}\0{id(transfer)}")
+        self.active[transfer.key] = transfer
 
     def _refuse_busy(self, listener: socket.socket, addr: tuple[str, int], request: Request,
                      decision: Decision) -> None:

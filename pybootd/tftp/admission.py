@@ -16,7 +16,7 @@ Key = tuple[str, int, int, str]  # client address, port, opcode, file name: one 
 
 class Admission(enum.Enum):
     SERVE = "serve"
-    REPEAT = "repeat"  # the same request as a running transfer's: that one answers
+    REPEAT = "repeat"  # the same request as an unanswered transfer's: that one answers
     BAD_MODE = "bad mode"  # ERROR 4 (mail and others)
     CLIENT_LIMIT = "client limit"  # max_client_sessions from this address
     BUSY = "busy"  # max_sessions, and every transfer's client has answered
@@ -49,14 +49,15 @@ class Decision:
 
 
 def admit(key: Key, mode: str, running: Sequence[Running], limits: Limits) -> Decision:
-    """The rules, in order: a repeat of a running request is ignored (a
-    second transfer would confuse its client; a different request from the
-    same port is new: tftp-hpa reuses its port); an unknown mode is refused;
+    """The rules, in order: a repeat of a request whose client has not
+    answered yet is ignored (a second transfer would confuse its client;
+    another request from the same port, or the same after an answer, is new:
+    tftp-hpa reuses its port, busybox clients share one); an unknown mode is refused;
     one address gets at most max_client_sessions, so that one host cannot
     take every slot; when all max_sessions are taken, the oldest transfer
     whose client never answered makes room, so RRQs that are never ACKed
     (a flood, spoofed sources) cannot keep real clients out."""
-    if any(r.key == key for r in running):
+    if any(r.key == key and not r.established for r in running):
         return Decision(Admission.REPEAT)
     if mode not in MODES:
         return Decision(Admission.BAD_MODE)

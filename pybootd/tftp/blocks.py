@@ -21,10 +21,6 @@ class BlockStore:
         self.last_block: int | None = None  # known at end of stream
 
     @property
-    def eof(self) -> bool:
-        return self.last_block is not None
-
-    @property
     def available_through(self) -> int:
         """The highest block that :meth:`block` can return."""
         return self.last_block if self.last_block is not None else self._next - 1

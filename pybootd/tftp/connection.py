@@ -110,12 +110,10 @@ class WriteState(Enum):
 @dataclass(frozen=True)
 class FastPath:
     """What a pump may do alone, *count* steps: on the i-th of *count* equal
-    slices of *expects* arriving from the peer, send the i-th of the equal
-    slices of *heads* followed by ``body[i * stride:(i + 1) * stride]`` as
-    one datagram (the last step's body may be shorter, or empty); anything
-    else goes back to the connection. Buffers, not a Python object per step:
-    building a tuple, a header and a slice per block cost ~0.5 us, a third
-    of what the pump spends on a block."""
+    slices of *expects* from the peer, send the i-th slice of *heads* and
+    ``body[i * stride:(i + 1) * stride]`` as one datagram (the last may be
+    shorter, or empty); the rest goes back. Buffers, not an object per step:
+    a tuple, a header and a slice per block cost ~0.5 us, a third of the pump's."""
 
     count: int
     expects: Buffer
@@ -134,10 +132,8 @@ def _headers(opcode: int) -> memoryview:
 
 class _Connection:
     """The retransmit budget, the deadline and the outbox of either direction.
-
-    The timeout doubles on each retransmission up to MAX_BACKOFF (RFC 1350
-    section 2 leaves the policy to the implementation; doubling avoids
-    congesting a slow link) and is reset by every answer."""
+    The timeout doubles up to MAX_BACKOFF on each retransmission (RFC 1350
+    section 2 leaves the policy open; doubling spares a slow link), reset by an answer."""
 
     def __init__(self, negotiated: Negotiated, retries: int, first_answer_wait: float) -> None:
         self.blksize = negotiated.blksize
@@ -210,8 +206,7 @@ class ReadConnection(_Connection):
 
     def __init__(self, negotiated: Negotiated, retries: int, now: float, *,
                  read_ahead: int = 0, first_answer_wait: float = FIRST_ANSWER_WAIT) -> None:
-        """*read_ahead*: blocks to have stored beyond the window (how much the
-        I/O layer reads at a time is its business)."""
+        """*read_ahead*: blocks to keep stored beyond the window."""
         super().__init__(negotiated, retries, first_answer_wait)
         self.store = BlockStore(negotiated.blksize)
         self.lockstep = negotiated.windowsize == 1
@@ -313,7 +308,7 @@ class ReadConnection(_Connection):
 
     def feed(self, chunk: bytes, eof: bool) -> None:
         """Bytes read from the source, in order; *eof* with the last ones."""
-        if self.store.eof:
+        if self.store.last_block is not None:
             raise ProtocolError("feed() after the end of the file")
         self.store.feed(chunk, eof)
 
@@ -325,7 +320,7 @@ class ReadConnection(_Connection):
         end of its segment must find the next one stored, not wait for a
         read (measured: 100 lock-step clients fell from 1.2x to 0.7x
         tftpd-hpa's aggregate when each segment ended in a stall)."""
-        if self.finished is not None or self.store.eof:
+        if self.finished is not None or self.store.last_block is not None:
             return False
         base = self._armed_through if self._state is ReadState.PUMPING else self._acked
         return self.store.available_through < base + self.read_ahead
@@ -411,10 +406,9 @@ class ReadConnection(_Connection):
 class WriteConnection(_Connection):
     """The server side of one WRQ: DATA in, ACKs out, bytes for the I/O layer
     to store. The last block is acknowledged only once the I/O layer says the
-    file is stored (:meth:`committed`): an ACK of the last block tells the
-    client its file is there (RFC 1350 section 6). Meanwhile nothing is sent,
-    not even to a repeated DATA; then the connection dallies one timeout to
-    answer a repeated final DATA."""
+    file is stored (:meth:`committed`), as that ACK tells the client its file
+    is there (RFC 1350 section 6); meanwhile nothing is sent. Then it dallies
+    one timeout to answer a repeated final DATA."""
 
     def __init__(self, negotiated: Negotiated, retries: int, now: float, *, max_size: int,
                  netascii: bool = False, first_answer_wait: float = FIRST_ANSWER_WAIT) -> None:

@@ -22,8 +22,15 @@ def test_a_request_with_room_is_served() -> None:
     assert admit(key(), "netascii", running(key(port=1)), LIMITS).outcome is Admission.SERVE
 
 
-def test_the_same_request_as_a_running_one_is_a_repeat() -> None:
-    assert admit(key(), "octet", running(key()), LIMITS) == Decision(Admission.REPEAT)
+def test_the_same_request_as_an_unanswered_one_is_a_repeat() -> None:
+    waiting = running(key(), established=False)
+    assert admit(key(), "octet", waiting, LIMITS) == Decision(Admission.REPEAT)
+
+
+def test_the_same_request_after_its_client_answered_is_new() -> None:
+    """Another client on the same port (busybox's SO_REUSEADDR sockets can
+    share one ephemeral port): it must be served, not taken for a repeat."""
+    assert admit(key(), "octet", running(key()), LIMITS) == Decision(Admission.SERVE)
 
 
 def test_another_request_from_the_same_port_is_new() -> None:
@@ -35,7 +42,8 @@ def test_another_request_from_the_same_port_is_new() -> None:
 
 def test_an_unknown_mode_is_refused_a_repeat_first() -> None:
     assert admit(key(), "mail", [], LIMITS) == Decision(Admission.BAD_MODE)
-    assert admit(key(), "mail", running(key()), LIMITS).outcome is Admission.REPEAT
+    waiting = running(key(), established=False)
+    assert admit(key(), "mail", waiting, LIMITS).outcome is Admission.REPEAT
 
 
 def test_one_address_gets_at_most_max_client_sessions() -> None:
