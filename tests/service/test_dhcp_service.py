@@ -160,6 +160,9 @@ class Served:
         self.service.stop_accepting()
         self.run(self.service.drain(1))
         self.service.close()
+        cancelled = asyncio.all_tasks(self.runtime.loop)
+        if cancelled:  # let them end, as asyncio.run does for the daemon
+            self.run(asyncio.wait(cancelled, timeout=WAIT))
         self.late = self.more_lines()
         self.runtime.close()
         self.runtime.loop.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -65,11 +66,15 @@ def test_loop_reads_complete_and_count(on_loop: tuple[Server, list[TransferStats
                                        root: Path) -> None:
     srv, seen = on_loop
     big = (root / "big").read_bytes()  # 300000 bytes: 586 blocks, 5 chunks of 64 KiB
-    with Client("127.0.0.1", srv.port) as one, Client("127.0.0.1", srv.port) as two:
+    with Client("127.0.0.1", srv.port) as one, Client("127.0.0.1", srv.port) as two, \
+            ThreadPoolExecutor(1) as other:
         one.request("big")
         two.request("big")
+        # At once: one after the other, the second would wait past its
+        # 1 s timeout on a slow machine and count a retransmission.
+        second = other.submit(fetch, two)
         assert fetch(one) == big
-        assert fetch(two) == big
+        assert second.result(timeout=30) == big
     wait_for(lambda: len(seen) == 2, 5, what="both transfers to end")
     for stats in seen:
         assert (stats.outcome, stats.bytes, stats.packets, stats.retransmits) == (
