@@ -1,13 +1,13 @@
 /*
  * pybootd._pump: answer expected datagrams with prepared ones, compiled.
  *
- * Why (the figures are in pybootd/server/tftp_pump.py): with many clients
- * the CPU per datagram sets the aggregate, and CPython's per packet is the
- * limit. So the step that needs no decision runs here. It knows no protocol. A socket is armed with count steps in three buffers
- * (expected datagrams, reply headers, a body cut by a stride): a Python
- * object per step would cost the caller about 0.4 us, a tenth of what the
- * pump spends per datagram. Replies are sent from those buffers, not copied.
- * Anything unexpected disarms the socket and is handed back, in order.
+ * Why (figures in pybootd/server/tftp_pump.py): with many clients the CPU
+ * per datagram sets the aggregate, CPython's per packet being the limit, so
+ * the step that needs no decision runs here, knowing no protocol. A socket is
+ * armed with count steps in three buffers (expected datagrams, reply headers,
+ * a body cut by a stride): a Python object per step would cost the caller
+ * about 0.4 us, a tenth of the pump's per datagram. Replies are sent from
+ * those buffers, not copied; anything unexpected disarms and is handed back.
  *
  * Busy polling, the one policy here: polling for up to busy_poll seconds
  * after a wake-up's work spares a wake-up per round trip with fast peers;

@@ -144,6 +144,11 @@ class Sender:
         (the rest are lost as on the wire). Raises OSError."""
         i, count, size = 0, len(out), self.size
         try:
+            if self.batch == 1:  # lock-step, or no GSO: no run to look for
+                for datagram in out:
+                    self.sock.sendmsg(datagram, (), 0, self.peer)
+                    i += 1
+                return i
             while i < count:
                 end = i
                 while end < count and end - i < self.batch and sum(map(len, out[end])) == size:
