@@ -8,6 +8,8 @@
  * a body cut by a stride): a Python object per step would cost the caller
  * about 0.4 us, a tenth of the pump's per datagram. Replies are sent from
  * those buffers, not copied; anything unexpected disarms and is handed back.
+ * Sockets are connected to their peer: the kernel gives them only the peer's
+ * datagrams, and a send reuses the socket's route (no lookup per datagram).
  *
  * Busy polling, the one policy here: polling for up to busy_poll seconds
  * after a wake-up's work spares a wake-up per round trip with fast peers;
@@ -24,8 +26,6 @@
 
 #include <errno.h>
 #include <limits.h>
-#include <netdb.h>
-#include <netinet/in.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
@@ -48,9 +48,7 @@
 #define ARENA ((size_t)HANDBACK_MAX * RECV_MAX)
 
 typedef struct {
-    int fd;
-    struct sockaddr_storage peer;
-    socklen_t peerlen;
+    int fd;                   /* connected to its peer: only its datagrams come */
     int armed, held;          /* may answer the peer's next datagram; holds heads, body */
     Py_ssize_t nsteps, next;  /* step `next` is the one the next datagram must match */
     char *expects;            /* nsteps expected datagrams of expect_len, copied */
@@ -63,8 +61,6 @@ typedef struct {
 typedef struct {
     int fd;
     Py_ssize_t off, len;      /* in Pump.arena */
-    struct sockaddr_storage addr;
-    socklen_t addrlen;
 } Handback;
 
 typedef struct {
@@ -147,41 +143,20 @@ failed:
 
 /* --- the batch, without the GIL ------------------------------------------------ */
 
-static int same_peer(const Slot *slot, const struct sockaddr_storage *addr, socklen_t len) {
-    if (addr->ss_family != slot->peer.ss_family) return 0;
-    if (addr->ss_family == AF_INET) {
-        const struct sockaddr_in *a = (const struct sockaddr_in *)addr;
-        const struct sockaddr_in *p = (const struct sockaddr_in *)&slot->peer;
-        return len >= (socklen_t)sizeof(*a) && a->sin_port == p->sin_port
-            && a->sin_addr.s_addr == p->sin_addr.s_addr;
-    }
-    if (addr->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)addr;
-        const struct sockaddr_in6 *p = (const struct sockaddr_in6 *)&slot->peer;
-        return len >= (socklen_t)sizeof(*a) && a->sin6_port == p->sin6_port
-            && a->sin6_scope_id == p->sin6_scope_id
-            && memcmp(&a->sin6_addr, &p->sin6_addr, sizeof(a->sin6_addr)) == 0;
-    }
-    return 0;
-}
-
 /* Send the reply of the slot's next step if the datagram is what it
- * expects, from the peer: 1 if sent, 0 if the datagram is Python's. */
-static int answer(Slot *slot, const char *data, Py_ssize_t len,
-                  const struct sockaddr_storage *addr, socklen_t addrlen) {
+ * expects: 1 if sent, 0 if the datagram is Python's. */
+static int answer(Slot *slot, const char *data, Py_ssize_t len) {
     if (!slot->armed || slot->next >= slot->nsteps) return 0;
     Py_ssize_t i = slot->next, start = i * slot->stride;
     if (len != slot->expect_len
-        || memcmp(data, slot->expects + i * slot->expect_len, (size_t)len) != 0
-        || !same_peer(slot, addr, addrlen))
+        || memcmp(data, slot->expects + i * slot->expect_len, (size_t)len) != 0)
         return 0;
     Py_ssize_t rest = slot->body.len - start;  /* >= 0: load_arm checked it */
     struct iovec iov[2] = {
         {(char *)slot->heads.buf + i * slot->head_len, (size_t)slot->head_len},
         {(char *)slot->body.buf + start, (size_t)(rest < slot->stride ? rest : slot->stride)},
     };
-    struct msghdr msg = {.msg_name = &slot->peer, .msg_namelen = slot->peerlen,
-                         .msg_iov = iov, .msg_iovlen = 2};
+    struct msghdr msg = {.msg_iov = iov, .msg_iovlen = 2};  /* connected: no address */
     ssize_t sent;
     do {
         sent = sendmsg(slot->fd, &msg, MSG_DONTWAIT);
@@ -234,17 +209,16 @@ static int batch(Pump *self, int budget, double spin) {
             for (int k = 0; k < READS_PER_EVENT && handled < budget && nbacks < HANDBACK_MAX;
                  k++) {
                 Handback *back = &self->backs[nbacks];
-                *back = (Handback){.fd = fd, .off = used, .addrlen = sizeof(back->addr)};
-                ssize_t len = recvfrom(fd, self->arena + used, RECV_MAX, MSG_DONTWAIT,
-                                       (struct sockaddr *)&back->addr, &back->addrlen);
+                *back = (Handback){.fd = fd, .off = used};
+                ssize_t len = recv(fd, self->arena + used, RECV_MAX, MSG_DONTWAIT);
                 if (len < 0) {
                     if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-                    continue;  /* EINTR, or an ICMP error reported late: read on */
+                    continue;  /* EINTR, or an ICMP error (ECONNREFUSED): read on */
                 }
                 handled++;
                 /* Answered: the peer's next datagram is not there yet, so go on
                  * to the next socket rather than ask. */
-                if (answer(slot, self->arena + used, len, &back->addr, back->addrlen)) break;
+                if (answer(slot, self->arena + used, len)) break;
                 /* Python's, and so is all that follows on this socket, in order. */
                 slot->armed = 0;
                 back->len = len;
@@ -281,54 +255,6 @@ static Slot *lookup(Pump *self, PyObject *arg) {
     return slot;
 }
 
-/* (host, port) or (host, port, flowinfo, scope_id), host numeric (an IPv6
- * one may end in %scope), as the socket module gives and takes them. */
-static int parse_peer(PyObject *peer, struct sockaddr_storage *out, socklen_t *len) {
-    const char *host;
-    int port;
-    unsigned int flowinfo = 0, scope_id = 0;
-    if (!PyArg_ParseTuple(peer, "si|II;peer must be (host, port)", &host, &port, &flowinfo,
-                          &scope_id))
-        return -1;
-    if (port < 0 || port > 65535) return fail(PyExc_ValueError, "port out of range");
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_DGRAM,
-                             .ai_flags = AI_NUMERICHOST};
-    struct addrinfo *found = NULL;
-    if (getaddrinfo(host, NULL, &hints, &found) != 0 || found == NULL
-        || found->ai_addrlen > sizeof(*out)) {
-        if (found != NULL) freeaddrinfo(found);
-        PyErr_Format(PyExc_ValueError, "not a numeric address: %s", host);
-        return -1;
-    }
-    memset(out, 0, sizeof(*out));
-    memcpy(out, found->ai_addr, found->ai_addrlen);
-    *len = found->ai_addrlen;
-    freeaddrinfo(found);
-    if (out->ss_family == AF_INET) {
-        ((struct sockaddr_in *)out)->sin_port = htons((uint16_t)port);
-    } else {
-        struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)out;
-        v6->sin6_port = htons((uint16_t)port);
-        v6->sin6_flowinfo = htonl(flowinfo);
-        if (scope_id != 0) v6->sin6_scope_id = scope_id;
-    }
-    return 0;
-}
-
-/* The address as the socket module gives it (its makeipaddr: getnameinfo). */
-static PyObject *make_addr(const struct sockaddr_storage *addr, socklen_t len) {
-    char host[NI_MAXHOST];
-    if (getnameinfo((const struct sockaddr *)addr, len, host, sizeof(host), NULL, 0,
-                    NI_NUMERICHOST) != 0)
-        host[0] = '\0';
-    if (addr->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)addr;
-        return Py_BuildValue("(siII)", host, ntohs(a->sin6_port), ntohl(a->sin6_flowinfo),
-                             a->sin6_scope_id);
-    }
-    return Py_BuildValue("(si)", host, ntohs(((const struct sockaddr_in *)addr)->sin_port));
-}
-
 static void free_slot(Pump *self, int fd) {
     epoll_ctl(self->epfd, EPOLL_CTL_DEL, fd, NULL);  /* fails if closed already: gone */
     drop_arm(self->slots[fd]);
@@ -348,17 +274,11 @@ static PyObject *Pump_fileno(Pump *self, PyObject *Py_UNUSED(ignored)) {
     return usable(self) ? PyLong_FromLong(self->epfd) : NULL;
 }
 
-static PyObject *Pump_add(Pump *self, PyObject *args) {
-    PyObject *fd_obj, *peer;
-    struct sockaddr_storage addr;
-    socklen_t addrlen;
-    if (!PyArg_ParseTuple(args, "OO!:add", &fd_obj, &PyTuple_Type, &peer) || !usable(self))
-        return NULL;
-    int fd = fd_arg(fd_obj);
+static PyObject *Pump_add(Pump *self, PyObject *arg) {
+    int fd = usable(self) ? fd_arg(arg) : -1;
     if (fd < 0) return NULL;
     if (find(self, fd) != NULL)
         return PyErr_Format(PyExc_ValueError, "fd %d is in the pump already", fd);
-    if (parse_peer(peer, &addr, &addrlen) < 0) return NULL;
     if (fd >= self->nslots) {
         int size = self->nslots ? self->nslots : 64;
         while (size <= fd) size *= 2;
@@ -370,7 +290,7 @@ static PyObject *Pump_add(Pump *self, PyObject *args) {
     }
     Slot *slot = PyMem_Calloc(1, sizeof(Slot));
     if (slot == NULL) return PyErr_NoMemory();
-    *slot = (Slot){.fd = fd, .peer = addr, .peerlen = addrlen};
+    slot->fd = fd;
     struct epoll_event ev = {.events = EPOLLIN, .data.fd = fd};  /* level-triggered */
     if (epoll_ctl(self->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
         PyMem_Free(slot);
@@ -433,9 +353,7 @@ static PyObject *Pump_run(Pump *self, PyObject *args) {
         if (slot != NULL && !slot->armed && slot->held)
             drop_arm(slot);  /* disarmed in the batch: its buffers are not needed now */
         if (out == NULL) continue;
-        PyObject *addr = make_addr(&back->addr, back->addrlen);
-        PyObject *item = addr == NULL ? NULL : Py_BuildValue(
-            "(iy#N)", back->fd, self->arena + back->off, back->len, addr);
+        PyObject *item = Py_BuildValue("(iy#)", back->fd, self->arena + back->off, back->len);
         if (item == NULL || PyList_SetItem(out, i, item) < 0) Py_CLEAR(out);
     }
     return out;
@@ -475,7 +393,7 @@ static void Pump_dealloc(Pump *self) {
 
 static PyMethodDef Pump_methods[] = {  /* the contract of each is in _pump.pyi */
     {"fileno", (PyCFunction)Pump_fileno, METH_NOARGS, "fileno() -> the epoll descriptor"},
-    {"add", (PyCFunction)Pump_add, METH_VARARGS, "add(fd, peer)"},
+    {"add", (PyCFunction)Pump_add, METH_O, "add(fd)"},
     {"remove", (PyCFunction)Pump_remove, METH_O, "remove(fd)"},
     {"arm", (PyCFunction)Pump_arm, METH_VARARGS, "arm(fd, count, expects, heads, body, stride)"},
     {"take", (PyCFunction)Pump_take, METH_O, "take(fd) -> (steps_done, last_send)"},

@@ -46,7 +46,7 @@ from pybootd.tftp.filters import FilterSet, Rule
 from pybootd.tftp.options import Limits, Negotiated, negotiate
 from pybootd.tftp.packets import ErrorCode, Request, encode_error, parse_packet_untrusted
 from pybootd.tftp.paths import normalize_request_path
-from pybootd.udp import format_peer, packet_info
+from pybootd.udp import Address, Port, format_peer, packet_info
 
 log = logging.getLogger("pybootd.tftp")
 
@@ -209,10 +209,10 @@ class TftpService:
         for a later turn of the loop."""
         self.stop_accepting()
         self._closed = True
-        for sock, peer, filename in self._opening.values():
+        for sock, peer, filename in self._opening.values():  # connected to peer
             # Not started yet (a mirror can take http_timeout to answer): told now.
             with contextlib.suppress(OSError):
-                sock.sendto(encode_error(ErrorCode.NOT_DEFINED, SHUTTING_DOWN), peer)
+                sock.send(encode_error(ErrorCode.NOT_DEFINED, SHUTTING_DOWN))
             if self._may_log("TFTP requests not served: shutting down"):
                 log.warning("%s: %s not served: server shutting down", format_peer(peer),
                             clip(filename))
@@ -276,18 +276,18 @@ class TftpService:
         if key in self.active:  # asked again after its client answered
             self._retire(key)
         try:
-            sock = _transfer_socket(listener.family, local_addr, addr)
+            port = _transfer_port(listener.family, local_addr, addr)
         except OSError as exc:
             if self._may_log("transfer sockets not opened", logging.ERROR):
                 log.error("%s: cannot open a transfer socket: %s", label, exc)
             return
         self.stats.increment("requests")
         if decision.outcome is Admission.BAD_MODE:
-            self._refused(sock, peer, request, TftpError(
+            self._refused(port, peer, request, TftpError(
                 ErrorCode.ILLEGAL_OPERATION, f"unsupported transfer mode {request.mode!r}"))
             return
         self.active[key] = None
-        self.runtime.loop.create_task(self._serve(request, peer, sock, key))
+        self.runtime.loop.create_task(self._serve(request, peer, port, key))
 
     def _decide(self, key: Key, mode: str) -> Decision:
         running = [Running(k, t.started, t.finished or t.established, False) if t is not None
@@ -355,17 +355,17 @@ class TftpService:
         return log.isEnabledFor(level) and (limiter or self.limiter).allow(
             topic, self.runtime.loop.time(), level)
 
-    async def _serve(self, request: Request, peer: tuple[str, int], sock: socket.socket,
+    async def _serve(self, request: Request, peer: tuple[str, int], port: Port,
                      key: Key) -> None:
         label = format_peer(peer)
         served = name = ""
-        self._opening[key] = (sock, peer, request.filename)
+        self._opening[key] = (port.sock, peer, request.filename)
         try:
             name = normalize_request_path(request.filename)
             if request.is_write:
-                transfer: Transfer = await self._start_write(request, name, peer, sock)
+                transfer: Transfer = await self._start_write(request, name, peer, port)
             else:
-                transfer = await self._start_read(request, name, peer, sock)
+                transfer = await self._start_read(request, name, peer, port)
             served = transfer.info.served
             if self._closed:  # close() came meanwhile, and told the client
                 transfer.discard()
@@ -377,16 +377,16 @@ class TftpService:
             transfer.start()
         except (TftpError, SourceError) as exc:
             self._drop(key)
-            self._refused(sock, peer, request, exc, name, served)
+            self._refused(port, peer, request, exc, name, served)
         except Exception as exc:
             log.exception("%s: internal error serving %s", label, clip(request.filename))
             self._drop(key)
-            self._refused(sock, peer, request, TftpError(ErrorCode.NOT_DEFINED, INTERNAL_ERROR,
+            self._refused(port, peer, request, TftpError(ErrorCode.NOT_DEFINED, INTERNAL_ERROR,
                                                          f"internal error: {exc}"), name)
         finally:
             self._opening.pop(key, None)
 
-    def _refused(self, sock: socket.socket, peer: tuple[str, int], request: Request,
+    def _refused(self, port: Port, peer: tuple[str, int], request: Request,
                  exc: TftpError | SourceError, name: str = "", served: str = "") -> None:
         """A request that gets ERROR *exc* instead of a transfer: the ERROR, a
         log line (rate-limited, per code), its stats."""
@@ -400,8 +400,8 @@ class TftpService:
                     request.opcode.name, clip(request.filename), code, clip(detail))
         self.stats.increment(f"error_{code}")
         with contextlib.suppress(OSError):
-            sock.sendto(encode_error(code, message), peer)
-        sock.close()
+            port.sock.send(encode_error(code, message))
+        port.close()
         self._report(TransferStats(peer, request.filename, served,
                                    Direction.WRITE if request.is_write else Direction.READ,
                                    request.mode, dict(request.options), {}, 0, 0, 0, 0.0,
@@ -422,7 +422,7 @@ class TftpService:
         return True
 
     async def _start_read(self, request: Request, name: str, peer: tuple[str, int],
-                          sock: socket.socket) -> ReadTransfer:
+                          port: Port) -> ReadTransfer:
         treq = TftpRequest(peer, name, request.filename, request.mode, dict(request.options))
         opened = await self.resolver.open(treq)
         source = NetasciiSource(opened.source) if request.mode == "netascii" else opened.source
@@ -433,10 +433,10 @@ class TftpService:
             source.close()
             raise
         info = self._granted(request, name, peer, opened.served, negotiated)
-        return ReadTransfer(self.runtime, sock, info, self._transfer_done, source, self.pump)
+        return ReadTransfer(self.runtime, port, info, self._transfer_done, source, self.pump)
 
     async def _start_write(self, request: Request, name: str, peer: tuple[str, int],
-                           sock: socket.socket) -> WriteTransfer:
+                           port: Port) -> WriteTransfer:
         if not self.conf.allow_write or self.conf.upload_dir is None:
             raise TftpError(ErrorCode.ACCESS_VIOLATION, "uploads are not allowed")
         negotiated = negotiate(request.options, self.limits, size=None, is_write=True)
@@ -445,7 +445,7 @@ class TftpService:
                                              name, self.conf.overwrite, self.upload_quota,
                                              negotiated.tsize, self.resolver.protected)
         info = self._granted(request, name, peer, name, negotiated)
-        return WriteTransfer(self.runtime, sock, info, self._transfer_done, upload,
+        return WriteTransfer(self.runtime, port, info, self._transfer_done, upload,
                              self.conf.max_upload_size)
 
     def _granted(self, request: Request, name: str, peer: tuple[str, int], served: str,
@@ -529,24 +529,11 @@ def _local_address(ancdata: list[tuple[int, int, bytes]]) -> tuple[str, int] | N
     return info.local, info.ifindex
 
 
-def _transfer_socket(family: int, local: tuple[str, int] | str,
-                     peer: tuple[str, int]) -> socket.socket:
-    """A socket on a new port (the TID), on the address the request came to,
-    so a multi-homed host answers from the right address."""
+def _transfer_port(family: int, local: tuple[str, int] | str, peer: Address) -> Port:
+    """A new port (the TID) on the address the request came to, so a
+    multi-homed host answers from the right address."""
     host, ifindex = (local, 0) if isinstance(local, str) else local
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
-        if family == socket.AF_INET6:
-            scope = ifindex if host.lower().startswith("fe80") else 0
-            sock.bind((host, 0, 0, scope))
-        else:
-            sock.bind((host, 0))
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
+    if family == socket.AF_INET6:
+        scope = ifindex if host.lower().startswith("fe80") else 0
+        return Port.open(family, (host, 0, 0, scope), peer, buffer=SOCKET_BUFFER)
+    return Port.open(family, (host, 0), peer, buffer=SOCKET_BUFFER)

@@ -33,7 +33,7 @@ DISABLE_ENV = "PYBOOTD_NO_LOCKSTEP_PUMP"  # set (non-empty): the event loop only
 
 
 class Pumped(Protocol):
-    def pumped(self, data: bytes, addr: tuple[str, int]) -> None: ...
+    def pumped(self, data: bytes) -> None: ...
 
 
 def available() -> bool:
@@ -54,8 +54,9 @@ class Pump:
         self._owners: dict[int, Pumped] = {}
         loop.add_reader(self._pump.fileno(), self._ready)
 
-    def add(self, fd: int, peer: tuple[str, int], owner: Pumped) -> None:
-        self._pump.add(fd, peer)
+    def add(self, fd: int, owner: Pumped) -> None:
+        """*fd*: a socket connected to its peer (udp.Port)."""
+        self._pump.add(fd)
         self._owners[fd] = owner
 
     def remove(self, fd: int) -> None:
@@ -71,10 +72,10 @@ class Pump:
         return self._pump.take(fd)
 
     def _ready(self) -> None:
-        for fd, data, addr in self._pump.run(BUDGET, self.busy_poll):
+        for fd, data in self._pump.run(BUDGET, self.busy_poll):
             owner = self._owners.get(fd)
             if owner is not None:
-                owner.pumped(data, (addr[0], addr[1]))
+                owner.pumped(data)
 
     def close(self) -> None:
         self.loop.remove_reader(self._pump.fileno())

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from pybootd.sources.chunks import DISK_TIMEOUT, ChunkSource
 from pybootd.tftp.connection import Datagram, ReadConnection, WriteConnection, WriteState
 from pybootd.tftp.options import Negotiated
 from pybootd.tftp.packets import ErrorCode, encode_error
-from pybootd.udp import Sender, format_peer
+from pybootd.udp import Port, Sender, format_peer
 
 if TYPE_CHECKING:
     from pybootd.runtime import Runtime
@@ -90,16 +89,17 @@ Done = Callable[["Transfer", TransferStats], None]
 
 
 class Transfer:
-    """What reads and writes share: the socket, the timer, sending, the end."""
+    """What reads and writes share: the port, the timer, sending, the end."""
 
     direction = Direction.READ
     conn: ReadConnection | WriteConnection
 
-    def __init__(self, runtime: Runtime, sock: socket.socket, info: TransferInfo,
+    def __init__(self, runtime: Runtime, port: Port, info: TransferInfo,
                  on_done: Done) -> None:
         self.loop = runtime.loop
         self.runtime = runtime
-        self.sock = sock
+        self.port = port
+        self.sock = port.sock  # connected to the peer: it gets only the peer's datagrams
         self.peer = info.peer
         self.info = info
         self.key: tuple[str, int, int, str] = (info.peer[0], info.peer[1], 0, info.name)
@@ -113,7 +113,7 @@ class Transfer:
         # Lines a client can cause (a foreign TID) go through the service's
         # limiter, shared by every transfer; the service sets it at start.
         self.limiter = LogLimiter(logger=log)
-        self.sender = Sender(sock, info.peer)
+        self.sender = Sender(port.sock)
 
     @property
     def established(self) -> bool:
@@ -122,9 +122,13 @@ class Transfer:
         return self.conn.established
 
     def start(self) -> None:
-        """Start reading the socket and send the first packet."""
-        self.loop.add_reader(self.sock.fileno(), self._readable)
+        """Start reading the port and send the first packet."""
+        self.loop.add_reader(self.port.stray.fileno(), self._stray)
+        self.attach()
         self.flush()
+
+    def attach(self) -> None:
+        self.loop.add_reader(self.sock.fileno(), self._readable)
 
     # --- the connection's side: what it gives, when it wants the timer --------
     def flush(self) -> None:
@@ -160,17 +164,14 @@ class Transfer:
     # --- receiving: plain add_reader callback, a bounded batch per wake-up ----
     def _readable(self, all_waiting: bool = False) -> None:
         """*all_waiting*: go on past a lock-step ACK (see catch_up)."""
-        sock, peer, conn = self.sock, self.peer, self.conn
+        sock, conn = self.sock, self.conn
         lockstep = isinstance(conn, ReadConnection) and conn.lockstep and not all_waiting
         for _ in range(RECV_BATCH):
             try:
-                data, addr = sock.recvfrom(65536 + 4)
+                data = sock.recv(65536 + 4)
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:
-                continue
-            if addr[1] != peer[1] or addr[0] != peer[0]:
-                self.foreign(addr)
+            except OSError:  # an ICMP error for an earlier send: the timer resends
                 continue
             conn.receive(data, self.loop.time())
             self.flush()
@@ -189,13 +190,24 @@ class Transfer:
         if not self.finished:
             self._readable(all_waiting=True)
 
+    def _stray(self) -> None:
+        """Packets from another TID: tell each off, carry on (RFC 1350 section 4)."""
+        for _ in range(RECV_BATCH):
+            try:
+                _data, addr = self.port.stray.recvfrom(65536 + 4)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue
+            self.foreign(addr)
+
     def foreign(self, addr: tuple[str, int]) -> None:
-        """A packet from another TID: tell it off, carry on (RFC 1350 section 4)."""
         if self.limiter.allow("packet from a foreign TID", time.monotonic(), logging.INFO):
             log.info("%s: packet from foreign TID %s answered with ERROR 5", self.label,
                      format_peer(addr))
         try:
-            self.sock.sendto(encode_error(ErrorCode.UNKNOWN_TID, "Unknown transfer ID"), addr)
+            self.port.stray.sendto(encode_error(ErrorCode.UNKNOWN_TID, "Unknown transfer ID"),
+                                   addr)
         except OSError as exc:
             log.debug("%s: ERROR 5 to %s not sent: %s", self.label, format_peer(addr), exc)
 
@@ -230,7 +242,8 @@ class Transfer:
             self._timer.cancel()
             self._timer = None
         self.detach()
-        self.sock.close()
+        self.loop.remove_reader(self.port.stray.fileno())
+        self.port.close()
         self.release()
         ending = self.conn.finished
         assert ending is not None  # flush() finishes a transfer its connection ended
@@ -258,7 +271,7 @@ class Transfer:
     def discard(self) -> None:
         """Never started (the service closed while it was being set up):
         close what it holds, silently."""
-        self.sock.close()
+        self.port.close()
         self.release()
 
 
@@ -267,27 +280,26 @@ class ReadTransfer(Transfer):
 
     conn: ReadConnection
 
-    def __init__(self, runtime: Runtime, sock: socket.socket, info: TransferInfo,
+    def __init__(self, runtime: Runtime, port: Port, info: TransferInfo,
                  on_done: Done, source: ChunkSource, pump: Pump | None = None) -> None:
-        super().__init__(runtime, sock, info, on_done)
+        super().__init__(runtime, port, info, on_done)
         negotiated = info.negotiated
         self.chunk = chunk_size(negotiated.blksize, negotiated.windowsize)
         self.conn = conn = ReadConnection(negotiated, info.retries, self.loop.time(),
                                           read_ahead=self.chunk // negotiated.blksize)
         self.source = source
         self._reading = False
-        self.sender = Sender(sock, info.peer, conn.blksize + 4,
+        self.sender = Sender(port.sock, conn.blksize + 4,
                              gso_segments(conn.blksize, conn.windowsize))
         self.pump = pump if conn.lockstep else None
         self._armed = False  # a FastPath is out in the pump
         self._hold = False
 
-    def start(self) -> None:
+    def attach(self) -> None:
         if self.pump is None:
-            super().start()
+            super().attach()
         else:
-            self.pump.add(self.sock.fileno(), self.peer, self)
-            self.flush()
+            self.pump.add(self.sock.fileno(), self)
 
     def flush(self) -> None:
         super().flush()
@@ -314,12 +326,10 @@ class ReadTransfer(Transfer):
             done, last_sent_at = self.pump.take(self.sock.fileno())
             self.conn.resume(done, last_sent_at)
 
-    def pumped(self, data: bytes, addr: tuple[str, int]) -> None:
+    def pumped(self, data: bytes) -> None:
         """A datagram the pump did not answer, in the order it came."""
         self.sync()
-        if addr[1] != self.peer[1] or addr[0] != self.peer[0]:
-            self.foreign(addr)
-        elif not self.finished:
+        if not self.finished:
             self.conn.receive(data, self.loop.time())
         if not self.finished:
             self.flush()
@@ -378,9 +388,9 @@ class WriteTransfer(Transfer):
     direction = Direction.WRITE
     conn: WriteConnection
 
-    def __init__(self, runtime: Runtime, sock: socket.socket, info: TransferInfo,
+    def __init__(self, runtime: Runtime, port: Port, info: TransferInfo,
                  on_done: Done, upload: Upload, max_size: int) -> None:
-        super().__init__(runtime, sock, info, on_done)
+        super().__init__(runtime, port, info, on_done)
         self.conn = WriteConnection(info.negotiated, info.retries, self.loop.time(),
                                     max_size=max_size, netascii=info.mode == "netascii")
         self.upload = upload
