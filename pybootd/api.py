@@ -23,9 +23,9 @@ from typing import Protocol
 
 from pybootd.tftp.connection import Outcome
 
-__all__ = ["BytesResponse", "Direction", "FileResponse", "Handler", "Outcome", "ResponseData",
-           "ServerStats", "ServerStatsCallback", "SessionStatsCallback", "TftpRequest",
-           "TransferStats"]
+__all__ = ["BytesResponse", "Direction", "FileProtocol", "FileResponse", "Handler", "Outcome",
+           "ResponseData", "ServerStats", "ServerStatsCallback", "SessionStatsCallback",
+           "TftpRequest", "TransferStats"]
 
 
 class ResponseData(Protocol):
@@ -41,15 +41,23 @@ class ResponseData(Protocol):
         """Called once when the transfer ends, whatever the outcome."""
 
 
+class FileProtocol(StrEnum):
+    """How a file was asked for: the same namespace is served both ways."""
+
+    TFTP = "tftp"
+    HTTP = "http"  # [httpd]: GET or HEAD (UEFI HTTP Boot, iPXE)
+
+
 @dataclass(frozen=True)
 class TftpRequest:
-    """One read request, as the handler sees it."""
+    """One read request, as the handler sees it (over TFTP or HTTP)."""
 
     peer: tuple[str, int]
     filename: str  # normalized: no leading "/", "\\" read as "/", no ".."
-    raw_filename: str  # as the client sent it
-    mode: str  # "octet" or "netascii"
-    options: dict[str, str] = field(default_factory=dict)
+    raw_filename: str  # as the client sent it (over HTTP: the URL's path, decoded)
+    mode: str  # "octet" or "netascii" ("octet" over HTTP)
+    options: dict[str, str] = field(default_factory=dict)  # TFTP options (none over HTTP)
+    protocol: FileProtocol = FileProtocol.TFTP
 
 
 Handler = Callable[[TftpRequest], "ResponseData | None"]
@@ -119,6 +127,10 @@ class FileResponse:
 
     def size(self) -> int | None:
         return self._size
+
+    def fileno(self) -> int:
+        """The descriptor (HTTP sends the file from it with sendfile); -1 once closed."""
+        return self._fd
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -35,7 +35,9 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 from pybootd.config import Config, FilterRule
-from pybootd.dhcp.arch import arch_name
+from pybootd.dhcp.arch import HTTP_BOOT_ARCHES, arch_name
+from pybootd.dhcp.pxe import ClientInfo
+from pybootd.dhcp.responder import Settings, bootfile_for
 from pybootd.errors import ConfigError, PybootdError, TftpError
 from pybootd.netif import LocalNetwork, interface_names, local_addresses
 from pybootd.tftp.filters import FILENAME_VAR, FilterSet, Rule
@@ -95,7 +97,7 @@ def run(config: Config, dhcp: bool, tftp: bool) -> int:
         return 1
     print(describe(config, dhcp, tftp, network))
     if dhcp:
-        print(boot_map(config))
+        print(boot_map(config, network))
     return 0
 
 
@@ -365,6 +367,11 @@ def describe(config: Config, dhcp: bool, tftp: bool,
         lines.append(_describe_dhcp(config))
     if tftp:
         lines.extend(_describe_tftp(config, network))
+    if tftp and config.httpd is not None:
+        h = config.httpd
+        where = h.address or config.tftp.address or (
+            str(network.address) if network is not None else "all addresses")
+        lines.append(f"HTTP: the TFTP root over {h.scheme} on {where} port {h.port}")
     return "\n".join(lines)
 
 
@@ -397,8 +404,9 @@ def _describe_tftp(config: Config, network: LocalNetwork | None) -> list[str]:
     return lines
 
 
-def boot_map(config: Config) -> str:
-    """The boot file of each architecture, with what a filter serves instead."""
+def boot_map(config: Config, network: LocalNetwork | None = None) -> str:
+    """The boot file of each architecture, with what a filter serves instead,
+    and the URL each UEFI HTTP Boot architecture (and iPXE) is given."""
     filters = _filter_set(config)
     lines = ["boot files (option 93 architecture -> file):"]
     for arch, name in sorted(config.bootfiles.items()):
@@ -409,7 +417,29 @@ def boot_map(config: Config) -> str:
         lines.append(_map_line("ipxe", config.ipxe_bootfile, filters))
     if config.bootp is not None and config.bootp.boot_file:
         lines.append(_map_line("default", config.bootp.boot_file, filters))
+    if network is not None:
+        lines.extend(_http_urls(config, network))
     return "\n".join(lines)
+
+
+def _http_urls(config: Config, network: LocalNetwork) -> list[str]:
+    """What DHCP answers a UEFI HTTP Boot client of each architecture, and
+    iPXE: the responder's own choice (its Settings as the DHCP service builds them)."""
+    assert config.bootp is not None
+    next_server = config.bootp.next_server or network.address
+    settings = Settings(server_id=network.address, network=network.network,
+                        next_server=next_server, bootfiles=config.bootfiles,
+                        ipxe_bootfile=config.ipxe_bootfile, http_root=config.tftp.root_url,
+                        http_base=None if config.httpd is None
+                        else config.httpd.base_url(str(next_server)))
+    lines = []
+    for arch in sorted(HTTP_BOOT_ARCHES):
+        url = bootfile_for(ClientInfo("", arches=(arch,), http=True), settings)
+        if url is not None:
+            lines.append(f"  HTTP boot {arch_name(arch)} ({arch}) -> {url}")
+    if config.ipxe_bootfile is not None:
+        lines.append(f"  iPXE (generic) -> {bootfile_for(ClientInfo('', ipxe=True), settings)}")
+    return lines
 
 
 def _map_line(label: str, name: str, filters: FilterSet) -> str:

@@ -6,11 +6,12 @@ Nothing outside this module sees the raw INI text.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, ip_address
 from pathlib import Path
 from typing import Any, Literal
 
@@ -117,6 +118,32 @@ class BootpConfig:
 
 
 @dataclass(frozen=True)
+class HttpdConfig:
+    """``[httpd]``: the TFTP root served over HTTP (UEFI HTTP Boot, iPXE)."""
+
+    address: str = ""  # "" = the TFTP address (the DHCP server's when both run)
+    address_set: bool = False
+    port: int = 80
+    tls_cert: Path | None = None  # both, or neither: HTTPS
+    tls_key: Path | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert is not None else "http"
+
+    def base_url(self, fallback_host: str) -> str:
+        """``http://HOST[:PORT]/`` that DHCP hands out: HOST is ``address``
+        when it names one IPv4 address, else *fallback_host* (the TFTP server)."""
+        host = fallback_host
+        with contextlib.suppress(ValueError):
+            address = ip_address(self.address)
+            if address.version == 4 and not address.is_unspecified:
+                host = str(address)
+        default = 443 if self.scheme == "https" else 80
+        return f"{self.scheme}://{host}{'' if self.port == default else f':{self.port}'}/"
+
+
+@dataclass(frozen=True)
 class HttpAclConfig:
     location: str = ""
     pxe: str = ""
@@ -134,6 +161,7 @@ class Config:
     mac: Mapping[str, bool] = field(default_factory=dict)  # "aa:bb:..." -> allowed
     uuid: Mapping[str, bool] = field(default_factory=dict)  # upper-case UUID -> allowed
     http: HttpAclConfig | None = None
+    httpd: HttpdConfig | None = None  # None: no HTTP server
     static_dhcp: Mapping[str, IPv4Address] = field(default_factory=dict)
     bootfiles: Mapping[int, str] = field(default_factory=dict)  # option 93 value -> file
     ipxe_bootfile: str | None = None
@@ -224,6 +252,12 @@ _SCHEMA: dict[str, dict[str, Parser]] = {
         "lease_file": v.text,
     },
     "http": {"location": v.http_url, "pxe": v.url_path, "dhcp": v.url_path},
+    "httpd": {
+        "address": v.listen_address,
+        "port": v.integer(0, 65535),  # 0: any free port, named in the log (tests)
+        "tls_cert": v.text,
+        "tls_key": v.text,
+    },
 }
 
 # Sections whose keys are data (patterns, MACs, UUIDs, architectures).
@@ -331,6 +365,7 @@ def parse_config(text: str, path: Path) -> Config:
         mac=_acl(reader, "mac", v.mac),
         uuid=_acl(reader, "uuid", v.uuid),
         http=_http(reader),
+        httpd=_httpd(reader),
         static_dhcp=_static(reader),
         bootfiles=bootfiles,
         ipxe_bootfile=ipxe,
@@ -462,6 +497,23 @@ def _http(reader: _Reader) -> HttpAclConfig | None:
     if "http" not in reader.sections:
         return None
     return HttpAclConfig(**reader.typed("http"))
+
+
+def _httpd(reader: _Reader) -> HttpdConfig | None:
+    if "httpd" not in reader.sections:
+        return None
+    values = reader.typed("httpd")
+    for key in ("tls_cert", "tls_key"):
+        if key in values:
+            values[key] = reader.path_value(values[key])
+    values["address_set"] = "address" in values
+    httpd = HttpdConfig(**values)
+    if (httpd.tls_cert is None) != (httpd.tls_key is None):
+        given, missing = ("tls_cert", "tls_key") if httpd.tls_key is None else (
+            "tls_key", "tls_cert")
+        raise reader.fail(f"{given} without {missing} (expected both, for HTTPS, or neither)",
+                          reader.lines.get(("httpd", given)), "httpd", missing)
+    return httpd
 
 
 def _static(reader: _Reader) -> dict[str, IPv4Address]:

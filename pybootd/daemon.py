@@ -95,7 +95,7 @@ _LIVE = {  # Config fields applied on SIGHUP -> how the log line names them
     "http": "[http]",
 }
 _LIVE_KEYS = {("bootp", "access"), ("logger", "level")}
-_RESTART_SECTIONS = ("logger", "daemon", "tftp", "bootp")
+_RESTART_SECTIONS = ("logger", "daemon", "tftp", "bootp", "httpd")
 _ALIASES = {"root_path": "root", "root_url": "root"}  # TftpConfig fields of one INI key
 
 
@@ -116,7 +116,8 @@ def split_reload(old: Config, new: Config) -> tuple[Config, list[str], list[str]
         running["bootp"] = dataclasses.replace(old.bootp, access=new.bootp.access)
         if old.bootp.access != new.bootp.access:
             applied.append("bootp.access")
-    restart = [] if (old.bootp is None) == (new.bootp is None) else ["[bootp]"]
+    restart = [f"[{name}]" for name in ("bootp", "httpd")
+               if (getattr(old, name) is None) != (getattr(new, name) is None)]
     for section in _RESTART_SECTIONS:
         restart.extend(_changed(section, getattr(old, section), getattr(new, section)))
     return dataclasses.replace(old, **running), applied, restart
@@ -205,6 +206,12 @@ class Daemon:
             tftp = TftpService(runtime, address=tftp_address)
             self.services.append(tftp)
             await tftp.start()
+            if self.config.httpd is not None:  # the same namespace, over HTTP
+                from pybootd.server.httpd import HttpService
+
+                http = HttpService(runtime, tftp.resolver, address=tftp.address)
+                self.services.append(http)
+                await http.start()
 
     def stop(self) -> None:
         """SIGTERM, SIGINT: stop after the grace period; a second one: now."""

@@ -17,7 +17,9 @@ from typing import Any
 class Mirror:
     """Serves a folder; logs GETs; answers conditional GETs with 304.
 
-    With *gzip*, every body is sent gzip-encoded (``Content-Encoding: gzip``,
+    With ``cut_after`` set, each body stops after that many bytes and the
+    connection closes: a mirror that dies mid-download. With *gzip*, every
+    body is sent gzip-encoded (``Content-Encoding: gzip``,
     Content-Length of the encoded bytes), whatever the client accepts: a
     misconfigured mirror. With *fail_status* set (it may be set at any
     time), every GET gets that status (a mirror in trouble: 503).
@@ -30,6 +32,7 @@ class Mirror:
         self.gzip = gzip
         self.header_delay = header_delay  # seconds the header lines take to come
         self.fail_status: int | None = None  # answer every GET with this status
+        self.cut_after: int | None = None  # end each body after this many bytes (a crash)
         self.gets: list[tuple[str, int]] = []  # (path, status)
         self.broken: list[str] = []  # paths whose client closed the connection mid-body
         self.accept_encodings: list[str | None] = []  # Accept-Encoding of each GET
@@ -86,11 +89,12 @@ class Mirror:
             request.send_header(name, value)
         time.sleep(pause)
         request.end_headers()
-        for i in range(0, len(data), 65536):
+        end = len(data) if self.cut_after is None else min(self.cut_after, len(data))
+        for i in range(0, end, 65536):
             if self.delay:
                 time.sleep(self.delay)
             try:
-                request.wfile.write(data[i:i + 65536])
+                request.wfile.write(data[i:min(i + 65536, end)])
             except OSError:
                 self.broken.append(request.path)
                 return

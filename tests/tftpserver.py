@@ -20,11 +20,13 @@ import pytest
 from pybootd.config import parse_config
 from pybootd.errors import PybootdError
 from pybootd.runtime import Runtime
+from pybootd.server.httpd import HttpService
 from pybootd.server.tftp import TftpService
 
 
 class Server:
-    """A TftpService on its own loop in a thread."""
+    """A TftpService on its own loop in a thread, and its HttpService when
+    the ini has ``[httpd]`` (the same resolver, as the daemon builds them)."""
 
     def __init__(self, ini: str, path: Path, **kw: Any) -> None:
         self.config = parse_config(ini, path)
@@ -32,18 +34,27 @@ class Server:
         self.executor = ThreadPoolExecutor(4)
         self.runtime = Runtime(self.config, self.loop, self.executor)
         self.service = TftpService(self.runtime, **kw)
+        self.http: HttpService | None = None
+        if self.config.httpd is not None:
+            self.http = HttpService(self.runtime, self.service.resolver,
+                                    address=self.service.address)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         try:
             asyncio.run_coroutine_threadsafe(self.service.start(), self.loop).result(10)
+            if self.http is not None:
+                asyncio.run_coroutine_threadsafe(self.http.start(), self.loop).result(10)
         except BaseException:
             self.call(self.service.close)
+            if self.http is not None:
+                self.call(self.http.close)
             self._end_loop()
             raise
         # What the service bound (the configured port, or the kernel's
         # choice for port = 0), one per listener: IPv4 first, then IPv6.
         self.ports: list[int] = self.service.ports
         self.port = self.ports[0]
+        self.http_port = self.http.ports[0] if self.http is not None else 0
 
     def call(self, func: Any) -> Any:
         async def wrapper() -> Any:
@@ -54,6 +65,8 @@ class Server:
         # As the daemon does: transfers that are ending get to report first.
         asyncio.run_coroutine_threadsafe(self.service.drain(2), self.loop).result(10)
         self.call(self.service.close)
+        if self.http is not None:
+            self.call(self.http.close)
         self._end_loop()
 
     def _end_loop(self) -> None:

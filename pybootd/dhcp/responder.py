@@ -59,6 +59,7 @@ class Settings:
     ipxe_bootfiles: Mapping[int, str] = field(default_factory=dict)  # [bootfile] ipxe-ARCH
     allow_simple_dhcp: bool = False
     http_root: str | None = None  # [tftp] root when an http(s) URL: for UEFI HTTP boot
+    http_base: str | None = None  # pybootd's own [httpd], "http://192.0.2.1/": before http_root
     # Encoded once: the options that are the same in every reply.
     lease_options: tuple[tuple[int, bytes], ...] = field(init=False, repr=False, compare=False)
     network_options: tuple[tuple[int, bytes], ...] = field(init=False, repr=False,
@@ -328,10 +329,14 @@ def bootfile_for(client: ClientInfo, settings: Settings) -> str | None:
     """iPXE's own file first, then the file of the preferred architecture.
 
     A UEFI HTTP boot client (UEFI 2.x section 24.7) needs an http(s) URL:
-    the file itself when it is one, else ``http_root`` + the file, else
-    None (pybootd serves no HTTP itself).
+    the file itself when it is one, else pybootd's own HTTP server
+    (``http_base``) or ``http_root`` + the file, else None. iPXE fetches a
+    relative name over HTTP too when pybootd serves HTTP (faster than TFTP,
+    and the script's relative names then come over HTTP as well).
     """
     name = _ipxe_file(client, settings) if client.ipxe else None
+    if name is not None and settings.http_base is not None and "://" not in name:
+        return _http_url(name, settings.http_base)
     if name is None and client.http:
         # Its own entry, else the UEFI PXE one of the same CPU (the same EFI
         # binaries); never boot_file, which is a BIOS file by default.
@@ -341,7 +346,7 @@ def bootfile_for(client: ClientInfo, settings: Settings) -> str | None:
         found = (settings.bootfiles[a] for a in client.arches if a in settings.bootfiles)
         name = next(found, settings.boot_file)
     if name and client.http:
-        return _http_url(name, settings.http_root)
+        return _http_url(name, settings.http_base or settings.http_root)
     return name
 
 
@@ -367,8 +372,9 @@ def _unservable(client: ClientInfo, settings: Settings) -> Decision | None:
     if name is None and client.http:
         arch = client.arch_label
         return ignore(f"HTTP boot client {client.mac} ignored: no http URL configured for "
-                      f"arch {arch} (expected [bootfile] {arch} = http://..., or [tftp] root "
-                      "= http://... for a relative name)", once=f"http-boot {arch}",
+                      f"arch {arch} (expected an [httpd] section, [bootfile] {arch} = "
+                      "http://..., or [tftp] root = http://... for a relative name)",
+                      once=f"http-boot {arch}",
                       topic="HTTP boot client ignored")
     if name is not None and len(name.encode()) > FILE_FIELD_MAX:
         return _too_long(name)

@@ -295,7 +295,9 @@ class DhcpService:
             lease_time=bootp.lease_time, servername=bootp.servername,
             boot_file=bootp.boot_file, bootfiles=self.config.bootfiles,
             ipxe_bootfile=self.config.ipxe_bootfile, ipxe_bootfiles=self.config.ipxe_bootfiles,
-            allow_simple_dhcp=bootp.allow_simple_dhcp, http_root=self.config.tftp.root_url)
+            allow_simple_dhcp=bootp.allow_simple_dhcp, http_root=self.config.tftp.root_url,
+            http_base=None if self.config.httpd is None
+            else self.config.httpd.base_url(str(next_server)))
 
     def _tftp_address(self) -> IPv4Address | None:
         tftp = self.config.tftp

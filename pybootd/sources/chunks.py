@@ -33,20 +33,20 @@ class PooledSource:
     def __init__(self, runtime: Runtime, data: ResponseData, size: int | None,
                  timeout: float = DISK_TIMEOUT) -> None:
         self._runtime = runtime
-        self._data = data
+        self.data = data
         self._timeout = timeout
         self.size = size
 
     async def read(self, n: int) -> bytes:
-        read_cached = getattr(self._data, "read_cached", None)
+        read_cached = getattr(self.data, "read_cached", None)
         if read_cached is not None:
             chunk: bytes | None = read_cached(n)
             if chunk is not None:
                 return chunk
-        return await self._runtime.blocking(self._timeout, self._data.read, n)
+        return await self._runtime.blocking(self._timeout, self.data.read, n)
 
     def close(self) -> None:
-        future = self._runtime.executor.submit(self._data.close)
+        future = self._runtime.executor.submit(self.data.close)
         future.add_done_callback(_log_close_error)
 
 

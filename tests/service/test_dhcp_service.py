@@ -524,7 +524,8 @@ def test_lasting_condition_is_logged_once_per_mac(served: Callable[..., Served],
     assert len(lines) == 2
     for line, text in zip(lines, (MAC_TEXT, OTHER_TEXT), strict=True):
         assert line.startswith(f"HTTP boot client {text} ignored: no http URL configured for "
-                               "arch http-x64 (expected [bootfile] http-x64 = http://...")
+                               "arch http-x64 (expected an [httpd] section, [bootfile] http-x64 = "
+                               "http://...")
 
 
 # --- refusals an operator can see, reload --------------------------------------

@@ -369,3 +369,14 @@ def test_daemon_without_root_refuses_to_start(tmp_path: Path, monkeypatch: pytes
     assert main(["-c", str(path), "-t"]) == 1
     assert (f"pybootd: {path}: tftp.root: {default} does not exist (expected an existing "
             "folder) (not set, so the default: set [tftp] root)") in capsys.readouterr().err
+
+
+def test_check_prints_the_url_each_http_boot_client_gets(
+        root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, err, _ = check(tmp_path, config(root, tmp_path, rest=(
+        "[httpd]\nport = 8080\n[bootfile]\nefi-x64 = efi/grubx64.efi\nipxe = boot.ipxe\n")),
+        capsys)
+    assert status == 0 and err == ""
+    assert "HTTP: the TFTP root over http on 127.0.0.1 port 8080" in out
+    assert "  HTTP boot http-x64 (16) -> http://127.0.0.1:8080/efi/grubx64.efi\n" in out
+    assert out.endswith("  iPXE (generic) -> http://127.0.0.1:8080/boot.ipxe\n")

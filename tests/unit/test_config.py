@@ -317,3 +317,31 @@ def test_filter_targets_the_administrator_chose_may_use_dotdot() -> None:
                           PATH)
     assert [r.target for r in config.filters] == ["/srv/pub/../boot/{filename}",
                                                   "../menus/b.cfg"]
+
+
+# --- [httpd] ---------------------------------------------------------------------
+
+def test_httpd_section_turns_http_on_with_defaults() -> None:
+    assert parse_config("", PATH).httpd is None
+    httpd = parse_config("[httpd]\n", PATH).httpd
+    assert httpd is not None and httpd.port == 80 and httpd.scheme == "http"
+    assert httpd.base_url("192.0.2.1") == "http://192.0.2.1/"  # the TFTP server's address
+    own = parse_config("[httpd]\naddress = 192.0.2.9\nport = 8080\n", PATH).httpd
+    assert own is not None and own.base_url("192.0.2.1") == "http://192.0.2.9:8080/"
+
+
+def test_httpd_tls_needs_both_files() -> None:
+    tls = parse_config("[httpd]\nport = 443\ntls_cert = c.pem\ntls_key = k.pem\n", PATH).httpd
+    assert tls is not None and tls.scheme == "https"
+    assert tls.tls_cert == Path("/etc/pybootd/c.pem")
+    assert tls.base_url("192.0.2.1") == "https://192.0.2.1/"
+    assert error_of("[httpd]\ntls_cert = c.pem\n") == (
+        "/etc/pybootd/test.ini:2: httpd.tls_key: tls_cert without tls_key (expected both, "
+        "for HTTPS, or neither)")
+
+
+def test_httpd_bad_values_say_what_is_expected() -> None:
+    assert error_of("[httpd]\nport = 80x\n") == (
+        "/etc/pybootd/test.ini:2: httpd.port: '80x' is not a whole number (expected 0..65535)")
+    assert "httpd.tls: unknown key (did you mean 'tls_key'?)" in error_of("[httpd]\ntls = on\n")
+    assert "unknown section [htttpd] (did you mean 'httpd'?)" in error_of("[htttpd]\n")

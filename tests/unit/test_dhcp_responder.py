@@ -149,6 +149,37 @@ def test_http_boot_client_falls_back_to_its_uefi_pxe_file_never_boot_file() -> N
     assert decision.event is Event.IGNORE and decision.reply is None
 
 
+OWN = "http://198.51.100.1:8080/"  # [httpd] port = 8080
+
+
+def test_http_boot_client_gets_pybootds_own_http_server_first() -> None:
+    """[httpd] on: a relative name is served by pybootd itself, even with a mirror root."""
+    s = settings(bootfiles={7: "snponly.efi"}, http_root=MIRROR, http_base=OWN)
+    reply = reply_of(answer(request(MessageType.DISCOVER, options=HTTP_BOOT), new_pool(), s))
+    assert reply.file == b"http://198.51.100.1:8080/snponly.efi"
+    assert reply.options[DhcpOption.VENDOR_CLASS] == b"HTTPClient"
+    full = settings(bootfiles={16: "https://boot.example/shim.efi"}, http_base=OWN)
+    assert reply_of(answer(request(MessageType.DISCOVER, options=HTTP_BOOT), new_pool(),
+                           full)).file == b"https://boot.example/shim.efi"
+
+
+def test_ipxe_fetches_a_relative_script_over_http_when_httpd_is_on() -> None:
+    ipxe = {**pxe_options(PXE_BIOS, 0), DhcpOption.USER_CLASS: b"iPXE"}
+    s = settings(ipxe_bootfile="boot.ipxe", http_base=OWN)
+    assert reply_of(answer(request(MessageType.DISCOVER, options=ipxe), new_pool(), s)).file \
+        == b"http://198.51.100.1:8080/boot.ipxe"
+    tftp = settings(ipxe_bootfile="tftp://198.51.100.1/boot.ipxe", http_base=OWN)
+    assert reply_of(answer(request(MessageType.DISCOVER, options=ipxe), new_pool(),
+                           tftp)).file == b"tftp://198.51.100.1/boot.ipxe"
+    off = settings(ipxe_bootfile="boot.ipxe")  # no [httpd]: TFTP, as before
+    assert reply_of(answer(request(MessageType.DISCOVER, options=ipxe), new_pool(),
+                           off)).file == b"boot.ipxe"
+    # The firmware's own PXE request still gets its TFTP file.
+    bios = reply_of(answer(request(MessageType.DISCOVER, options=pxe_options(PXE_BIOS, 0)),
+                           new_pool(), s))
+    assert bios.file == b"pxelinux.0"
+
+
 def test_boot_file_too_long_for_the_file_field_is_never_cut() -> None:
     long_root = "http://mirror.example/" + "d" * 100 + "/"
     decision = answer(request(MessageType.DISCOVER, options=HTTP_BOOT), new_pool(),

@@ -1,0 +1,257 @@
+"""The TFTP namespace over HTTP (``[httpd]``): UEFI HTTP Boot and iPXE.
+
+Firmware and iPXE fetch kernels and initrds over HTTP in a fraction of the
+time TFTP takes (one TCP stream against one datagram per round trip). What
+is served is exactly what TFTP serves: the same root (a folder, or a mirror
+through the same cache: one download for every client, TFTP and HTTP), the
+same ``[filters]``, the same plugin (its :class:`pybootd.api.TftpRequest`
+says ``protocol = http``), the same refusal of anything outside the root or
+of the daemon's own files: one :class:`~pybootd.sources.resolver.Resolver`.
+
+aiohttp parses HTTP on the daemon's loop. A local file (or a complete
+cached one) goes out through aiohttp's ``FileResponse`` with ``sendfile``,
+``Range`` (206, 416), ``ETag``/``Last-Modified`` and conditional GET (304),
+opened through ``/proc/self/fd`` so it is the very file the resolver
+checked, not the path again. Anything else (a mirror file while it
+downloads, a plugin's bytes) is streamed as it comes, without ranges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import mimetypes
+import ssl
+import time
+
+from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+
+from pybootd.api import FileProtocol, FileResponse, TftpRequest
+from pybootd.config import Config, HttpdConfig
+from pybootd.errors import PybootdError, SourceError, TftpError
+from pybootd.loglimit import LogLimiter, clip
+from pybootd.runtime import Runtime
+from pybootd.sources.chunks import ChunkSource, PooledSource
+from pybootd.sources.httpcache import MirrorFailure
+from pybootd.sources.resolver import Opened, Resolver
+from pybootd.tftp.packets import ErrorCode
+from pybootd.tftp.paths import normalize_request_path
+from pybootd.udp import format_peer
+
+log = logging.getLogger("pybootd.http")
+
+STREAM_CHUNK = 256 * 1024  # bytes read from a streamed source at a time
+KEEPALIVE = 75.0  # seconds an idle connection stays open (nginx's default)
+BACKLOG = 1024  # a room of machines switched on at once
+_STATUS: dict[int, int] = {ErrorCode.FILE_NOT_FOUND: 404, ErrorCode.ACCESS_VIOLATION: 403}
+_METHODS = ("GET", "HEAD")
+
+
+class HttpService:
+    """Implements :class:`pybootd.runtime.Service`."""
+
+    name = "http"
+
+    def __init__(self, runtime: Runtime, resolver: Resolver, *,
+                 address: str | None = None) -> None:
+        conf = runtime.config.httpd
+        assert conf is not None
+        self.runtime = runtime
+        self.conf: HttpdConfig = conf
+        self.resolver = resolver
+        self.address = conf.address if conf.address_set or address is None else address
+        self.limiter = LogLimiter(logger=log)  # lines a client can cause (loglimit)
+        self._web = web.Server(self._handle, loop=runtime.loop, access_log=None,
+                               keepalive_timeout=KEEPALIVE)
+        self._server: asyncio.Server | None = None
+        self._running: set[asyncio.Future[None]] = set()
+        self.totals = {"requests": 0, "refused": 0, "broken": 0, "sent": 0}
+
+    # --- lifecycle ------------------------------------------------------------
+    async def start(self) -> None:
+        """Raises PybootdError (the port taken, a TLS file unreadable)."""
+        tls = _tls_context(self.conf)
+        host = self.address or None  # None: every address, IPv4 and IPv6
+        try:
+            self._server = await self.runtime.loop.create_server(
+                self._web, host, self.conf.port, ssl=tls, backlog=BACKLOG, reuse_address=True)
+        except OSError as exc:
+            where = format_peer((self.address or "*", self.conf.port))
+            raise PybootdError(f"cannot listen on {where} for HTTP: {exc.strerror or exc} "
+                               "(another web server, or another pybootd, runs on this port?)"
+                               ) from None
+        where = ", ".join(format_peer(s.getsockname()[:2]) for s in self._server.sockets)
+        log.info("HTTP serving the TFTP root on %s (%s)", where, self.conf.scheme)
+
+    @property
+    def ports(self) -> list[int]:
+        return [] if self._server is None else [
+            s.getsockname()[1] for s in self._server.sockets]
+
+    def reload(self, config: Config) -> None:
+        """SIGHUP: [filters] come with the resolver, which TFTP reloads."""
+
+    def summary(self) -> str:
+        t = self.totals
+        return (f"{len(self._running)} running, {t['requests']} requests ({t['refused']} "
+                f"refused, {t['broken']} broken), {t['sent']} bytes sent")
+
+    def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()  # no new connections; those open finish their request
+        self._web.pre_shutdown()  # each connection closes after its current request
+
+    async def drain(self, timeout: float) -> None:
+        if self._running:
+            log.info("waiting up to %gs for %d HTTP response(s) to finish", timeout,
+                     len(self._running))
+            await asyncio.wait(set(self._running), timeout=timeout)
+
+    def close(self) -> None:
+        self.stop_accepting()
+        for connection in self._web.connections:
+            connection.force_close()
+
+    # --- one request ----------------------------------------------------------
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        done: asyncio.Future[None] = self.runtime.loop.create_future()
+        self._running.add(done)
+        try:
+            return await self._serve(request)
+        finally:
+            self._running.discard(done)
+            done.set_result(None)
+
+    async def _serve(self, request: web.BaseRequest) -> web.StreamResponse:
+        peer = _peer(request)
+        self.totals["requests"] += 1
+        if request.method not in _METHODS:
+            return self._refused(request, peer, 405, "only GET and HEAD",
+                                 headers={"Allow": ", ".join(_METHODS)})
+        started = time.monotonic()
+        raw = request.path  # decoded, without the query (iPXE may add ?mac=...)
+        try:
+            name = normalize_request_path(raw)
+            opened = await self.resolver.open(
+                TftpRequest(peer, name, raw, "octet", {}, FileProtocol.HTTP))
+        except TftpError as exc:
+            status = 502 if isinstance(exc, MirrorFailure) else _STATUS.get(exc.code, 500)
+            return self._refused(request, peer, status, exc.detail)
+        except SourceError as exc:
+            return self._refused(request, peer, 502, str(exc))
+        try:
+            response, sent, error = await self._respond(request, opened)
+        finally:
+            opened.source.close()
+        self._log_end(request, peer, opened, response.status, sent, started, error)
+        return response
+
+    async def _respond(self, request: web.BaseRequest, opened: Opened
+                       ) -> tuple[web.StreamResponse, int, str]:
+        """The response, the body bytes sent, why it broke ("" if it did not)."""
+        content_type = mimetypes.guess_type(opened.served)[0] or "application/octet-stream"
+        fd = _file_descriptor(opened.source)
+        if fd is not None:
+            return await self._send_file(request, fd, content_type)
+        return await self._stream(request, opened.source, content_type)
+
+    async def _send_file(self, request: web.BaseRequest, fd: int, content_type: str
+                         ) -> tuple[web.StreamResponse, int, str]:
+        # /proc/self/fd/N opens the file the resolver checked, whatever its
+        # path has become since (a symlink swapped in cannot redirect it).
+        response = _SentFile(f"/proc/self/fd/{fd}", chunk_size=STREAM_CHUNK,
+                             headers={"Content-Type": content_type})
+        try:
+            await response.prepare(request)
+        except (ConnectionError, asyncio.CancelledError) as exc:
+            return response, 0, f"connection lost: {exc or type(exc).__name__}"
+        body = request.method == "GET" and response.status in (200, 206)
+        return response, (response.content_length or 0) if body else 0, ""
+
+    async def _stream(self, request: web.BaseRequest, source: ChunkSource, content_type: str
+                      ) -> tuple[web.StreamResponse, int, str]:
+        response = web.StreamResponse(headers={"Content-Type": content_type})
+        if source.size is not None:
+            response.content_length = source.size
+        sent = 0
+        try:
+            await response.prepare(request)
+            while request.method == "GET" and (chunk := await source.read(STREAM_CHUNK)):
+                await response.write(chunk)
+                sent += len(chunk)
+            await response.write_eof()
+        except (TftpError, SourceError, OSError) as exc:
+            # Headers are out: only a cut connection tells the client the
+            # body is incomplete (Content-Length, or the chunked encoding).
+            if request.transport is not None:
+                request.transport.abort()
+            reason = exc.detail if isinstance(exc, TftpError) else str(exc)
+            return response, sent, reason or type(exc).__name__
+        return response, sent, ""
+
+    def _refused(self, request: web.BaseRequest, peer: tuple[str, int], status: int,
+                 detail: str, headers: dict[str, str] | None = None) -> web.Response:
+        self.totals["refused"] += 1
+        level = logging.INFO if status == 404 else logging.WARNING
+        if log.isEnabledFor(level) and self.limiter.allow(
+                f"HTTP requests refused with {status}", self.runtime.loop.time(), level):
+            log.log(level, "%s: HTTP %s %s refused: %d %s", format_peer(peer), request.method,
+                    clip(request.path), status, clip(detail))
+        reason = web.Response(status=status).reason
+        return web.Response(status=status, text=f"{status} {reason}\n", headers=headers)
+
+    def _log_end(self, request: web.BaseRequest, peer: tuple[str, int], opened: Opened,
+                 status: int, sent: int, started: float, error: str) -> None:
+        """One line per response, like TFTP's: client, file, bytes, seconds, rate."""
+        seconds = time.monotonic() - started
+        self.totals["sent"] += sent
+        if error:
+            self.totals["broken"] += 1
+        rate = sent / seconds / 1e6 if seconds > 0 else 0.0
+        served = f" -> {clip(opened.served)}" if opened.served != request.path.lstrip("/") else ""
+        log.log(logging.WARNING if error else logging.INFO,
+                "%s: HTTP %s %s%s %d%s: %d bytes in %.3fs (%.1f MB/s)", format_peer(peer),
+                request.method, clip(request.path), served, status,
+                f" broken ({clip(error)})" if error else "", sent, seconds, rate)
+
+
+class _SentFile(web.FileResponse):
+    """Sent by the handler itself, which closes the file right after; aiohttp
+    prepares every returned response again, which must then do nothing."""
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self.prepared:
+            return None
+        return await super().prepare(request)
+
+
+def _file_descriptor(source: ChunkSource) -> int | None:
+    """The open file behind *source*, if it is one (a local or cached file)."""
+    if isinstance(source, PooledSource) and isinstance(source.data, FileResponse):
+        fd = source.data.fileno()
+        return fd if fd >= 0 else None
+    return None
+
+
+def _peer(request: web.BaseRequest) -> tuple[str, int]:
+    peername = request.transport.get_extra_info("peername") if request.transport else None
+    if isinstance(peername, tuple) and len(peername) >= 2:
+        return str(peername[0]), int(peername[1])
+    return (request.remote or "?", 0)
+
+
+def _tls_context(conf: HttpdConfig) -> ssl.SSLContext | None:
+    if conf.tls_cert is None or conf.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(conf.tls_cert, conf.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise PybootdError(f"[httpd] tls_cert {conf.tls_cert} / tls_key {conf.tls_key}: "
+                           f"{getattr(exc, 'strerror', None) or exc} (expected a PEM "
+                           "certificate and its private key, readable by root)") from None
+    return context
+
+
+mimetypes.add_type("text/plain", ".ipxe")  # iPXE scripts are text
