@@ -65,7 +65,7 @@ class HttpService:
         self._web = web.Server(self._handle, loop=runtime.loop, access_log=None,
                                keepalive_timeout=KEEPALIVE)
         self._server: asyncio.Server | None = None
-        self._running: set[asyncio.Future[None]] = set()
+        self._running: set[_Running] = set()
         self.totals = {"requests": 0, "refused": 0, "broken": 0, "sent": 0}
 
     # --- lifecycle ------------------------------------------------------------
@@ -106,25 +106,38 @@ class HttpService:
         if self._running:
             log.info("waiting up to %gs for %d HTTP response(s) to finish", timeout,
                      len(self._running))
-            await asyncio.wait(set(self._running), timeout=timeout)
+            await asyncio.wait({r.done for r in self._running}, timeout=timeout)
 
     def close(self) -> None:
+        """Every response still running ends now, with a log line, its file
+        closed: the daemon exits right after (as TFTP's close)."""
         self.stop_accepting()
+        for running in list(self._running):
+            if running.source is not None and self.limiter.allow(
+                    "HTTP responses cut: shutting down", self.runtime.loop.time()):
+                log.warning("%s: HTTP %s %s broken (server shutting down)",
+                            format_peer(running.peer), running.request.method,
+                            clip(running.request.path))
+            running.release()
+            if running.request.task is not None:
+                running.request.task.cancel()
         for connection in self._web.connections:
             connection.force_close()
+        self.limiter.flush()
 
     # --- one request ----------------------------------------------------------
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        done: asyncio.Future[None] = self.runtime.loop.create_future()
-        self._running.add(done)
+        running = _Running(request, self.runtime.loop.create_future())
+        self._running.add(running)
         try:
-            return await self._serve(request)
+            return await self._serve(running)
         finally:
-            self._running.discard(done)
-            done.set_result(None)
+            self._running.discard(running)
+            running.release()
+            running.done.set_result(None)
 
-    async def _serve(self, request: web.BaseRequest) -> web.StreamResponse:
-        peer = _peer(request)
+    async def _serve(self, running: _Running) -> web.StreamResponse:
+        request, peer = running.request, running.peer
         self.totals["requests"] += 1
         if request.method not in _METHODS:
             return self._refused(request, peer, 405, "only GET and HEAD",
@@ -140,10 +153,11 @@ class HttpService:
             return self._refused(request, peer, status, exc.detail)
         except SourceError as exc:
             return self._refused(request, peer, 502, str(exc))
+        running.source = opened.source
         try:
             response, sent, error = await self._respond(request, opened)
         finally:
-            opened.source.close()
+            running.release()
         self._log_end(request, peer, opened, response.status, sent, started, error)
         return response
 
@@ -164,7 +178,7 @@ class HttpService:
                              headers={"Content-Type": content_type})
         try:
             await response.prepare(request)
-        except (ConnectionError, asyncio.CancelledError) as exc:
+        except ConnectionError as exc:
             return response, 0, f"connection lost: {exc or type(exc).__name__}"
         body = request.method == "GET" and response.status in (200, 206)
         return response, (response.content_length or 0) if body else 0, ""
@@ -214,6 +228,21 @@ class HttpService:
                 "%s: HTTP %s %s%s %d%s: %d bytes in %.3fs (%.1f MB/s)", format_peer(peer),
                 request.method, clip(request.path), served, status,
                 f" broken ({clip(error)})" if error else "", sent, seconds, rate)
+
+
+class _Running:
+    """A request being answered, and the source close() must close at once."""
+
+    def __init__(self, request: web.BaseRequest, done: asyncio.Future[None]) -> None:
+        self.request = request
+        self.peer = _peer(request)
+        self.done = done
+        self.source: ChunkSource | None = None  # set while the body is sent
+
+    def release(self) -> None:
+        if self.source is not None:
+            source, self.source = self.source, None
+            source.close()
 
 
 class _SentFile(web.FileResponse):

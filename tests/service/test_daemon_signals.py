@@ -287,6 +287,29 @@ def test_second_sigterm_ends_the_grace_period_at_once(setup: Setup, daemons: Dae
     assert "stopping at once (second signal)" in setup.log.read_text()
 
 
+def test_ctrl_c_in_the_middle_of_an_http_download(setup: Setup, daemons: Daemons) -> None:
+    """The grace period, then the download is cut with a log line; exit 0, no traceback."""
+    (setup.folder / "root" / "large.bin").write_bytes(os.urandom(20 * 1024 * 1024))
+    proc = daemons.start(setup.config(grace=1, tail="[httpd]\nport = 0\n"))
+    port = int(re.findall(r"HTTP serving the TFTP root on 127\.0\.0\.1:(\d+)",
+                          ready(setup, proc))[0])
+    curl = subprocess.Popen(["curl", "-sS", "--limit-rate", "1M", "-o", "/dev/null",
+                             f"http://127.0.0.1:{port}/large.bin"], stderr=subprocess.PIPE)
+    try:
+        time.sleep(1)  # the download is under way
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(15) == 0
+        _, err = curl.communicate(timeout=15)
+    finally:
+        if curl.poll() is None:
+            curl.kill()
+    assert curl.returncode == 18, err  # curl: the transfer was cut short
+    log = setup.log.read_text()
+    assert "waiting up to 1s for 1 HTTP response(s) to finish" in log
+    assert "HTTP GET /large.bin broken (server shutting down)" in log
+    assert "Traceback" not in log + stderr_of(proc)
+
+
 # --- one instance per port and per lease file ---------------------------------
 def test_second_instance_with_the_same_config_fails_and_the_first_serves(
         setup: Setup, daemons: Daemons) -> None:

@@ -22,6 +22,7 @@ from tftpclient import Client
 from tftpserver import Server
 
 from pybootd.api import BytesResponse, FileProtocol, ResponseData, TftpRequest
+from pybootd.errors import PybootdError
 
 CURL_TIMEOUT = 30
 
@@ -265,3 +266,40 @@ def test_a_mirror_that_dies_mid_download(mirror: Mirror, tmp_path: Path,
         assert mirror.downloads("/initrd.gz") == 2
     finally:
         srv.stop()
+
+
+# --- HTTPS, and a start that cannot serve -----------------------------------------------
+
+def test_https_with_the_configured_certificate(root: Path, tmp_path: Path) -> None:
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl not found (Debian's openssl package)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                           "-keyout", str(key), "-out", str(cert), "-days", "1",
+                           "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                          capture_output=True, timeout=60, check=False)
+    assert made.returncode == 0, made.stderr
+    (root / "menu.cfg").write_text("secure\n")
+    srv = Server(ini(root, f"tls_cert = {cert}\ntls_key = {key}\n"), tmp_path / "t.ini")
+    try:
+        done = curl("--cacert", str(cert), f"https://127.0.0.1:{srv.http_port}/menu.cfg")
+        assert (done.returncode, done.stdout) == (0, b"secure\n"), done.stderr
+        plain = curl(f"http://127.0.0.1:{srv.http_port}/menu.cfg")
+        assert plain.stdout != b"secure\n"  # no plain HTTP on the HTTPS port
+    finally:
+        srv.stop()
+
+
+def test_a_start_that_cannot_serve_says_why(root: Path, tmp_path: Path) -> None:
+    with pytest.raises(PybootdError, match=r"\[httpd\] tls_cert .*missing.pem.* \(expected "
+                       r"a PEM certificate and its private key"):
+        Server(ini(root, f"tls_cert = {tmp_path}/missing.pem\ntls_key = {tmp_path}/k.pem\n"),
+               tmp_path / "t.ini")
+    first = Server(ini(root), tmp_path / "t.ini")
+    try:
+        with pytest.raises(PybootdError, match=rf"cannot listen on 127\.0\.0\.1:"
+                           rf"{first.http_port} for HTTP: .*another pybootd"):
+            Server(ini(root).replace("[httpd]\nport = 0", f"[httpd]\nport = {first.http_port}"),
+                   tmp_path / "u.ini")
+    finally:
+        first.stop()
