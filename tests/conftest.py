@@ -38,6 +38,15 @@ def pybootd_logger_restored() -> Iterator[None]:
 
 
 @pytest.fixture
+def logs(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+         ) -> pytest.LogCaptureFixture:
+    """pybootd's log records at INFO and above, as an operator reads them."""
+    monkeypatch.setattr(logging.getLogger("pybootd"), "propagate", True)  # the CLI's tests
+    caplog.set_level(logging.INFO, logger="pybootd")
+    return caplog
+
+
+@pytest.fixture
 def root(tmp_path: Path) -> Path:
     """A TFTP root with a small and a big file (the service tests; a test
     module may define its own)."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import logging
 import os
 import shutil
 import subprocess
@@ -25,14 +24,6 @@ from pybootd.api import BytesResponse, FileProtocol, ResponseData, TftpRequest
 from pybootd.errors import PybootdError
 
 CURL_TIMEOUT = 30
-
-
-@pytest.fixture
-def logs(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
-         ) -> pytest.LogCaptureFixture:
-    monkeypatch.setattr(logging.getLogger("pybootd"), "propagate", True)  # the CLI's tests
-    caplog.set_level(logging.INFO, logger="pybootd")
-    return caplog
 
 
 def ini(root: Path | str, extra: str = "", tftp: str = "") -> str:

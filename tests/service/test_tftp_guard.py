@@ -35,14 +35,6 @@ from pybootd.tftp.packets import (
 )
 
 
-@pytest.fixture
-def logs(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
-         ) -> pytest.LogCaptureFixture:
-    monkeypatch.setattr(logging.getLogger("pybootd"), "propagate", True)  # the CLI's tests
-    caplog.set_level(logging.INFO, logger="pybootd")
-    return caplog
-
-
 def config(root: Path, port: int = 0, extra: str = "", stats_interval: float = 60,
            **tftp: object) -> str:
     """An ini with [tftp] *tftp* (timeout 0.2 s, 2 retries unless given) on
