@@ -34,3 +34,25 @@ class Event(StrEnum):
 
 # Decisions that send a reply to the client (a BOOTREPLY is notified as an ack).
 REPLY_EVENTS = frozenset({Event.OFFER, Event.ACK, Event.NAK})
+
+
+class Ignored(StrEnum):
+    """Why a request got no answer (RFC 2131 section 4.3: the server stays
+    silent); the label of ``pybootd_dhcp_ignored_total``."""
+
+    MALFORMED = "malformed"  # not a BOOTREQUEST, no hardware address
+    RELAY_OUTSIDE = "relay_outside_network"  # giaddr not in the pool's network
+    PLAIN_CLIENT = "plain_dhcp_client"  # not PXE, and allow_simple_dhcp is off
+    NOT_PXE = "not_pxe"  # proxy mode and the boot service serve PXE clients only
+    NOT_FOR_SERVER = "not_for_this_server"  # a message a server (or this port) does not take
+    OTHER_SERVER = "other_server"  # the client chose, declined or released another server
+    UNKNOWN_CLIENT = "unknown_client"  # no record of the lease it names (4.3.2)
+    BAD_REQUEST = "bad_request"  # a REQUEST or INFORM without the address it needs
+    POOL_EXHAUSTED = "pool_exhausted"
+    RESERVATION = "reservation"  # a [static_dhcp] address that cannot be served now
+    NO_HTTP_URL = "no_http_url"  # a UEFI HTTP Boot client with no URL to give
+    BOOT_FILE_TOO_LONG = "boot_file_too_long"  # longer than the BOOTP file field
+    # Decided by the service, before the responder:
+    DENIED = "access_denied"  # access control refused it
+    UNANSWERED = "access_unanswered"  # the access service did not answer in time
+    OVERLOAD = "overload"  # too many requests waiting

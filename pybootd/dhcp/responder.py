@@ -19,7 +19,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 from pybootd.dhcp.arch import HTTP_TO_PXE
 from pybootd.dhcp.chain import ChainTracker
-from pybootd.dhcp.events import Event
+from pybootd.dhcp.events import Event, Ignored
 from pybootd.dhcp.options import DhcpOption, MessageType, param_request_list
 from pybootd.dhcp.packet import (
     BOOTREPLY,
@@ -100,12 +100,13 @@ class Decision:
     warning: bool = False  # worth a warning (pool exhausted, bad static)
     topic: str = ""  # the kind of warning, for rate-limiting its log lines
     once: str = ""  # log the note once per MAC and this key (a lasting condition)
+    reason: Ignored | None = None  # why an IGNORE (a metric label: a fixed set)
 
 
-def ignore(note: str, *, warning: bool = False, persist: tuple[Lease, ...] = (),
-           topic: str = "", once: str = "") -> Decision:
+def ignore(reason: Ignored, note: str, *, warning: bool = False,
+           persist: tuple[Lease, ...] = (), topic: str = "", once: str = "") -> Decision:
     return Decision(Event.IGNORE, note=note, warning=warning, persist=persist, topic=topic,
-                    once=once)
+                    once=once, reason=reason)
 
 
 def respond(packet: DhcpPacket, client: ClientInfo, pool: LeasePool | None,
@@ -119,11 +120,12 @@ def respond(packet: DhcpPacket, client: ClientInfo, pool: LeasePool | None,
     chainload``) an iPXE firmware's own exchange is served as plain PXE.
     """
     if packet.op != BOOTREQUEST:
-        return ignore("not a BOOTREQUEST")
+        return ignore(Ignored.MALFORMED, "not a BOOTREQUEST")
     if not packet.chaddr:
-        return ignore("no hardware address")
+        return ignore(Ignored.MALFORMED, "no hardware address")
     if packet.giaddr != ZERO and packet.giaddr not in settings.network:
-        return ignore(f"relay {packet.giaddr} is outside {settings.network}", warning=True,
+        return ignore(Ignored.RELAY_OUTSIDE,
+                      f"relay {packet.giaddr} is outside {settings.network}", warning=True,
                       topic="relay outside the network")
     kind = packet.message_type
     if client.netboot and chains is not None and kind not in (MessageType.RELEASE,
@@ -141,7 +143,8 @@ def respond(packet: DhcpPacket, client: ClientInfo, pool: LeasePool | None,
     if not (client.netboot or settings.allow_simple_dhcp or pool.seen_pxe(client.mac)) \
             and kind not in (MessageType.RELEASE, MessageType.DECLINE):
         # A lasting condition: logged at INFO once per MAC per window by the caller.
-        return ignore(f"{client.mac}: {_kind(kind)} ignored: plain DHCP client (not PXE) and "
+        return ignore(Ignored.PLAIN_CLIENT,
+                      f"{client.mac}: {_kind(kind)} ignored: plain DHCP client (not PXE) and "
                       "allow_simple_dhcp is off (expected allow_simple_dhcp = on to serve it)",
                       once="allow_simple_dhcp", topic="plain DHCP client ignored")
     if client.netboot:
@@ -150,7 +153,7 @@ def respond(packet: DhcpPacket, client: ClientInfo, pool: LeasePool | None,
         return _bootp(packet, client, pool, settings, now)
     handler = _HANDLERS.get(kind)
     if handler is None:
-        return ignore(f"{kind.name} is not for a server")
+        return ignore(Ignored.NOT_FOR_SERVER, f"{kind.name} is not for a server")
     return handler(packet, client, pool, settings, now)
 
 
@@ -163,10 +166,12 @@ def _discover(packet: DhcpPacket, client: ClientInfo, pool: LeasePool, settings:
         return conflict
     lease = pool.offer(client.mac, packet.address_option(DhcpOption.REQUESTED_IP), now)
     if lease is None:
-        return ignore(f"pool exhausted ({pool.count} addresses), no offer", warning=True,
+        return ignore(Ignored.POOL_EXHAUSTED,
+                      f"pool exhausted ({pool.count} addresses), no offer", warning=True,
                       topic="pool exhausted")
     if lease.ip not in settings.network:
-        return ignore(f"reserved {lease.ip} is outside {settings.network}", warning=True,
+        return ignore(Ignored.RESERVATION,
+                      f"reserved {lease.ip} is outside {settings.network}", warning=True,
                       topic="reservation outside the network")
     return _answer(packet, client, settings, MessageType.OFFER, lease.ip)
 
@@ -179,21 +184,23 @@ def _request(packet: DhcpPacket, client: ClientInfo, pool: LeasePool, settings: 
     if server is not None:  # SELECTING
         if server != settings.server_id:
             pool.forget_offer(client.mac, now)
-            return ignore(f"client chose server {server}")
+            return ignore(Ignored.OTHER_SERVER, f"client chose server {server}")
         ip = requested or packet.ciaddr
         if ip == ZERO:
-            return ignore("REQUEST names no address")
+            return ignore(Ignored.BAD_REQUEST, "REQUEST names no address")
     elif requested is not None:  # INIT-REBOOT
         ip = requested
         if ip in settings.network and not pool.knows(client.mac):
-            return ignore(f"INIT-REBOOT for {ip}, but no record of this client (RFC 2131 4.3.2)")
+            return ignore(Ignored.UNKNOWN_CLIENT,
+                          f"INIT-REBOOT for {ip}, but no record of this client (RFC 2131 4.3.2)")
     elif packet.ciaddr != ZERO:  # RENEWING or REBINDING
         ip = packet.ciaddr
         if not pool.knows(client.mac):
             # Another server's client rebinding: not ours to NAK (RFC 2131 4.3.2).
-            return ignore(f"RENEW/REBIND of {ip}, but no record of this client")
+            return ignore(Ignored.UNKNOWN_CLIENT,
+                          f"RENEW/REBIND of {ip}, but no record of this client")
     else:
-        return ignore("REQUEST names no address")
+        return ignore(Ignored.BAD_REQUEST, "REQUEST names no address")
     if ip not in settings.network:
         return _nak(packet, settings, f"{ip} is not on {settings.network}")
     lease = pool.request(client.mac, ip, now, hostname=host_name(packet), uuid=client.uuid)
@@ -209,10 +216,10 @@ def _decline(packet: DhcpPacket, client: ClientInfo, pool: LeasePool, settings: 
              now: float) -> Decision:
     """RFC 2131 4.3.3: the client found the address in use; quarantine it."""
     if packet.address_option(DhcpOption.SERVER_ID) not in (None, settings.server_id):
-        return ignore("DECLINE for another server")
+        return ignore(Ignored.OTHER_SERVER, "DECLINE for another server")
     ip = packet.address_option(DhcpOption.REQUESTED_IP)
     if ip is None or pool.decline(client.mac, ip, now) is None:
-        return ignore(f"DECLINE of {ip}, which this client does not hold")
+        return ignore(Ignored.UNKNOWN_CLIENT, f"DECLINE of {ip}, which this client does not hold")
     return Decision(Event.DECLINE, ip=ip, persist=pool.take_dirty(),
                     note=f"{ip} quarantined for {pool.quarantine:g}s")
 
@@ -221,9 +228,10 @@ def _release(packet: DhcpPacket, client: ClientInfo, pool: LeasePool, settings: 
              now: float) -> Decision:
     """RFC 2131 4.3.4: the lease ends; the MAC keeps its affinity while free."""
     if packet.address_option(DhcpOption.SERVER_ID) not in (None, settings.server_id):
-        return ignore("RELEASE for another server")
+        return ignore(Ignored.OTHER_SERVER, "RELEASE for another server")
     if pool.release(client.mac, packet.ciaddr, now) is None:
-        return ignore(f"RELEASE of {packet.ciaddr}, which this client does not hold")
+        return ignore(Ignored.UNKNOWN_CLIENT,
+                      f"RELEASE of {packet.ciaddr}, which this client does not hold")
     return Decision(Event.RELEASE, ip=packet.ciaddr, persist=pool.take_dirty())
 
 
@@ -231,7 +239,7 @@ def _inform(packet: DhcpPacket, client: ClientInfo, pool: LeasePool, settings: S
             now: float) -> Decision:
     """RFC 2131 4.3.5: parameters only; no yiaddr, no lease time; the reply is an ACK."""
     if packet.ciaddr == ZERO and packet.giaddr == ZERO:
-        return ignore("INFORM without ciaddr")
+        return ignore(Ignored.BAD_REQUEST, "INFORM without ciaddr")
     return _answer(packet, client, settings, MessageType.ACK, ZERO, no_lease=True)
 
 
@@ -247,12 +255,13 @@ def _bootp(packet: DhcpPacket, client: ClientInfo, pool: LeasePool, settings: Se
         return conflict
     offered = pool.offer(client.mac, None, now)
     if offered is None:
-        return ignore(f"pool exhausted ({pool.count} addresses), no BOOTP reply", warning=True,
+        return ignore(Ignored.POOL_EXHAUSTED,
+                      f"pool exhausted ({pool.count} addresses), no BOOTP reply", warning=True,
                       topic="pool exhausted")
     lease = pool.request(client.mac, offered.ip, now, permanent=True,
                          hostname=host_name(packet), uuid=client.uuid)
     if lease is None or lease.ip not in settings.network:
-        return ignore(f"cannot bind {offered.ip} for BOOTP", warning=True,
+        return ignore(Ignored.POOL_EXHAUSTED, f"cannot bind {offered.ip} for BOOTP", warning=True,
                       topic="reservation outside the network")
     decision = _answer(packet, client, settings, None, lease.ip)
     return _with_persist(decision, pool.take_dirty())
@@ -279,7 +288,8 @@ def _static_conflict(client: ClientInfo, pool: LeasePool, now: float) -> Decisio
     holder = pool.static_blocker(client.mac, now)
     if holder is None:
         return None
-    return ignore(f"reservation {holder.ip} for {client.mac} not served: {_held(holder, now)}; "
+    return ignore(Ignored.RESERVATION,
+                  f"reservation {holder.ip} for {client.mac} not served: {_held(holder, now)}; "
                   f"{client.mac} gets it when that ends", warning=True,
                   topic="reservation conflict", once=f"static {holder.ip} {holder.mac}")
 
@@ -306,9 +316,9 @@ def _proxy(packet: DhcpPacket, client: ClientInfo, settings: Settings,
            kind: MessageType | None) -> Decision:
     """Next to another DHCP server: a boot-only OFFER for PXE clients, no address."""
     if not client.netboot:
-        return ignore("proxy mode serves PXE clients only")
+        return ignore(Ignored.NOT_PXE, "proxy mode serves PXE clients only")
     if kind != MessageType.DISCOVER:
-        return ignore("proxy mode answers DISCOVER only on this port")
+        return ignore(Ignored.NOT_FOR_SERVER, "proxy mode answers DISCOVER only on this port")
     return _answer(packet, client, settings, MessageType.OFFER, ZERO, no_lease=True)
 
 
@@ -316,9 +326,9 @@ def _boot_service(packet: DhcpPacket, client: ClientInfo, settings: Settings,
                   kind: MessageType | None, source: tuple[str, int]) -> Decision:
     """A REQUEST to port 4011: ACK with the boot file, to the sender."""
     if not client.netboot:
-        return ignore("boot service serves PXE clients only")
+        return ignore(Ignored.NOT_PXE, "boot service serves PXE clients only")
     if kind not in (MessageType.REQUEST, MessageType.INFORM):
-        return ignore("boot service answers REQUEST only")
+        return ignore(Ignored.NOT_FOR_SERVER, "boot service answers REQUEST only")
     decision = _answer(packet, client, settings, MessageType.ACK, ZERO, no_lease=True)
     host = str(packet.ciaddr) if packet.ciaddr != ZERO else source[0]
     return replace(decision, destination=(host, source[1]), broadcast=False)
@@ -371,7 +381,8 @@ def _unservable(client: ClientInfo, settings: Settings) -> Decision | None:
     name = bootfile_for(client, settings)
     if name is None and client.http:
         arch = client.arch_label
-        return ignore(f"HTTP boot client {client.mac} ignored: no http URL configured for "
+        return ignore(Ignored.NO_HTTP_URL,
+                      f"HTTP boot client {client.mac} ignored: no http URL configured for "
                       f"arch {arch} (expected an [httpd] section, [bootfile] {arch} = "
                       "http://..., or [tftp] root = http://... for a relative name)",
                       once=f"http-boot {arch}",
@@ -382,7 +393,8 @@ def _unservable(client: ClientInfo, settings: Settings) -> Decision | None:
 
 
 def _too_long(name: str) -> Decision:
-    return ignore(f"boot file {name!r} is longer than {FILE_FIELD_MAX} bytes, the BOOTP "
+    return ignore(Ignored.BOOT_FILE_TOO_LONG,
+                  f"boot file {name!r} is longer than {FILE_FIELD_MAX} bytes, the BOOTP "
                   "file field", warning=True, topic="boot file too long")
 
 
