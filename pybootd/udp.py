@@ -96,6 +96,9 @@ class Port:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
+                # A burst from another TID must not overflow it either (a
+                # limit, not memory taken: idle, it holds nothing).
+                stray.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
             sock.bind(local)
             # SO_REUSEPORT once the port is chosen: a socket that sets it only
             # after its bind is never given a port already taken, and only
