@@ -144,6 +144,15 @@ class HttpdConfig:
 
 
 @dataclass(frozen=True)
+class ApiConfig:
+    """``[api]``: the control plane (metrics, JSON, status page), apart from [httpd]."""
+
+    address: str = "127.0.0.1"
+    port: int = 9469
+    token: str | None = None  # then every data request needs "Authorization: Bearer TOKEN"
+
+
+@dataclass(frozen=True)
 class HttpAclConfig:
     location: str = ""
     pxe: str = ""
@@ -162,6 +171,7 @@ class Config:
     uuid: Mapping[str, bool] = field(default_factory=dict)  # upper-case UUID -> allowed
     http: HttpAclConfig | None = None
     httpd: HttpdConfig | None = None  # None: no HTTP server
+    api: ApiConfig | None = None  # None: no control API
     static_dhcp: Mapping[str, IPv4Address] = field(default_factory=dict)
     bootfiles: Mapping[int, str] = field(default_factory=dict)  # option 93 value -> file
     ipxe_bootfile: str | None = None
@@ -252,6 +262,7 @@ _SCHEMA: dict[str, dict[str, Parser]] = {
         "lease_file": v.text,
     },
     "http": {"location": v.http_url, "pxe": v.url_path, "dhcp": v.url_path},
+    "api": {"address": v.listen_address, "port": v.integer(0, 65535), "token": v.text},
     "httpd": {
         "address": v.listen_address,
         "port": v.integer(0, 65535),  # 0: any free port, named in the log (tests)
@@ -366,6 +377,7 @@ def parse_config(text: str, path: Path) -> Config:
         uuid=_acl(reader, "uuid", v.uuid),
         http=_http(reader),
         httpd=_httpd(reader),
+        api=_api(reader),
         static_dhcp=_static(reader),
         bootfiles=bootfiles,
         ipxe_bootfile=ipxe,
@@ -514,6 +526,24 @@ def _httpd(reader: _Reader) -> HttpdConfig | None:
         raise reader.fail(f"{given} without {missing} (expected both, for HTTPS, or neither)",
                           reader.lines.get(("httpd", given)), "httpd", missing)
     return httpd
+
+
+def _api(reader: _Reader) -> ApiConfig | None:
+    if "api" not in reader.sections:
+        return None
+    values = reader.typed("api")
+    if "port" not in values:
+        raise reader.fail("missing (expected port = 9469, say: [api] needs its own port)",
+                          reader.sections["api"].line, "api", "port")
+    if "address" in values and not values["address"]:
+        values["address"] = "0.0.0.0"  # "all"
+    api = ApiConfig(**values)
+    if api.token is None and not ip_address(api.address).is_loopback:
+        raise reader.fail(
+            f"{api.address} is reachable from the network, and [api] has no token (expected "
+            "token = a long random string, or address = 127.0.0.1)",
+            reader.lines.get(("api", "address")), "api", "token")
+    return api
 
 
 def _static(reader: _Reader) -> dict[str, IPv4Address]:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from pybootd.config import Config, load_config
+from pybootd.dhcp.pool import Lease
 from pybootd.errors import PybootdError
 from pybootd.logsetup import reopen_log_files, set_level
 from pybootd.privileges import drop_privileges, prepare_dirs
@@ -95,7 +96,7 @@ _LIVE = {  # Config fields applied on SIGHUP -> how the log line names them
     "http": "[http]",
 }
 _LIVE_KEYS = {("bootp", "access"), ("logger", "level")}
-_RESTART_SECTIONS = ("logger", "daemon", "tftp", "bootp", "httpd")
+_RESTART_SECTIONS = ("logger", "daemon", "tftp", "bootp", "httpd", "api")
 _ALIASES = {"root_path": "root", "root_url": "root"}  # TftpConfig fields of one INI key
 
 
@@ -116,7 +117,7 @@ def split_reload(old: Config, new: Config) -> tuple[Config, list[str], list[str]
         running["bootp"] = dataclasses.replace(old.bootp, access=new.bootp.access)
         if old.bootp.access != new.bootp.access:
             applied.append("bootp.access")
-    restart = [f"[{name}]" for name in ("bootp", "httpd")
+    restart = [f"[{name}]" for name in ("bootp", "httpd", "api")
                if (getattr(old, name) is None) != (getattr(new, name) is None)]
     for section in _RESTART_SECTIONS:
         restart.extend(_changed(section, getattr(old, section), getattr(new, section)))
@@ -141,7 +142,8 @@ def _changed(section: str, old: Any, new: Any) -> list[str]:
         before, after = getattr(old, field.name), getattr(new, field.name)
         if field.name == "address_set" or (section, key) in _LIVE_KEYS or before == after:
             continue
-        text = f"{section}.{key} ({_shown(before)} -> {_shown(after)})"
+        text = (f"{section}.{key} (changed)" if key == "token"  # a secret: never logged
+                else f"{section}.{key} ({_shown(before)} -> {_shown(after)})")
         if text not in changes:
             changes.append(text)
     return changes
@@ -212,6 +214,26 @@ class Daemon:
                 http = HttpService(runtime, tftp.resolver, address=tftp.address)
                 self.services.append(http)
                 await http.start()
+        if self.config.api is not None:
+            await self._start_api(runtime)
+
+    async def _start_api(self, runtime: Runtime) -> None:
+        from pybootd.server.api import ApiService
+        from pybootd.server.dhcp import DhcpService
+
+        assert self.config.api is not None
+        dhcp = next((s for s in self.services if isinstance(s, DhcpService)), None)
+        served = list(self.services)
+
+        def health() -> dict[str, bool]:
+            return {s.name: not self.stopping.is_set() for s in served}
+
+        def leases() -> list[Lease]:
+            return [] if dhcp is None or dhcp.pool is None else dhcp.pool.leases()
+
+        api = ApiService(self.config.api, runtime.observer, health, leases)
+        self.services.append(api)
+        await api.start()
 
     def stop(self) -> None:
         """SIGTERM, SIGINT: stop after the grace period; a second one: now."""

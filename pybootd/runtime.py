@@ -21,6 +21,7 @@ from typing import Protocol, TypeVar
 
 from pybootd.config import Config
 from pybootd.errors import SourceError
+from pybootd.observe.observer import Observer
 
 T = TypeVar("T")
 log = logging.getLogger("pybootd")
@@ -39,6 +40,8 @@ class Runtime:
     # logs it and stops with a non-zero status, so systemd restarts it.
     on_fatal: Callable[[str], None] | None = None
     pools: dict[str, ThreadPoolExecutor] = field(default_factory=dict)
+    # What the services report of each client event (metrics, timelines): [api] reads it.
+    observer: Observer = field(default_factory=Observer)
 
     def __post_init__(self) -> None:
         self.pools.setdefault(DEFAULT_POOL, self.executor)

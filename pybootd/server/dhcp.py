@@ -42,7 +42,7 @@ from typing import TypeVar
 from pybootd import udp
 from pybootd.config import BootpConfig, Config
 from pybootd.dhcp.chain import ChainTracker
-from pybootd.dhcp.events import REPLY_EVENTS, Event
+from pybootd.dhcp.events import REPLY_EVENTS, Event, Ignored
 from pybootd.dhcp.options import DhcpOption, MessageType
 from pybootd.dhcp.packet import ZERO, DhcpPacket, parse_packet_untrusted
 from pybootd.dhcp.pool import Lease, LeasePool
@@ -51,6 +51,7 @@ from pybootd.dhcp.responder import Decision, Settings, respond
 from pybootd.errors import BadPacket, NetworkConfigError, SourceError
 from pybootd.loglimit import LogLimiter, OncePer
 from pybootd.netif import LocalNetwork, find_network, local_networks
+from pybootd.observe.timeline import Source
 from pybootd.runtime import Runtime
 from pybootd.server.dhcpacl import AccessControl, Verdict
 from pybootd.server.leasestore import LeaseFileError, LeaseStore, is_fatal
@@ -203,12 +204,29 @@ class DhcpService:
             self._bind(self.bootp.pxe_port, boot_service=True)
         if self.pool is not None:  # after the binds: a failed start logs one line only
             log.info("%d leases loaded from %s", len(self.pool.leases()), self.config.lease_file)
+            self._register_gauges(self.pool)
         self._accepting = self._started = True
         for sock, boot_service in self._sockets:
             self.runtime.loop.add_reader(sock.fileno(), self._on_readable, sock, boot_service)
         log.info("DHCP %s on %s:%d (%s %s), pool %s", self.bootp.mode, self.bootp.address,
                  self.port, self.network.interface, self.network.network,
                  self._pool_text())
+
+    def _register_gauges(self, pool: LeasePool) -> None:
+        metrics = self.runtime.observer.metrics
+        metrics.gauge("pybootd_leases", "Pool addresses by lease state", "state",
+                      lambda: pool.counts(time.time()))
+        metrics.gauge("pybootd_pool_addresses", "Addresses in the pool", None,
+                      lambda: {"": pool.count})
+        self.runtime.observer.timeline.mac_of = self._mac_of
+
+    def _mac_of(self, ip: str) -> str | None:
+        """Who holds *ip* (a TFTP or HTTP client the timeline has not seen offered)."""
+        try:
+            lease = None if self.pool is None else self.pool.lease_at(IPv4Address(ip))
+        except ValueError:  # an IPv6 TFTP client
+            return None
+        return None if lease is None or not lease.active(time.time()) else lease.mac
 
     def reload(self, config: Config) -> None:
         """SIGHUP: apply ``[mac]``, ``[uuid]``, ``[static_dhcp]``, ``[bootfile]``,
@@ -392,6 +410,7 @@ class DhcpService:
             return
         if len(self._waiting) >= _MAX_WAITING:
             self._count("overload")
+            self.runtime.observer.dhcp_ignored(Ignored.OVERLOAD)
             if self._may_log("access overload"):
                 log.warning("%s: %d requests already wait for access answers; dropped",
                             client.mac, len(self._waiting))
@@ -434,6 +453,11 @@ class DhcpService:
         decision = respond(packet, client, self.pool, self.settings, time.time(),
                            boot_service=boot_service, source=source, chains=self.chains)
         self._log(peer, kind, decision)
+        self.runtime.observer.dhcp(
+            client.mac, _kind_name(kind), decision.event, reason=decision.reason,
+            ip=None if decision.ip is None else str(decision.ip), file=decision.bootfile,
+            why=decision.note, source=Source.PROXY if boot_service or self.bootp.mode == "proxy"
+            else Source.DHCP)
         if decision.persist:
             self._queue(_Pending(decision, sock, ifindex, peer, client))
         else:
@@ -444,6 +468,9 @@ class DhcpService:
         denied = verdict is Verdict.DENY
         self._count(Event.DENIED.value if denied else "unanswered")
         mac = peer.client.mac
+        self.runtime.observer.dhcp(mac, _kind_name(kind), Event.DENIED if denied else Event.IGNORE,
+                                   why=self.acl.reason(peer.client, verdict),
+                                   reason=Ignored.DENIED if denied else Ignored.UNANSWERED)
         level = logging.INFO if self._first_time(mac, "access") else logging.DEBUG
         if log.isEnabledFor(level) and (level == logging.DEBUG or self.limiter.allow(
                 "access denied", time.monotonic(), logging.INFO)):
@@ -455,6 +482,7 @@ class DhcpService:
         self._count(decision.event.value)
         if decision.reply is not None and decision.destination is not None:
             self._send(decision, sock, ifindex, peer)
+            self.runtime.observer.dhcp_reply(decision.event.upper())
         if decision.event in REPLY_EVENTS and client is not None:
             self._notify(decision.event, client, decision.ip, decision.bootfile)
 

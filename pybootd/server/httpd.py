@@ -31,6 +31,8 @@ from pybootd.api import FileProtocol, FileResponse, TftpRequest
 from pybootd.config import Config, HttpdConfig
 from pybootd.errors import PybootdError, SourceError, TftpError
 from pybootd.loglimit import LogLimiter, clip
+from pybootd.observe.observer import Underway
+from pybootd.observe.timeline import Source
 from pybootd.runtime import Runtime
 from pybootd.sources.chunks import ChunkSource, PooledSource
 from pybootd.sources.httpcache import MirrorFailure
@@ -154,21 +156,23 @@ class HttpService:
         except SourceError as exc:
             return self._refused(request, peer, 502, str(exc))
         running.source = opened.source
+        self.runtime.observer.started(running, Underway(
+            peer[0], raw, Source.HTTP, opened.source.size, time.time(), lambda: running.sent))
         try:
-            response, sent, error = await self._respond(request, opened)
+            response, sent, error = await self._respond(request, opened, running)
         finally:
             running.release()
-        self._log_end(request, peer, opened, response.status, sent, started, error)
+        self._log_end(running, opened, response.status, sent, started, error)
         return response
 
-    async def _respond(self, request: web.BaseRequest, opened: Opened
+    async def _respond(self, request: web.BaseRequest, opened: Opened, running: _Running
                        ) -> tuple[web.StreamResponse, int, str]:
         """The response, the body bytes sent, why it broke ("" if it did not)."""
         content_type = mimetypes.guess_type(opened.served)[0] or "application/octet-stream"
         fd = _file_descriptor(opened.source)
         if fd is not None:
             return await self._send_file(request, fd, content_type)
-        return await self._stream(request, opened.source, content_type)
+        return await self._stream(request, opened.source, content_type, running)
 
     async def _send_file(self, request: web.BaseRequest, fd: int, content_type: str
                          ) -> tuple[web.StreamResponse, int, str]:
@@ -183,8 +187,8 @@ class HttpService:
         body = request.method == "GET" and response.status in (200, 206)
         return response, (response.content_length or 0) if body else 0, ""
 
-    async def _stream(self, request: web.BaseRequest, source: ChunkSource, content_type: str
-                      ) -> tuple[web.StreamResponse, int, str]:
+    async def _stream(self, request: web.BaseRequest, source: ChunkSource, content_type: str,
+                      running: _Running) -> tuple[web.StreamResponse, int, str]:
         response = web.StreamResponse(headers={"Content-Type": content_type})
         if source.size is not None:
             response.content_length = source.size
@@ -194,6 +198,7 @@ class HttpService:
             while request.method == "GET" and (chunk := await source.read(STREAM_CHUNK)):
                 await response.write(chunk)
                 sent += len(chunk)
+                running.sent = sent
             await response.write_eof()
         except (TftpError, SourceError, OSError) as exc:
             # Headers are out: only a cut connection tells the client the
@@ -212,13 +217,19 @@ class HttpService:
                 f"HTTP requests refused with {status}", self.runtime.loop.time(), level):
             log.log(level, "%s: HTTP %s %s refused: %d %s", format_peer(peer), request.method,
                     clip(request.path), status, clip(detail))
+        self.runtime.observer.http(None, client=peer[0], path=request.path, served=None,
+                                   status=status, nbytes=0, seconds=0.0, error=detail)
         reason = web.Response(status=status).reason
         return web.Response(status=status, text=f"{status} {reason}\n", headers=headers)
 
-    def _log_end(self, request: web.BaseRequest, peer: tuple[str, int], opened: Opened,
-                 status: int, sent: int, started: float, error: str) -> None:
+    def _log_end(self, running: _Running, opened: Opened, status: int, sent: int,
+                 started: float, error: str) -> None:
         """One line per response, like TFTP's: client, file, bytes, seconds, rate."""
+        request, peer = running.request, running.peer
         seconds = time.monotonic() - started
+        self.runtime.observer.http(running, client=peer[0], path=request.path,
+                                   served=opened.served, status=status, nbytes=sent,
+                                   seconds=seconds, error=error, broken=bool(error))
         self.totals["sent"] += sent
         if error:
             self.totals["broken"] += 1
@@ -238,6 +249,7 @@ class _Running:
         self.peer = _peer(request)
         self.done = done
         self.source: ChunkSource | None = None  # set while the body is sent
+        self.sent = 0  # body bytes streamed so far (a file's sendfile is not counted)
 
     def release(self) -> None:
         if self.source is not None:

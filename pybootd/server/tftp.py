@@ -7,6 +7,7 @@ import contextlib
 import errno
 import logging
 import socket
+import time
 from collections import Counter
 from ipaddress import ip_address
 from pathlib import Path
@@ -24,6 +25,8 @@ from pybootd.api import (
 from pybootd.config import Config, TftpConfig
 from pybootd.errors import BadPacket, PybootdError, SourceError, TftpError
 from pybootd.loglimit import LogLimiter, OncePer, clip
+from pybootd.observe.observer import Underway
+from pybootd.observe.timeline import Source
 from pybootd.runtime import Runtime
 from pybootd.server import tftp_pump
 from pybootd.server.tftp_transfer import (
@@ -375,6 +378,7 @@ class TftpService:
             self.active[key] = transfer
             self.stats.active_sessions = sum(1 for t in self.active.values() if t)
             transfer.start()
+            self._observe_start(transfer)
         except (TftpError, SourceError) as exc:
             self._drop(key)
             self._refused(port, peer, request, exc, name, served)
@@ -468,7 +472,7 @@ class TftpService:
         self.stats.increment("transfers_" + kind)
         self.stats.increment("bytes_sent" if read else "bytes_received", stats.bytes)
         self.stats.increment("retransmits", stats.retransmits)
-        self._report(stats)
+        self._report(stats, transfer)
 
     def _log_end(self, transfer: Transfer, stats: TransferStats, ok: bool) -> None:
         """One line per transfer; rate-limited only for a client that never
@@ -486,7 +490,15 @@ class TftpService:
                 stats.packets, stats.retransmits,
                 f" ({clip(stats.error)})" if stats.error else "")
 
-    def _report(self, stats: TransferStats) -> None:
+    def _observe_start(self, transfer: Transfer) -> None:
+        size = transfer.source.size if isinstance(transfer, ReadTransfer) else None
+        conn = transfer.conn
+        self.runtime.observer.started(transfer, Underway(
+            transfer.peer[0], transfer.info.name, Source.TFTP, size, time.time(),
+            lambda: conn.transferred))
+
+    def _report(self, stats: TransferStats, transfer: Transfer | None = None) -> None:
+        self.runtime.observer.tftp(transfer, stats)
         if self.session_stats is None:
             return
         try:

@@ -230,9 +230,14 @@ class HttpCache:
         ask = _Ask(shown or relative, peer)
         url = self.url_for(relative)
         entry = self.entries.get(url)
+        result = "hit"
         if entry is None or (entry.complete and entry.needs_check(time.monotonic(),
                                                                   self.stale_max)):
+            before = entry
             entry = await self._single_flight(url, entry, ask)
+            result = "miss" if entry is not before else (
+                "stale" if entry.serving_stale else "revalidated")
+        self.runtime.observer.cache(result)
         # Held from here on: never evicted while its file is being opened.
         entry.refs += 1
         entry.last_used = time.monotonic()
