@@ -231,7 +231,10 @@ class Daemon:
         def leases() -> list[Lease]:
             return [] if dhcp is None or dhcp.pool is None else dhcp.pool.leases()
 
-        api = ApiService(self.config.api, runtime.observer, health, leases)
+        def pool_size() -> int:
+            return 0 if dhcp is None or dhcp.pool is None else dhcp.pool.count
+
+        api = ApiService(self.config.api, runtime.observer, health, leases, pool_size)
         self.services.append(api)
         await api.start()
 

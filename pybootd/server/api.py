@@ -49,8 +49,10 @@ class ApiService:
     name = "api"
 
     def __init__(self, conf: ApiConfig, observer: Observer, health: Health,
-                 leases: Leases | None = None) -> None:
+                 leases: Leases | None = None, pool_size: Callable[[], int] | None = None
+                 ) -> None:
         self.conf, self.observer, self.health, self.leases = conf, observer, health, leases
+        self.pool_size = pool_size
         self._runner: web.AppRunner | None = None
         self._server: asyncio.Server | None = None
 
@@ -172,6 +174,7 @@ class ApiService:
         errors = [e for e in self.observer.errors if now - e["ended"] <= ERROR_WINDOW]
         return web.json_response({
             "services": self.health(), "pool": pool,
+            "pool_size": None if self.pool_size is None else self.pool_size(),
             "machines": [_summary(m) for m in self.observer.timeline.machines()[:100]],
             "running": [r.as_json(now) for r in self.observer.running.values()],
             "errors": list(reversed(errors))[:50], "now": now})

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -187,3 +188,39 @@ def test_without_the_token_every_data_request_is_refused(daemon: Running) -> Non
         assert status == 401 and "Bearer" in body["error"], path
         assert daemon.get(path, token="wrong")[0] == 401
     assert TOKEN not in daemon.log.read_text()
+
+
+def chromium(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Headless Debian chromium, flags as the machine notes ask (no background
+    networking: the machine's network is closed), a fresh profile."""
+    binary = shutil.which("chromium")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium not found (.ci/run installs Debian's chromium)")
+        pytest.skip("chromium not found (Debian package chromium)")
+    with tempfile.TemporaryDirectory(prefix="pybootd-chromium-") as profile:
+        return subprocess.run(
+            [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+             "--no-first-run", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", f"--user-data-dir={profile}", *args],
+            capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def test_the_status_page_in_a_real_browser_shows_the_machine_and_its_file(
+        daemon: Running, tmp_path: Path) -> None:
+    boot(daemon)
+    url = f"http://127.0.0.1:{daemon.ports['api']}/#token={TOKEN}"
+    # The page polls the API once a second: 3 s of the page's time render it.
+    done = chromium("--virtual-time-budget=3000", "--dump-dom", url)
+    assert done.returncode == 0, done.stderr
+    dom = done.stdout
+    machines = dom[dom.index('id="machines"'):dom.index("</tbody>", dom.index('id="machines"'))]
+    assert MAC_TEXT in machines and CLIENT_IP in machines and "http /linux" in machines
+    state = re.search(r'<div id="state"[^>]*>([^<]*)</div>', dom)
+    assert state is not None and state[1].startswith("serving: dhcp, tftp, http"), state
+    shot = tmp_path / "status.png"
+    done = chromium("--virtual-time-budget=3000", "--window-size=1100,700",
+                    f"--screenshot={shot}", url)
+    assert done.returncode == 0 and shot.stat().st_size > 10_000, done.stderr
+    if os.environ.get("PYBOOTD_SCREENSHOT"):  # docs/status.png for the README
+        shutil.copy(shot, os.environ["PYBOOTD_SCREENSHOT"])
