@@ -32,6 +32,7 @@ class LoggerConfig:
     type: str = "stderr"
     level: str = "info"
     file: Path | None = None
+    format: str = "text"  # text | json (one object per line)
 
 
 @dataclass(frozen=True)
@@ -207,6 +208,7 @@ _SCHEMA: dict[str, dict[str, Parser]] = {
         "type": v.choice("stderr", "file", "syslog", "none"),
         "level": v.choice(*LOG_LEVELS),
         "file": v.text,
+        "format": v.choice("text", "json"),
     },
     "daemon": {
         "user": v.text,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import logging.handlers
 import os
 import re
+from typing import Any
 
 from pybootd.config import LoggerConfig
 from pybootd.errors import PybootdError
@@ -37,6 +40,25 @@ class SafeFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
+class JsonFormatter(logging.Formatter):
+    """``[logger] format = json``: one JSON object per line (``time`` in ISO
+    8601 UTC, ``level``, ``logger``, ``message``, ``traceback`` if any, and
+    the fields of a record's ``event``, as the timeline has them). JSON
+    escapes what clients put in messages itself."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+        line: dict[str, Any] = {"time": when.isoformat(timespec="milliseconds"),
+                                "level": record.levelname.lower(), "logger": record.name,
+                                "message": record.getMessage()}
+        event = getattr(record, "event", None)
+        if isinstance(event, dict):
+            line.update(event)
+        if record.exc_info:
+            line["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
 class LogSetupError(PybootdError):
     """The log file cannot be opened (a missing folder, no permission)."""
 
@@ -64,12 +86,13 @@ def setup_logging(config: LoggerConfig, debug: bool = False) -> None:
     elif config.type == "syslog" and os.path.exists("/dev/log"):
         syslog = logging.handlers.SysLogHandler(
             address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON)
-        syslog.setFormatter(SafeFormatter("pybootd[%(process)d]: %(name)s: %(message)s"))
+        syslog.setFormatter(JsonFormatter() if config.format == "json" else
+                            SafeFormatter("pybootd[%(process)d]: %(name)s: %(message)s"))
         root.addHandler(syslog)
         return
     else:
         handler = logging.StreamHandler()
-    handler.setFormatter(SafeFormatter(FORMAT))
+    handler.setFormatter(JsonFormatter() if config.format == "json" else SafeFormatter(FORMAT))
     root.addHandler(handler)
 
 

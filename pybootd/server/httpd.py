@@ -238,7 +238,10 @@ class HttpService:
         log.log(logging.WARNING if error else logging.INFO,
                 "%s: HTTP %s %s%s %d%s: %d bytes in %.3fs (%.1f MB/s)", format_peer(peer),
                 request.method, clip(request.path), served, status,
-                f" broken ({clip(error)})" if error else "", sent, seconds, rate)
+                f" broken ({clip(error)})" if error else "", sent, seconds, rate,
+                extra={"event": {"source": "http", "client": peer[0], "what": request.path,
+                                 "file": opened.served, "outcome": str(status),
+                                 "bytes": sent, "seconds": round(seconds, 6), "why": error}})
 
 
 class _Running:

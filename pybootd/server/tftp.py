@@ -488,7 +488,11 @@ class TftpService:
                 "%d retransmits%s", format_peer(transfer.peer), stats.direction,
                 clip(stats.filename), stats.outcome, stats.bytes, stats.duration, rate,
                 stats.packets, stats.retransmits,
-                f" ({clip(stats.error)})" if stats.error else "")
+                f" ({clip(stats.error)})" if stats.error else "",
+                extra={"event": {"source": "tftp", "client": transfer.peer[0],
+                                 "what": stats.filename, "file": stats.served,
+                                 "outcome": str(stats.outcome), "bytes": stats.bytes,
+                                 "seconds": round(stats.duration, 6), "why": stats.error}})
 
     def _observe_start(self, transfer: Transfer) -> None:
         size = transfer.source.size if isinstance(transfer, ReadTransfer) else None

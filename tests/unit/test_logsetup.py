@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -61,3 +63,19 @@ def test_level_from_a_reload_and_debug_flag(tmp_path: Path) -> None:
         assert root.level == logging.DEBUG
     finally:
         setup_logging(LoggerConfig(type="none"))
+
+
+def test_json_format_one_object_per_line_with_the_event_fields(tmp_path: Path) -> None:
+    log_file = tmp_path / "pybootd.log"
+    setup_logging(LoggerConfig(type="file", file=log_file, format="json"))
+    logger = logging.getLogger("pybootd.tftp")
+    logger.info("192.0.2.10:2070: read %s complete", "linux\x1b[2J", extra={"event": {
+        "source": "tftp", "client": "192.0.2.10", "what": "linux", "bytes": 7}})
+    logger.warning("plain line")
+    first, second = (json.loads(line) for line in log_file.read_text().splitlines())
+    assert first["level"] == "info" and first["logger"] == "pybootd.tftp"
+    assert first["message"] == "192.0.2.10:2070: read linux\x1b[2J complete"  # JSON-escaped
+    assert "\x1b" not in log_file.read_text()
+    assert (first["source"], first["client"], first["bytes"]) == ("tftp", "192.0.2.10", 7)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", first["time"])
+    assert second["message"] == "plain line" and "source" not in second
