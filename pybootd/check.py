@@ -372,6 +372,10 @@ def describe(config: Config, dhcp: bool, tftp: bool,
         where = h.address or config.tftp.address or (
             str(network.address) if network is not None else "all addresses")
         lines.append(f"HTTP: the TFTP root over {h.scheme} on {where} port {h.port}")
+    if config.api is not None:
+        a = config.api
+        lines.append(f"API: metrics, JSON and status page on {a.address} port {a.port}, "
+                     f"{'token required' if a.token else 'no token (loopback only)'}")
     return "\n".join(lines)
 
 

@@ -380,3 +380,16 @@ def test_check_prints_the_url_each_http_boot_client_gets(
     assert "HTTP: the TFTP root over http on 127.0.0.1 port 8080" in out
     assert "  HTTP boot http-x64 (16) -> http://127.0.0.1:8080/efi/grubx64.efi\n" in out
     assert out.endswith("  iPXE (generic) -> http://127.0.0.1:8080/boot.ipxe\n")
+
+
+def test_check_names_the_api_and_refuses_it_open_to_the_network(
+        root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, err, _ = check(tmp_path, config(root, tmp_path, rest=(
+        "[api]\nport = 9469\ntoken = secret-value\n")), capsys)
+    assert status == 0 and "API: metrics, JSON and status page on 127.0.0.1 port 9469, " \
+        "token required" in out
+    assert "secret-value" not in out + err
+    status, out, err, path = check(tmp_path, config(root, tmp_path, rest=(
+        "[api]\nport = 9469\naddress = 0.0.0.0\n")), capsys)
+    assert status == 1 and f"{path}:{line_of(path, 'address = 0.0.0.0')}: api.token: " \
+        "0.0.0.0 is reachable from the network, and [api] has no token" in err
