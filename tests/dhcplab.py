@@ -117,14 +117,15 @@ class DhcpLab:
         self.config = config
         return path
 
-    def start_server(self, timeout: float = 20) -> None:
-        """Start ``pybootd -c CONFIG -p`` (DHCP only, as the daemon user); wait until ready."""
+    def start_server(self, timeout: float = 20, only: tuple[str, ...] = ("-p",)) -> None:
+        """Start ``pybootd -c CONFIG -p`` (DHCP only, as the daemon user; *only*
+        ``()``: every service the config has); wait until ready."""
         path = self.workdir / "pybootd.ini"
         log_path = self.workdir / "server.log"
         start = log_path.stat().st_size if log_path.exists() else 0
         with open(log_path, "ab") as log:
             self.server = self.lab.popen(
-                self.server_ns, [sys.executable, "-m", "pybootd", "-c", str(path), "-p"],
+                self.server_ns, [sys.executable, "-m", "pybootd", "-c", str(path), *only],
                 stdout=log, stderr=log, cwd=str(REPO))
         deadline = time.monotonic() + timeout
         while "pybootd ready" not in log_path.read_text(errors="replace")[start:]:
