@@ -1,4 +1,5 @@
 #!/bin/sh
-# Boot benchmark, pybootd against dnsmasq (issue 4): see scripts/bench_boot.py.
-#   sudo scripts/bench_boot.sh [--runs 5] [--json out.json] [--keep]
+# Boot benchmark, pybootd against dnsmasq (issue 4) and, over HTTP, against
+# dnsmasq + Python's http.server: see scripts/bench_boot.py.
+#   sudo scripts/bench_boot.sh [--runs 5] [--only bios|mirror|http] [--json out.json] [--keep]
 exec python3 "$(dirname "$0")/bench_boot.py" "$@"

@@ -2,9 +2,10 @@
 
 ``192.0.2.1/24`` on a bridge in namespace ``srv``; each VM is a QEMU process in
 that namespace attached to its own tap on the bridge. :class:`Watcher` runs
-``sniff.py`` on the bridge, so every DHCP and TFTP packet between the VMs and
-the servers is seen once, with its time; :meth:`BootNet.times` turns them into
-the times a user feels (VM start to DHCP ACK, to first TFTP byte, to kernel).
+``sniff.py`` on the bridge, so every DHCP, TFTP and HTTP packet between the VMs
+and the servers is seen once, with its time; :meth:`BootNet.times` turns them
+into the times a user feels (VM start to DHCP ACK, to first TFTP or HTTP byte,
+to kernel).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -28,10 +30,11 @@ from boot.vm import Vm, VmSpec, wait_kernels
 SNIFF = Path(__file__).resolve().parent / "sniff.py"
 WATCHER_START = 10.0  # seconds
 Event = dict[str, Any]
+HTTP_DETAILS = ("code", "content-length", "range", "bytes", "seconds", "short")
 
 
 class Watcher:
-    """``sniff.py`` on the taps of some VMs: DHCP/TFTP events as dicts, a pcap."""
+    """``sniff.py`` on the taps of some VMs: DHCP/TFTP/HTTP events as dicts, a pcap."""
 
     def __init__(self, lab: NetLab, ns: str, taps: list[str], workdir: Path, name: str) -> None:
         self.events_path = workdir / f"{name}.jsonl"
@@ -44,6 +47,11 @@ class Watcher:
         line = self.proc.stdout.readline().decode(errors="replace") if readable else ""
         if line.strip() != "ready":
             raise AssertionError(f"packet watcher did not start in {WATCHER_START:g} s: {line}")
+
+    def stop(self, lab: NetLab) -> None:
+        """SIGTERM: the watcher flushes its pcap and exits (SIGKILL would lose
+        the pcap's buffered tail)."""
+        lab.stop(self.proc, signal.SIGTERM, timeout=10)
 
     def events(self) -> list[Event]:
         try:
@@ -60,16 +68,31 @@ class BootTimes:
     dhcp_ack: float | None
     first_tftp: float | None
     kernel: float | None
-    initrd: float | None = None  # the initrd's transfer alone, RRQ to last block
-    initrd_server: float | None = None  # its sum of ACK -> next DATA (the server's share)
-    answers: float | None = None  # sum over the TFTP requests of RRQ -> first answer
+    # the initrd's transfer alone: TFTP RRQ to last block, or HTTP GET to last byte
+    initrd: float | None = None
+    # its sum of ACK -> next DATA (TFTP), or of the time the web server owed
+    # data with all it sent acknowledged (HTTP): the server's share
+    initrd_server: float | None = None
+    answers: float | None = None  # sum over the requests of request -> first answer
+    first_http: float | None = None  # the first HTTP response header to the VM
+    discover: float | None = None  # the VM's first DHCP DISCOVER: its firmware is up
+
+    @property
+    def after_discover(self) -> float | None:
+        """Kernel start minus the first DISCOVER: the boot without the
+        firmware's own start, which the servers have no part in (under TCG
+        it moves by a second from one VM to the next)."""
+        if self.kernel is None or self.discover is None:
+            return None
+        return self.kernel - self.discover
 
     def text(self) -> str:
         def fmt(value: float | None) -> str:
             return "never" if value is None else f"{value:.1f} s"
 
+        http = "" if self.first_http is None else f"first HTTP byte {fmt(self.first_http)}, "
         return (f"DHCP ACK {fmt(self.dhcp_ack)}, first TFTP byte {fmt(self.first_tftp)}, "
-                f"kernel {fmt(self.kernel)} (initrd transfer {fmt(self.initrd)}, "
+                f"{http}kernel {fmt(self.kernel)} (initrd transfer {fmt(self.initrd)}, "
                 f"server's share {fmt(self.initrd_server)})")
 
 
@@ -134,6 +157,12 @@ class BootNet:
         self.start(vms)
         return wait_kernels(vms, timeout)
 
+    def stop_watchers(self) -> list[Path]:
+        """Stop the packet watchers (so their pcaps are complete); their pcaps."""
+        for watcher in self.watchers:
+            watcher.stop(self.lab)
+        return [watcher.pcap for watcher in self.watchers]
+
     # --- what happened ------------------------------------------------------
     def events(self, vm: Vm | None = None) -> list[Event]:
         found = sorted((e for w in self.watchers for e in w.events()), key=lambda e: e["t"])
@@ -152,15 +181,21 @@ class BootNet:
         ack = first(lambda e: e.get("proto") == "dhcp" and e.get("type") == "ACK"
                     and to_vm(e, vm.mac))
         data = first(lambda e: e.get("op") == "DATA1" and to_vm(e, vm.mac))
+        http = first(lambda e: e.get("proto") == "http" and e.get("op") == "STATUS"
+                     and to_vm(e, vm.mac))
+        discover = first(lambda e: e.get("proto") == "dhcp" and e.get("type") == "DISCOVER"
+                         and from_vm(e, vm.mac))
         initrd = [e for e in self.events(vm)
                   if e.get("op") == "DONE" and e["file"].endswith("initrd.gz")]
         if not initrd:
-            return BootTimes(ack, data, kernel, answers=self.answer_waits(vm))
+            return BootTimes(ack, data, kernel, answers=self.answer_waits(vm), first_http=http,
+                             discover=discover)
         return BootTimes(ack, data, kernel, initrd[-1]["seconds"], initrd[-1]["server_s"],
-                         self.answer_waits(vm))
+                         self.answer_waits(vm), http, discover)
 
     def answer_waits(self, vm: Vm) -> float:
-        """The time the VM waited for the first answer to each of its TFTP requests."""
+        """The time the VM waited for the first answer to each of its TFTP and
+        HTTP requests (HTTP: request line -> response header)."""
         pending: dict[str, float] = {}
         total = 0.0
         for e in self.events(vm):
@@ -168,6 +203,8 @@ class BootNet:
                 pending[e["src"]] = float(e["t"])
             elif e.get("op") in ("OACK", "ERROR", "DATA1") and e["dst"] in pending:
                 total += float(e["t"]) - pending.pop(e["dst"])
+            elif e.get("proto") == "http" and e.get("op") == "STATUS":
+                total += float(e["wait"])
         return total
 
     def requested(self, vm: Vm) -> list[str]:
@@ -176,11 +213,33 @@ class BootNet:
 
     def completed(self, vm: Vm) -> list[str]:
         """Files whose transfer to the VM completed, once per transfer."""
-        return [e["file"] for e in self.events(vm) if e.get("op") == "DONE"]
+        return [e["file"] for e in self.events(vm)
+                if e.get("op") == "DONE" and e.get("proto") == "tftp"]
 
     def served(self, vm: Vm) -> dict[str, int]:
         """Files whose transfer to the VM completed, and their sizes."""
-        return {e["file"]: e["bytes"] for e in self.events(vm) if e.get("op") == "DONE"}
+        return {e["file"]: e["bytes"] for e in self.events(vm)
+                if e.get("op") == "DONE" and e.get("proto") == "tftp"}
+
+    def tftp_packets(self, vm: Vm | None = None) -> list[Event]:
+        """Every TFTP packet seen (a transfer starts with a request to port 69,
+        which the watcher always reports)."""
+        return [e for e in self.events(vm) if e.get("proto") == "tftp"
+                or (e.get("proto") == "udp" and 69 in ports(e))]
+
+    def http_requests(self, vm: Vm) -> list[str]:
+        """``METHOD PATH`` of each HTTP request the VM sent, in order."""
+        return [f"{e['op']} {e['file']}" for e in self.events(vm)
+                if e.get("proto") == "http" and e["op"] not in ("STATUS", "DONE")]
+
+    def http_served(self, vm: Vm) -> dict[str, int]:
+        """Paths whose whole body (status 200) reached the VM, and their sizes."""
+        return {e["file"]: e["bytes"] for e in self.events(vm)
+                if e.get("proto") == "http" and e["op"] == "DONE" and e["code"] == 200
+                and not e.get("short")}
+
+    def http_statuses(self, vm: Vm) -> list[Event]:
+        return [e for e in self.events(vm) if e.get("proto") == "http" and e["op"] == "STATUS"]
 
     def dhcp_replies(self, vm: Vm) -> list[Event]:
         return [e for e in self.events(vm) if e.get("proto") == "dhcp" and e.get("op") == 2]
@@ -199,6 +258,10 @@ class BootNet:
                                            "size") if k in e}
                 yield (f"{t:8.3f} TFTP {e['op']:5} {e['src']} -> {e['dst']} "
                        f"{e.get('file', '')!r} {extra or ''}")
+            elif e.get("proto") == "http":
+                info = {k: e[k] for k in HTTP_DETAILS if k in e}
+                yield (f"{t:8.3f} HTTP {e['op']:6} {e['src']} -> {e['dst']} "
+                       f"{e.get('file', '')!r} {info or ''}")
             else:
                 yield f"{t:8.3f} {e}"
 
@@ -218,6 +281,11 @@ class BootNet:
             vm.stop()
         for server in reversed(self.servers):
             server.stop()
+
+
+def ports(event: Event) -> set[int]:
+    """The UDP or TCP ports of an event's ``src`` and ``dst`` (``ip:port``)."""
+    return {int(event[k].rpartition(":")[2]) for k in ("src", "dst") if k in event}
 
 
 def keep_artifacts() -> bool:

@@ -32,6 +32,9 @@ GRUB_CFG = "debian-installer/amd64/grub/grub.cfg"
 # Our menus and iPXE script are the samples users copy to /etc/pybootd.
 ETC = Path(__file__).resolve().parents[2] / "etc"
 MENUS = ("pxe-serial.cfg", "grub-serial.cfg", "boot.ipxe")
+# iPXE builds of the Debian package ipxe: BIOS, UEFI PXE, UEFI HTTP Boot.
+IPXE_FILES = ("undionly.kpxe", "ipxe.efi", "snponly.efi")
+SNPONLY = "snponly.efi"
 
 
 @dataclass(frozen=True)
@@ -95,13 +98,15 @@ def put_file(source: Path, path: Path) -> Path:
 
 
 def dnsmasq_tree(files: BootFiles) -> None:
-    """The Debian tree with our menus in place, iPXE and its script beside."""
+    """The Debian tree with our menus in place, iPXE and its script beside
+    (also the document root of the reference web server: snponly.efi is the
+    iPXE that UEFI HTTP Boot loads)."""
     mirror_tree(INSTALLER, files.dnsmasq_root)
     root = files.dnsmasq_root
     put_file(files.pxe_cfg, root / "debian-installer/amd64/pxelinux.cfg/default")
     put_file(files.grub_cfg, root / GRUB_CFG)
     put_file(files.ipxe_script, root / "boot.ipxe")
-    for name in ("undionly.kpxe", "ipxe.efi"):
+    for name in IPXE_FILES:
         link_file(IPXE_DIR / name, root / name)
     # dnsmasq names the boot file in option 67 only, and shim looks for grub
     # beside the BOOTP file field, empty then: give it one at the top.
@@ -130,5 +135,5 @@ def build_boot_files(base: Path) -> BootFiles:
 def missing_sources() -> list[str]:
     """Packages whose files are absent, for a skip (or CI failure) message."""
     needs = {"debian-installer-12-netboot-amd64": INSTALLER / KERNEL,
-             "ipxe": IPXE_DIR / "undionly.kpxe"}
+             "ipxe": IPXE_DIR / SNPONLY}
     return [package for package, path in needs.items() if not path.exists()]

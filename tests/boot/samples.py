@@ -15,7 +15,8 @@ from boot.servers import POOL_START
 from pybootd.ini import parse_ini
 
 SAMPLES = ("uefi-bios.ini", "debian-mirror.ini", "proxy.ini", "ipxe-chainload.ini",
-           "access-mac.ini")
+           "access-mac.ini", "uefi-http.ini", "bios-ipxe-http.ini")
+HTTP_SAMPLES = ("uefi-http.ini", "bios-ipxe-http.ini")  # [httpd] on
 PUBLIC_MIRROR = "http://debian-mirror.example/debian/"
 SITE_KEYS = ("interface", "netmask", "gateway", "dns", "address")
 

@@ -3,8 +3,10 @@
 * :class:`Pybootd`: ``python -m pybootd -c FILE`` from this checkout; ready
   when it sends ``READY=1`` to ``NOTIFY_SOCKET`` (the systemd protocol the
   unit in ``etc/pybootd.service`` relies on);
-* :class:`Dnsmasq`: the reference server, full PXE + TFTP or addresses only;
-* :class:`HttpMirror`: ``python -m http.server`` over a mirror-like folder.
+* :class:`Dnsmasq`: the reference server, full PXE + TFTP, the HTTP chains
+  (boot files as ``http://`` URLs, no TFTP) or addresses only;
+* :class:`HttpMirror`: ``python -m http.server`` over a mirror-like folder
+  (or over dnsmasq's tree, the web server of the reference HTTP chains).
 """
 
 from __future__ import annotations
@@ -174,13 +176,43 @@ class Pybootd(Process):
 
 @dataclass
 class DnsmasqOptions:
-    """What dnsmasq serves: ``boot`` = PXE + TFTP from *root*, else addresses only."""
+    """What dnsmasq serves: PXE + TFTP from *root*; with *http_url* (a web
+    server's folder, ending in ``/``) the HTTP chains and no TFTP; else
+    addresses only."""
 
     interface: str
     root: Path | None = None
     bios_file: str = "pxelinux.0"
     efi_file: str = "debian-installer/amd64/bootnetx64.efi"
+    http_url: str | None = None
+    ipxe_script: str = "boot.ipxe"  # under http_url: what iPXE gets
+    http_file: str = "snponly.efi"  # under http_url: what UEFI HTTP Boot gets
     extra: list[str] = field(default_factory=list)
+
+
+def dnsmasq_http_chain(url: str, script: str, http_file: str) -> list[str]:
+    """dnsmasq options of the reference HTTP chains (no TFTP at all).
+
+    * iPXE (the BIOS NIC ROM, or snponly.efi once HTTP Boot started it) says
+      so with option 175: it gets the iPXE script's URL, and fetches the
+      kernel and initrd the script names from the same web folder.
+    * UEFI HTTP Boot firmware sends option 60 ``HTTPClient:Arch:00016`` and
+      takes only an offer that answers option 60 ``HTTPClient`` with a URL
+      in the boot file: it gets snponly.efi (iPXE on the firmware's network
+      driver). Debian 12's GRUB, loaded this way, fetches no grub.cfg.
+    * Everyone else is a PXE client: option 60 ``PXEClient`` and option 43
+      (boot the file), as in the TFTP setup, so that iPXE does not wait for
+      a proxyDHCP offer.
+    dhcp-vendorclass matches a prefix of option 60; the two dhcp-boot lines
+    are made exclusive, so that their order does not matter (snponly.efi's
+    iPXE is no HTTP Boot client, but a BIOS iPXE ROM could send both).
+    """
+    return ["--dhcp-match=set:ipxe,175", "--dhcp-vendorclass=set:httpboot,HTTPClient",
+            "--dhcp-option-force=tag:httpboot,60,HTTPClient",
+            "--dhcp-option-force=tag:!httpboot,60,PXEClient",
+            "--dhcp-option-force=tag:!httpboot,43,06:01:08:ff",
+            f"--dhcp-boot=tag:ipxe,{url}{script}",
+            f"--dhcp-boot=tag:!ipxe,tag:httpboot,{url}{http_file}"]
 
 
 class Dnsmasq(Process):
@@ -209,6 +241,8 @@ class Dnsmasq(Process):
                      f"--dhcp-boot=tag:efi64,{o.efi_file}",
                      f"--dhcp-boot=tag:!efi64,{o.bios_file}",
                      "--enable-tftp", f"--tftp-root={o.root}"]
+        elif o.http_url is not None:
+            argv += dnsmasq_http_chain(o.http_url, o.ipxe_script, o.http_file)
         return argv + o.extra
 
     def start(self) -> None:
@@ -229,19 +263,19 @@ class HttpMirror(Process):
     name = "http"
 
     def __init__(self, lab: NetLab, ns: str, workdir: Path, docroot: Path,
-                 delay: float = 0.0) -> None:
+                 delay: float = 0.0, port: int = HTTP_PORT) -> None:
         super().__init__(lab, ns, workdir)
-        self.docroot, self.delay = docroot, delay
+        self.docroot, self.delay, self.port = docroot, delay, port
 
     @property
     def url(self) -> str:
-        return f"http://{SERVER_IP}:{HTTP_PORT}/"
+        return f"http://{SERVER_IP}:{self.port}/"
 
     def start(self) -> None:
         self.spawn([sys.executable, str(MIRROR_HTTP), str(self.docroot), "--bind", SERVER_IP,
-                    "--port", str(HTTP_PORT), "--delay", str(self.delay)],
+                    "--port", str(self.port), "--delay", str(self.delay)],
                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self.wait_ready(lambda: HTTP_PORT in listening_tcp(self.lab, self.ns))
+        self.wait_ready(lambda: self.port in listening_tcp(self.lab, self.ns))
 
     def requests(self) -> list[str]:
         """Paths fetched, in order."""

@@ -1,4 +1,4 @@
-"""Watch DHCP and TFTP on one interface: JSON events and a pcap.
+"""Watch DHCP, TFTP and HTTP on one interface: JSON events and a pcap.
 
 Run inside the server's namespace (``ip netns exec NS python3 sniff.py TAP...
 --events FILE --pcap FILE``) on the taps of the VMs: every frame a VM sends or
@@ -7,12 +7,18 @@ frame forwarded between two bridge ports never reaches the bridge device
 itself). A broadcast leaves by every tap: its copies are dropped. It prints
 ``ready`` once capturing, then writes
 one JSON object a line per DHCP message, TFTP request, option ack, error,
-first and last data block of each transfer, and ICMP unreachable. Times are
-``time.monotonic()`` of the kernel's receive timestamp, so the parent process
-can subtract its own ``monotonic()`` of the VM start.
+first and last data block of each transfer, HTTP request, response header
+and completed response body (on any TCP port: a connection is HTTP once the
+VM sends a request line on it), the first datagram of any other UDP flow,
+and ICMP unreachable. Times are ``time.monotonic()`` of the kernel's receive
+timestamp, so the parent process can subtract its own ``monotonic()`` of the
+VM start.
 
-The pcap holds every DHCP packet and TFTP control packet whole, and the first
-96 bytes of TFTP data packets: enough for ``tshark -r`` when a boot fails.
+The pcap holds every DHCP packet, TFTP control packet, other UDP datagram,
+HTTP request and response header and TCP control segment whole, and the
+first 96 bytes of TFTP data packets and of TCP segments that carry a body:
+enough for ``tshark -r`` when a boot fails, and to show that a boot used no
+TFTP at all.
 """
 
 from __future__ import annotations
@@ -40,6 +46,10 @@ TEXT_OPTIONS = {60, 66, 67, 77}
 HEX_OPTIONS = {43, 97, 175}
 DATA_SNAP = 96
 DUPLICATE_WINDOW = 0.5  # seconds: a flooded broadcast's copies arrive together
+FRAME_MAX = 70000  # a GSO frame may exceed 64 KiB by its headers (below malloc's mmap)
+HTTP_METHODS = (b"GET ", b"HEAD ", b"POST ", b"PUT ", b"OPTIONS ")
+SEQ_MOD = 1 << 32
+TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
 
 
 @dataclass
@@ -56,6 +66,49 @@ class Transfer:
     last_data: float | None = None  # the server's last DATA, not yet acknowledged
     server_s: float = 0.0  # sum of ACK -> next DATA: the server's share
     client_s: float = 0.0  # sum of DATA -> ACK: the client's (and the wire's)
+
+
+def seq_ge(a: int, b: int) -> bool:
+    """TCP sequence number *a* is at or after *b* (modulo 2**32)."""
+    return (a - b) % SEQ_MOD < SEQ_MOD // 2
+
+
+@dataclass
+class HttpExchange:
+    """One request on an HTTP connection and the response to it."""
+
+    method: str
+    path: str
+    start: float  # the request
+    code: int = 0
+    length: int | None = None  # Content-Length; None: until the server's FIN
+    body_start: int | None = None  # sequence number of the body's first byte
+    server_s: float = 0.0  # time the server owed data with nothing in flight
+    idle_since: float | None = None
+
+
+@dataclass
+class HttpConnection:
+    """A TCP connection on which the VM sent an HTTP request."""
+
+    pending: list[HttpExchange]
+    current: HttpExchange | None = None  # the response being received
+    sent_max: int | None = None  # highest sequence number the server sent, + 1
+    request_seq: int | None = None  # of the VM's last request (a resent one has it too)
+
+
+def http_head(payload: bytes) -> tuple[str, dict[str, str], int] | None:
+    """(first line, lower-case headers, header length) of a request or
+    response that starts this segment and whose header it holds whole."""
+    end = payload.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    lines = payload[:end].decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        key, _, value = line.partition(":")
+        headers[key.strip().lower()] = value.strip()
+    return lines[0], headers, end + 4
 
 
 class PcapWriter:
@@ -140,6 +193,8 @@ class Sniffer:
         self.events = events
         self.pcap = pcap
         self.transfers: dict[tuple[str, int], Transfer] = {}
+        self.http: dict[tuple[str, int, str, int], HttpConnection] = {}
+        self.udp_flows: set[tuple[str, int, str, int]] = set()
 
     def emit(self, t: float, event: dict[str, Any]) -> None:
         event["t"] = round(t, 4)
@@ -155,6 +210,9 @@ class Sniffer:
         src, dst = ip_text(frame[26:30]), ip_text(frame[30:34])
         if frame[23] == 1:
             self.icmp(t, wall_ns, frame, 14 + ihl)
+            return
+        if frame[23] == 6:
+            self.tcp(t, wall_ns, frame, 14 + ihl, src, dst)
             return
         if frame[23] != 17 or len(frame) < 14 + ihl + 8:
             return
@@ -173,6 +231,132 @@ class Sniffer:
         elif (src, sport) in self.transfers or (dst, dport) in self.transfers:
             client = (src, sport) if (src, sport) in self.transfers else (dst, dport)
             self.tftp(t, wall_ns, frame, base, self.transfers[client], payload)
+        elif sport == 69:  # from a TFTP server's well-known port, not to a known transfer
+            self.pcap.write(wall_ns, frame)
+            op = TFTP_OPS.get(int.from_bytes(payload[:2], "big"), "?")
+            self.emit(t, {**base, "proto": "tftp", "op": op})
+        else:
+            self.pcap.write(wall_ns, frame)
+            flow = (src, sport, dst, dport)
+            if flow not in self.udp_flows:
+                self.udp_flows.add(flow)
+                self.emit(t, {**base, "proto": "udp", "size": len(payload)})
+
+    # --- HTTP -----------------------------------------------------------------
+    def tcp(self, t: float, wall_ns: int, frame: bytes, offset: int, src: str,
+            dst: str) -> None:
+        if len(frame) < offset + 20:
+            return
+        sport, dport, seq, ack = struct.unpack_from("!HHII", frame, offset)
+        flags = frame[offset + 13]
+        total = struct.unpack_from("!H", frame, 16)[0]
+        end = min(len(frame), 14 + total) if total else len(frame)
+        payload = frame[offset + (frame[offset + 12] >> 4) * 4:end]
+        base = {"src": f"{src}:{sport}", "dst": f"{dst}:{dport}",
+                "eth_src": mac_text(frame[6:12]), "eth_dst": mac_text(frame[0:6])}
+        key = (src, sport, dst, dport)
+        if payload.startswith(HTTP_METHODS):
+            self.pcap.write(wall_ns, frame)
+            conn = self.http.setdefault(key, HttpConnection([]))
+            if conn.request_seq != seq:  # not a retransmission of the last request
+                conn.request_seq = seq
+                self.http_request(t, base, conn, payload)
+        elif key in self.http:
+            self.pcap.write(wall_ns, frame, DATA_SNAP if payload else None)
+            if flags & TCP_ACK:
+                self.client_ack(t, self.http[key], ack)
+        elif (dst, dport, src, sport) in self.http:
+            conn = self.http[(dst, dport, src, sport)]
+            header = self.http_response(t, base, conn, seq, payload)
+            self.pcap.write(wall_ns, frame, None if header or not payload else DATA_SNAP)
+            if payload:
+                self.server_data(t, base, conn, (seq + len(payload)) % SEQ_MOD)
+            if flags & (TCP_FIN | TCP_RST):
+                self.server_close(t, base, conn, (seq + len(payload)) % SEQ_MOD)
+        else:
+            self.pcap.write(wall_ns, frame, DATA_SNAP if payload else None)
+
+    def http_request(self, t: float, base: dict[str, Any], conn: HttpConnection,
+                payload: bytes) -> None:
+        line = payload.split(b"\r\n", 1)[0].decode("latin-1")
+        method, _, rest = line.partition(" ")
+        path = rest.rsplit(" ", 1)[0] if " HTTP/" in rest else rest
+        head = http_head(payload)
+        event: dict[str, Any] = {**base, "proto": "http", "op": method, "file": path}
+        if head is not None and "range" in head[1]:
+            event["range"] = head[1]["range"]
+        exchange = HttpExchange(method, path, t, idle_since=t)
+        conn.pending.append(exchange)
+        self.emit(t, event)
+
+    def http_response(self, t: float, base: dict[str, Any], conn: HttpConnection, seq: int,
+                 payload: bytes) -> bool:
+        """A response header at the start of this segment: True if so."""
+        if conn.current is not None or not conn.pending or not payload.startswith(b"HTTP/1."):
+            return False
+        head = http_head(payload)
+        if head is None:
+            return False
+        status, headers, length = head
+        ex = conn.pending.pop(0)
+        words = status.split()
+        ex.code = int(words[1]) if len(words) > 1 and words[1].isdigit() else 0
+        if ex.idle_since is not None:
+            ex.server_s += t - ex.idle_since
+            ex.idle_since = None
+        event = {**base, "proto": "http", "op": "STATUS", "file": ex.path,
+                 "method": ex.method, "code": ex.code, "wait": round(t - ex.start, 4)}
+        for name in ("content-length", "content-range", "connection"):
+            if name in headers:
+                event[name] = headers[name]
+        self.emit(t, event)
+        size = headers.get("content-length", "")
+        ex.length = int(size) if size.isdigit() else None
+        if ex.method == "HEAD" or ex.code in (204, 304) or ex.length == 0:
+            return True
+        ex.body_start = (seq + length) % SEQ_MOD
+        conn.current = ex
+        return True
+
+    def server_data(self, t: float, base: dict[str, Any], conn: HttpConnection,
+                    seg_end: int) -> None:
+        if conn.sent_max is None or seq_ge(seg_end, conn.sent_max):
+            conn.sent_max = seg_end
+        ex = conn.current
+        if ex is None or ex.body_start is None:
+            return
+        if ex.idle_since is not None:
+            ex.server_s += t - ex.idle_since
+            ex.idle_since = None
+        got = (conn.sent_max - ex.body_start) % SEQ_MOD
+        if ex.length is not None and got >= ex.length:
+            self.http_done(t, base, conn, ex.length)
+
+    def client_ack(self, t: float, conn: HttpConnection, ack: int) -> None:
+        """All the server sent is acknowledged, the body is not complete:
+        from now on the server owes data (its share, as TFTP's ACK -> DATA)."""
+        ex = conn.current
+        if (ex is not None and ex.idle_since is None and conn.sent_max is not None
+                and seq_ge(ack, conn.sent_max)):
+            ex.idle_since = t
+
+    def server_close(self, t: float, base: dict[str, Any], conn: HttpConnection,
+                     seg_end: int) -> None:
+        ex = conn.current
+        if ex is not None and ex.body_start is not None:
+            self.http_done(t, base, conn, (seg_end - ex.body_start) % SEQ_MOD, closed=True)
+
+    def http_done(self, t: float, base: dict[str, Any], conn: HttpConnection, size: int,
+                  closed: bool = False) -> None:
+        ex = conn.current
+        assert ex is not None
+        conn.current = None
+        event = {**base, "proto": "http", "op": "DONE", "file": ex.path, "method": ex.method,
+                 "code": ex.code, "bytes": size, "seconds": round(t - ex.start, 3),
+                 "server_s": round(ex.server_s, 3)}
+        if closed and ex.length is not None and size < ex.length:
+            event["short"] = True  # the server closed before the whole body
+        self.emit(t, event)
 
     def request(self, t: float, base: dict[str, Any], client: tuple[str, int],
                 payload: bytes) -> None:
@@ -250,7 +434,7 @@ def open_socket(iface: str) -> socket.socket:
 
 def receive(sock: socket.socket) -> tuple[int, bytes]:
     """One frame and its kernel receive time (wall clock, ns)."""
-    frame, ancillary, _flags, _addr = sock.recvmsg(65536, 64)
+    frame, ancillary, _flags, _addr = sock.recvmsg(FRAME_MAX, 64)
     wall_ns = time.time_ns()
     for level, kind, data in ancillary:
         if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:

@@ -2,7 +2,8 @@
 
 The acceptance of issue 4. Each test builds a namespace with a bridge
 (192.0.2.1/24), starts pybootd there, and boots VMs on taps of that bridge:
-SeaBIOS + iPXE ROM, OVMF's own PXE, OVMF + iPXE EFI ROM. A boot passes when
+SeaBIOS + iPXE ROM, OVMF's own PXE, OVMF + iPXE EFI ROM, OVMF's UEFI HTTP
+Boot (with pybootd's web server, [httpd]). A boot passes when
 the serial console shows the installer's kernel starting (``Linux version``)
 with the ``console=ttyS0`` command line our ``[filters]`` menus give it.
 Passing tests report their times (VM start to DHCP ACK, to first TFTP byte,
@@ -22,10 +23,12 @@ from boot.fixtures import (
     GRUB_CFG,
     INITRD,
     INSTALLER,
+    IPXE_DIR,
     KERNEL,
     MIRROR_PATH,
     PXE_DEFAULT,
     SHIM,
+    SNPONLY,
     BootFiles,
 )
 from boot.samples import sample_config
@@ -326,3 +329,103 @@ def test_access_mac(net: BootNet, boot_files: BootFiles, report_times: Report) -
     assert not net.dhcp_replies(unlisted), net.evidence(unlisted)
     assert not net.requested(unlisted), net.evidence(unlisted)
     report_times("listed MAC", net.times(listed, kernel))
+
+
+# --- 7. HTTP (pybootd's [httpd]) --------------------------------------------
+def http_urls(server: Pybootd, name: str) -> set[str]:
+    """The URL of *name* on pybootd's web server, as DHCP may give it (the
+    port may be left out when it is 80)."""
+    port = int(server.sections.get("httpd", {}).get("port", "80"))
+    urls = {f"http://{SERVER_IP}:{port}/{name}"}
+    return urls | {f"http://{SERVER_IP}/{name}"} if port == 80 else urls
+
+
+def http_whole(net: BootNet, vm: Vm, server: Pybootd, expected: Mapping[str, int]) -> None:
+    """Each path of *expected* reached *vm* whole over HTTP from pybootd, and
+    no request of the VM got an error."""
+    port = int(server.sections.get("httpd", {}).get("port", "80"))
+    statuses = net.http_statuses(vm)
+    assert statuses, f"no HTTP response reached the VM\n{net.evidence(vm)}"
+    for status in statuses:
+        assert status["src"] == f"{SERVER_IP}:{port}", status
+        assert status["code"] < 400, f"{status}\n{net.evidence(vm)}"
+    served = net.http_served(vm)
+    for path, length in expected.items():
+        assert served.get(path) == length, (f"{path}: {served.get(path)} bytes over HTTP, "
+                                            f"expected {length}\n{net.evidence(vm)}")
+
+
+def no_tftp(net: BootNet) -> None:
+    """Not one TFTP packet crossed the VMs' taps: the watcher saw no datagram
+    to or from port 69, and tshark finds no TFTP in the capture (which holds
+    every UDP datagram and the HTTP requests whole)."""
+    packets = net.tftp_packets()
+    assert not packets, f"TFTP on the wire: {packets[:5]}\n{net.evidence()}"
+    for pcap in net.stop_watchers():
+        found = net.lab.run(None, ["tshark", "-n", "-r", str(pcap), "-Y",
+                                   "tftp || udp.port == 69"], timeout=120).stdout
+        assert not found.strip(), f"tshark found TFTP in {pcap}:\n{found[:2000]}"
+        gets = net.lab.run(None, ["tshark", "-n", "-r", str(pcap), "-Y", "http.request"],
+                           timeout=120).stdout
+        assert len(gets.splitlines()) >= 3, f"{pcap}: tshark sees no HTTP requests:\n{gets}"
+
+
+def ipxe_acks(net: BootNet, vm: Vm) -> list[Event]:
+    """pybootd's ACKs to the exchanges in which iPXE asked (option 175 or 77)."""
+    requests = [e for e in net.events(vm) if e.get("proto") == "dhcp" and e["op"] == 1]
+    xids = {e["xid"] for e in requests if e["opt"].get("77") == "iPXE" or "175" in e["opt"]}
+    assert xids, f"iPXE never asked\n{net.evidence(vm)}"
+    return [e for e in replies(net, vm, "ACK") if e["xid"] in xids]
+
+
+def test_uefi_http_boot(net: BootNet, boot_files: BootFiles, report_times: Report) -> None:
+    """etc/uefi-http.ini: OVMF's own UEFI HTTP Boot (PXE off, virtio-net) gets
+    snponly.efi's URL on pybootd's web server; that iPXE asks again (option
+    175) and gets boot.ipxe's URL; the script, kernel and initrd come over
+    HTTP. Not one TFTP packet on the wire."""
+    needs("uefi-http")
+    require_tools("tshark")
+    server = start_sample(net, boot_files, "uefi-http.ini")
+    vm = net.vm("uefi-http")
+    kernel = booted(net, vm, net.boot([vm]))
+    requests = [e for e in net.events(vm) if e.get("proto") == "dhcp" and e["op"] == 1]
+    firmware = [e for e in requests if e["opt"].get("60", "").startswith("HTTPClient")]
+    assert firmware, f"the firmware never asked as an HTTP Boot client\n{net.evidence(vm)}"
+    assert {e["opt"].get("93") for e in firmware} == {16}, firmware
+    firmware_acks = [e for e in replies(net, vm, "ACK")
+                     if e["xid"] in {f["xid"] for f in firmware}]
+    assert firmware_acks, f"no ACK to the HTTP Boot client\n{net.evidence(vm)}"
+    for ack in firmware_acks:
+        # HTTP Boot takes only an answer with option 60 HTTPClient and a URL
+        assert ack["file"] in http_urls(server, SNPONLY), ack
+        assert ack["opt"].get("60") == "HTTPClient", ack
+    acks = ipxe_acks(net, vm)
+    assert acks and all(a["file"] in http_urls(server, IPXE_SCRIPT) for a in acks), acks
+    http_whole(net, vm, server, {f"/{SNPONLY}": (IPXE_DIR / SNPONLY).stat().st_size,
+                                 f"/{IPXE_SCRIPT}": boot_files.ipxe_script.stat().st_size,
+                                 f"/{KERNEL}": size(KERNEL), f"/{INITRD}": size(INITRD)})
+    report_times("uefi HTTP Boot -> snponly.efi -> iPXE", net.times(vm, kernel))
+    no_tftp(net)
+    assert server.stop() == 0, f"SIGTERM: not a clean exit\n{server.log_tail()}"
+
+
+def test_bios_ipxe_over_http(net: BootNet, boot_files: BootFiles,
+                             report_times: Report) -> None:
+    """etc/bios-ipxe-http.ini: SeaBIOS + the iPXE ROM asks as iPXE and gets
+    boot.ipxe's URL on pybootd's web server (the default ipxe_rom = script);
+    the script, kernel and initrd come over HTTP, and no TFTP at all."""
+    needs("bios")
+    require_tools("tshark")
+    server = start_sample(net, boot_files, "bios-ipxe-http.ini")
+    vm = net.vm("bios")
+    kernel = booted(net, vm, net.boot([vm]))
+    acks = ipxe_acks(net, vm)
+    assert acks and all(a["file"] in http_urls(server, IPXE_SCRIPT) for a in acks), acks
+    assert acks[-1]["yiaddr"] in POOL, acks[-1]
+    assert [r.split()[1] for r in net.http_requests(vm)][:1] == [f"/{IPXE_SCRIPT}"], \
+        net.http_requests(vm)
+    http_whole(net, vm, server, {f"/{IPXE_SCRIPT}": boot_files.ipxe_script.stat().st_size,
+                                 f"/{KERNEL}": size(KERNEL), f"/{INITRD}": size(INITRD)})
+    report_times("bios iPXE over HTTP", net.times(vm, kernel))
+    no_tftp(net)
+    assert server.stop() == 0, f"SIGTERM: not a clean exit\n{server.log_tail()}"

@@ -11,7 +11,7 @@ import configparser
 import pytest
 
 from boot.fixtures import ETC, INSTALLER, MENUS
-from boot.samples import SAMPLES, read_sample
+from boot.samples import HTTP_SAMPLES, SAMPLES, read_sample
 from pybootd.config import load_config
 
 
@@ -59,3 +59,13 @@ def test_sample_sets_its_root(name: str) -> None:
     config = load_config(ETC / name)
     assert config.tftp.root_set
     assert config.tftp.root_path == INSTALLER or config.tftp.root_url is not None
+
+
+@pytest.mark.parametrize("name", HTTP_SAMPLES)
+def test_http_sample_serves_http(name: str) -> None:
+    """The HTTP samples turn [httpd] on and give iPXE a relative script name
+    (which becomes a URL of pybootd's web server), never TFTP-only."""
+    config = load_config(ETC / name)
+    assert config.httpd is not None and config.httpd.port == 80
+    assert config.ipxe_bootfile == "boot.ipxe"
+    assert "http" not in read_sample(name)["bootfile"]["ipxe"]

@@ -1,11 +1,14 @@
 """QEMU virtual machines that boot from the network, with a serial console.
 
-Three firmwares, as a user meets them:
+Four firmwares, as a user meets them:
 
 * ``bios``: SeaBIOS with the iPXE ROM of an e1000 NIC (``pxe-e1000.rom``);
 * ``uefi``: OVMF with a virtio-net NIC and no option ROM, so OVMF's own
   EDK2 PXE client boots (``romfile=`` empty: see the field notes);
-* ``uefi-ipxe``: OVMF with the iPXE EFI ROM of an e1000 NIC (``efi-e1000.rom``).
+* ``uefi-ipxe``: OVMF with the iPXE EFI ROM of an e1000 NIC (``efi-e1000.rom``);
+* ``uefi-http``: OVMF's own UEFI HTTP Boot (virtio-net, no option ROM), its
+  PXE boot options turned off through fw_cfg, so that HTTP Boot (vendor
+  class ``HTTPClient:Arch:00016``) is the first network boot it tries.
 
 KVM is used only when it really boots a Linux guest on this machine (nested
 virtualisation may hang it after "Probing EDD"): :func:`accelerator` probes
@@ -33,18 +36,23 @@ OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 INSTALLER = Path("/usr/lib/debian-installer/images/12/amd64/text")
 KERNEL_MARK = "Linux version"
-FIRMWARES = ("bios", "uefi", "uefi-ipxe")
+FIRMWARES = ("bios", "uefi", "uefi-ipxe", "uefi-http")
 PROBE_SECONDS = 20.0
 # Under TCG a BIOS boot reaches the kernel in ~30 s and a UEFI one in ~20 s
 # on an idle machine; these limits leave room for a loaded CI runner.
 BOOT_LIMIT = {"kvm": 90.0, "tcg": 240.0}
+# OVMF (Debian 12) reads these at start: "n" removes its PXE boot options, so
+# HTTP Boot is tried first rather than after a failed PXE boot.
+NO_PXE = ["-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=n",
+          "-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=n"]
 
 
 def required_files(firmware: str) -> list[Path]:
     """Firmware files a VM of this kind needs (for require_tools)."""
     files = {"bios": [IPXE_ROMS / "pxe-e1000.rom"],
              "uefi": [OVMF_CODE, OVMF_VARS],
-             "uefi-ipxe": [OVMF_CODE, OVMF_VARS, IPXE_ROMS / "efi-e1000.rom"]}
+             "uefi-ipxe": [OVMF_CODE, OVMF_VARS, IPXE_ROMS / "efi-e1000.rom"],
+             "uefi-http": [OVMF_CODE, OVMF_VARS]}
     return files[firmware]
 
 
@@ -118,6 +126,8 @@ def firmware_argv(spec: VmSpec) -> list[str]:
         return [*pflash, "-device", f"virtio-net-pci,{net},romfile="]
     if spec.firmware == "uefi-ipxe":
         return [*pflash, "-device", f"e1000,{net},romfile={IPXE_ROMS / 'efi-e1000.rom'}"]
+    if spec.firmware == "uefi-http":
+        return [*pflash, *NO_PXE, "-device", f"virtio-net-pci,{net},romfile="]
     raise ValueError(f"unknown firmware {spec.firmware!r} (expected one of {FIRMWARES})")
 
 
