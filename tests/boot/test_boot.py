@@ -12,6 +12,7 @@ to kernel start) in the "network boot times" section of the summary.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 
 import pytest
@@ -52,6 +53,7 @@ PXE_PROBE_LIMIT = 1.0  # seconds for a "file not found" (pxelinux tries ~9 names
 UNLISTED_WATCH = 45.0  # seconds an unlisted VM is watched, from its start
 OTHER_DHCP = "192.0.2.3"  # the LAN's own DHCP server in the proxy scenario
 IPXE_SCRIPT = "boot.ipxe"
+API_PORT = 9469  # [api], on the server namespace's loopback
 POOL = {f"192.0.2.{n}" for n in range(100, 150)}  # pool_start 192.0.2.100, 50 addresses
 SHIM_PROBES = {"revocations_sku.efi", "revocations_sbat.efi", "shim_certificate_0.efi"}
 
@@ -161,7 +163,8 @@ def shim_checks(net: BootNet, vm: Vm, files: BootFiles) -> None:
 def test_bios_pxelinux(net: BootNet, boot_files: BootFiles, report_times: Report) -> None:
     """SeaBIOS + iPXE ROM -> DHCP -> pxelinux.0 -> ldlinux.c32 -> menu -> kernel."""
     needs("bios")
-    server = start_pybootd(net, boot_files, {})  # [bootp] boot_file defaults to pxelinux.0
+    # [bootp] boot_file defaults to pxelinux.0; [api] for the machine's timeline.
+    server = start_pybootd(net, boot_files, {"api": {"port": str(API_PORT)}})
     # No [tftp] address: TFTP listens where DHCP serves, as the original did.
     tftp = {host for host, port in udp_sockets(net.lab, net.ns) if port == 69}
     assert tftp == {SERVER_IP}, tftp
@@ -171,8 +174,25 @@ def test_bios_pxelinux(net: BootNet, boot_files: BootFiles, report_times: Report
     assert (ack["file"], ack["siaddr"]) == ("pxelinux.0", SERVER_IP), ack
     assert ack["yiaddr"] in POOL, ack
     pxelinux_checks(net, vm, boot_files)
+    timeline_checks(net, vm)
     report_times("bios", net.times(vm, kernel))
     assert server.stop() == 0, f"SIGTERM: not a clean exit\n{server.log_tail()}"
+
+
+def timeline_checks(net: BootNet, vm: Vm) -> None:
+    """[api]: the machine's timeline, in order: its DHCP exchange, then each
+    file pxelinux loaded (the probes in between refused), with durations."""
+    answer = net.lab.run(net.ns, ["curl", "-sS", "--max-time", "10",
+                                  f"http://127.0.0.1:{API_PORT}/api/v1/machines/{vm.mac}"])
+    events = json.loads(answer.stdout)["events"]
+    dhcp = [(e["what"], e["outcome"]) for e in events if e["source"] == "dhcp"]
+    assert dhcp[:2] == [("DISCOVER", "offer"), ("REQUEST", "ack")], dhcp
+    files = [e for e in events if e["source"] == "tftp" and e["outcome"] == "complete"]
+    assert [e["what"] for e in files] == ["pxelinux.0", "ldlinux.c32", PXE_DEFAULT, KERNEL,
+                                          INITRD], events
+    assert all(e["seconds"] > 0 and e["bytes"] > 0 for e in files), files
+    first_file = events.index(files[0])
+    assert all(e["source"] == "dhcp" for e in events[:first_file]), events
 
 
 # --- 2. UEFI ------------------------------------------------------------------
