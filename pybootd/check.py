@@ -37,9 +37,10 @@ from pathlib import Path
 from pybootd.config import Config, FilterRule
 from pybootd.dhcp.arch import HTTP_BOOT_ARCHES, arch_name
 from pybootd.dhcp.pxe import ClientInfo
-from pybootd.dhcp.responder import Settings, bootfile_for
+from pybootd.dhcp.responder import bootfile_for
 from pybootd.errors import ConfigError, PybootdError, TftpError
 from pybootd.netif import LocalNetwork, interface_names, local_addresses
+from pybootd.server.dhcp import settings_for
 from pybootd.tftp.filters import FILENAME_VAR, FilterSet, Rule
 from pybootd.tftp.paths import normalize_request_path
 
@@ -428,14 +429,8 @@ def boot_map(config: Config, network: LocalNetwork | None = None) -> str:
 
 def _http_urls(config: Config, network: LocalNetwork) -> list[str]:
     """What DHCP answers a UEFI HTTP Boot client of each architecture, and
-    iPXE: the responder's own choice (its Settings as the DHCP service builds them)."""
-    assert config.bootp is not None
-    next_server = config.bootp.next_server or network.address
-    settings = Settings(server_id=network.address, network=network.network,
-                        next_server=next_server, bootfiles=config.bootfiles,
-                        ipxe_bootfile=config.ipxe_bootfile, http_root=config.tftp.root_url,
-                        http_base=None if config.httpd is None
-                        else config.httpd.base_url(str(next_server)))
+    iPXE: the responder's own choice, from the DHCP service's own settings."""
+    settings = settings_for(config, network)
     lines = []
     for arch in sorted(HTTP_BOOT_ARCHES):
         url = bootfile_for(ClientInfo("", arches=(arch,), http=True), settings)

@@ -71,6 +71,10 @@ class Observer:
     def started(self, key: object, running: Underway) -> None:
         self.running[key] = running
 
+    def forget(self, key: object) -> None:
+        """A transfer that ended without a report (cancelled at shutdown)."""
+        self.running.pop(key, None)
+
     def ended(self, key: object | None, *, client: str, name: str, served: str | None,
               protocol: Source, outcome: str, nbytes: int, seconds: float,
               error: str = "") -> None:

@@ -27,11 +27,11 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from pybootd import configvalues
-from pybootd.config import ApiConfig
+from pybootd.config import ApiConfig, Config
 from pybootd.dhcp.pool import PERMANENT, Lease
 from pybootd.errors import PybootdError
 from pybootd.observe.observer import Observer
-from pybootd.observe.timeline import Machine
+from pybootd.observe.timeline import Machine, Source
 from pybootd.udp import format_peer
 
 log = logging.getLogger("pybootd.api")
@@ -85,7 +85,7 @@ class ApiService:
         return [] if self._server is None else [
             s.getsockname()[1] for s in self._server.sockets]
 
-    def reload(self, config: Any) -> None:
+    def reload(self, config: Config) -> None:
         """[api] changes need a restart (the daemon says so)."""
 
     def summary(self) -> str:
@@ -136,8 +136,8 @@ class ApiService:
     def _lease(self, lease: Lease) -> dict[str, Any]:
         machine = self.observer.timeline.machine(lease.mac or "")
         boot = None if machine is None else next(
-            (e.file for e in reversed(machine.events) if e.source.value.endswith("dhcp")
-             and e.file), None)
+            (e.file for e in reversed(machine.events)
+             if e.source in (Source.DHCP, Source.PROXY) and e.file), None)
         return {"mac": lease.mac, "address": str(lease.ip), "state": str(lease.state),
                 "expires": None if lease.expires >= PERMANENT else _iso(lease.expires),
                 "hostname": lease.hostname, "uuid": lease.uuid, "boot_file": boot}

@@ -185,7 +185,7 @@ class DhcpService:
         self.network = detect_network(self.config)
         self.server_address = self.network.address
         self._ifindex = socket.if_nametoindex(self.network.interface)
-        self.settings = self._settings(self.network)
+        self.settings = settings_for(self.config, self.network)
         if self.bootp.mode == "server":
             self.pool = self._pool(self.network)
             try:
@@ -240,7 +240,7 @@ class DhcpService:
         assert config.bootp is not None
         self.config, self.bootp = config, config.bootp
         if self.network is not None:
-            self.settings = self._settings(self.network)
+            self.settings = settings_for(self.config, self.network)
             if self.pool is not None:
                 self._check_static(self.network)
                 self.pool.set_static(config.static_dhcp)
@@ -297,36 +297,6 @@ class DhcpService:
             log.info("DHCP stopped (%s)", counts or "no requests")
 
     # --- setup --------------------------------------------------------------
-    def _settings(self, network: LocalNetwork) -> Settings:
-        bootp = self.bootp
-        gateway: IPv4Address | None
-        if bootp.gateway == "auto":
-            gateway = network.address  # the original pybootd's choice: us
-        elif bootp.gateway == "none":
-            gateway = None
-        else:
-            gateway = bootp.gateway
-        next_server = bootp.next_server or self._tftp_address() or network.address
-        return Settings(
-            server_id=network.address, network=network.network, next_server=next_server,
-            mode=bootp.mode, gateway=gateway, dns=bootp.dns, domain=bootp.domain,
-            lease_time=bootp.lease_time, servername=bootp.servername,
-            boot_file=bootp.boot_file, bootfiles=self.config.bootfiles,
-            ipxe_bootfile=self.config.ipxe_bootfile, ipxe_bootfiles=self.config.ipxe_bootfiles,
-            allow_simple_dhcp=bootp.allow_simple_dhcp, http_root=self.config.tftp.root_url,
-            http_base=None if self.config.httpd is None
-            else self.config.httpd.base_url(str(next_server)))
-
-    def _tftp_address(self) -> IPv4Address | None:
-        tftp = self.config.tftp
-        if not tftp.address_set or not tftp.address:
-            return None
-        try:
-            address = IPv4Address(tftp.address)
-        except ValueError:
-            return None
-        return None if address.is_unspecified else address
-
     def _pool(self, network: LocalNetwork) -> LeasePool:
         assert self.bootp.pool_start is not None and self.settings is not None
         self._check_static(network)
@@ -632,3 +602,35 @@ def _requested(packet: DhcpPacket) -> IPv4Address | None:
 def _kind_name(kind: MessageType | None) -> str:
     return kind.name if kind is not None else "BOOTP"
 
+
+def settings_for(config: Config, network: LocalNetwork) -> Settings:
+    """The responder's settings for *network* (also what --check prints from)."""
+    bootp = config.bootp
+    assert bootp is not None
+    gateway: IPv4Address | None
+    if bootp.gateway == "auto":
+        gateway = network.address  # the original pybootd's choice: us
+    elif bootp.gateway == "none":
+        gateway = None
+    else:
+        gateway = bootp.gateway
+    next_server = bootp.next_server or _tftp_address(config) or network.address
+    return Settings(
+        server_id=network.address, network=network.network, next_server=next_server,
+        mode=bootp.mode, gateway=gateway, dns=bootp.dns, domain=bootp.domain,
+        lease_time=bootp.lease_time, servername=bootp.servername,
+        boot_file=bootp.boot_file, bootfiles=config.bootfiles,
+        ipxe_bootfile=config.ipxe_bootfile, ipxe_bootfiles=config.ipxe_bootfiles,
+        allow_simple_dhcp=bootp.allow_simple_dhcp, http_root=config.tftp.root_url,
+        http_base=None if config.httpd is None else config.httpd.base_url(str(next_server)))
+
+
+def _tftp_address(config: Config) -> IPv4Address | None:
+    tftp = config.tftp
+    if not tftp.address_set or not tftp.address:
+        return None
+    try:
+        address = IPv4Address(tftp.address)
+    except ValueError:
+        return None
+    return None if address.is_unspecified else address

@@ -135,6 +135,7 @@ class HttpService:
             return await self._serve(running)
         finally:
             self._running.discard(running)
+            self.runtime.observer.forget(running)  # ended without its line (cancelled)
             running.release()
             running.done.set_result(None)
 
@@ -158,10 +159,7 @@ class HttpService:
         running.source = opened.source
         self.runtime.observer.started(running, Underway(
             peer[0], raw, Source.HTTP, opened.source.size, time.time(), lambda: running.sent))
-        try:
-            response, sent, error = await self._respond(request, opened, running)
-        finally:
-            running.release()
+        response, sent, error = await self._respond(request, opened, running)
         self._log_end(running, opened, response.status, sent, started, error)
         return response
 

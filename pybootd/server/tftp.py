@@ -377,8 +377,8 @@ class TftpService:
             transfer.limiter = self.limiter
             self.active[key] = transfer
             self.stats.active_sessions = sum(1 for t in self.active.values() if t)
+            self._observe_start(transfer)  # first: start() may end it at once
             transfer.start()
-            self._observe_start(transfer)
         except (TftpError, SourceError) as exc:
             self._drop(key)
             self._refused(port, peer, request, exc, name, served)

@@ -202,6 +202,7 @@ class Transfer:
             self.foreign(addr)
 
     def foreign(self, addr: tuple[str, int]) -> None:
+        """Answer a packet from another TID with ERROR 5 (RFC 1350 section 4)."""
         if self.limiter.allow("packet from a foreign TID", time.monotonic(), logging.INFO):
             log.info("%s: packet from foreign TID %s answered with ERROR 5", self.label,
                      format_peer(addr))
