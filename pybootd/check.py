@@ -62,6 +62,7 @@ class Report:
     config: Config
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    store: str = ""  # what the lease store check found
 
     def where(self, section: str, key: str | None, line: int | None, message: str) -> str:
         """``FILE:LINE: section.key: message``, as a ConfigError reads."""
@@ -97,6 +98,8 @@ def run(config: Config, dhcp: bool, tftp: bool) -> int:
               f"{len(report.warnings)} warning(s)", file=sys.stderr)
         return 1
     print(describe(config, dhcp, tftp, network))
+    if report.store:
+        print(f"Leases: {report.store}")
     if dhcp:
         print(boot_map(config, network))
     return 0
@@ -176,9 +179,10 @@ def _check_writable(report: Report, who: Account, dhcp: bool, tftp: bool) -> Non
     bootp = config.bootp
     # pybootd creates these before the drop and hands them to the user.
     if dhcp and bootp is not None and bootp.mode == "server":
-        key = ("bootp", "lease_file") if bootp.lease_file else ("daemon", "state_dir")
-        _creatable(report, *key, config.lease_file.parent)
-        _check_lease_file(report, key)
+        key = config.lease_store_key
+        if config.lease_store.path is not None:
+            _creatable(report, *key, config.lease_store.path.parent)
+        _check_lease_store(report, key)
     if tftp and config.tftp.root_url:
         key = ("tftp", "cache_dir") if config.tftp.cache_dir else ("daemon", "state_dir")
         _creatable(report, *key, config.cache_dir)
@@ -195,13 +199,14 @@ def _check_writable(report: Report, who: Account, dhcp: bool, tftp: bool) -> Non
     _check_log_file(report, who)
 
 
-def _check_lease_file(report: Report, key: tuple[str, str]) -> None:
-    """What the daemon's start would refuse (empty, not SQLite, damaged): read-only,
-    without the daemon's lock, so it runs beside a running daemon (ExecStartPre)."""
-    from pybootd.server.leasestore import check_lease_file
+def _check_lease_store(report: Report, key: tuple[str, str]) -> None:
+    """What the daemon's start would refuse (an empty, foreign or damaged file, an
+    unreachable database, a newer schema): read-only, without the daemon's lock,
+    so it runs beside a running daemon (ExecStartPre)."""
+    from pybootd.server.stores import check_store
 
     try:
-        check_lease_file(report.config.lease_file)
+        report.store = check_store(report.config.lease_store)
     except PybootdError as exc:
         report.error(*key, str(exc))
 

@@ -61,6 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pybootd.leasecmd import main as leases_main
 
         return leases_main(argv[1:])
+    if argv[:2] == ["db", "upgrade"]:  # pybootd db upgrade -c FILE
+        from pybootd.leasecmd import upgrade_main
+
+        return upgrade_main(argv[2:])
     args = _parser().parse_args(argv)
     if not args.config:
         print(f"pybootd: error: no configuration file: use -c FILE "

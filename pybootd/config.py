@@ -115,7 +115,28 @@ class BootpConfig:
     access: str = "none"  # none | mac | uuid | http
     notify: tuple[tuple[str, int], ...] = ()
     timeout: float = 1.5
-    lease_file: Path | None = None
+    lease_file: Path | None = None  # the original pybootd's key: sqlite:///lease_file
+    lease_store: str | None = None  # sqlite:///PATH or postgresql://...
+
+
+@dataclass(frozen=True)
+class StoreLocation:
+    """Where leases live: an SQLite file (one pybootd) or a PostgreSQL database (several)."""
+
+    kind: Literal["sqlite", "postgresql"]
+    path: Path | None = None  # sqlite
+    conninfo: str | None = None  # postgresql: libpq URL or key=value string, may hold a password
+
+    @property
+    def shared(self) -> bool:
+        """Several pybootd instances may use it at once."""
+        return self.kind == "postgresql"
+
+    def __str__(self) -> str:
+        """For logs and --check: never a password."""
+        if self.path is not None:
+            return str(self.path)
+        return v.redact(self.conninfo or "")
 
 
 @dataclass(frozen=True)
@@ -193,8 +214,31 @@ class Config:
 
     @property
     def lease_file(self) -> Path:
+        """The SQLite file (the default store); see :attr:`lease_store` for PostgreSQL."""
         assert self.bootp is not None
-        return self.bootp.lease_file or self.daemon.state_dir / "leases.sqlite"
+        store = self.lease_store
+        return store.path if store.path is not None else self.daemon.state_dir / "leases.sqlite"
+
+    @property
+    def lease_store(self) -> StoreLocation:
+        """``[bootp] lease_store``, or ``lease_file``, or ``STATE_DIR/leases.sqlite``."""
+        assert self.bootp is not None
+        url = self.bootp.lease_store
+        if url is None:
+            return StoreLocation("sqlite", path=self.bootp.lease_file
+                                 or self.daemon.state_dir / "leases.sqlite")
+        scheme, _, rest = url.partition("://")
+        if scheme.lower() == "sqlite":
+            return StoreLocation("sqlite", path=Path(rest))
+        return StoreLocation("postgresql", conninfo=url)
+
+    @property
+    def lease_store_key(self) -> tuple[str, str]:
+        """The key an error about the store points at."""
+        assert self.bootp is not None
+        if self.bootp.lease_store is not None:
+            return ("bootp", "lease_store")
+        return ("bootp", "lease_file") if self.bootp.lease_file else ("daemon", "state_dir")
 
     @property
     def cache_dir(self) -> Path:
@@ -262,6 +306,7 @@ _SCHEMA: dict[str, dict[str, Parser]] = {
         "notify": v.host_port_list,
         "timeout": v.duration(0.05, 60),
         "lease_file": v.text,
+        "lease_store": v.lease_store,
     },
     "http": {"location": v.http_url, "pxe": v.url_path, "dhcp": v.url_path},
     "api": {"address": v.listen_address, "port": v.integer(0, 65535), "token": v.text},
@@ -477,6 +522,10 @@ def _bootp(reader: _Reader, daemon: DaemonConfig) -> BootpConfig | None:
     values = reader.typed("bootp")
     if "lease_file" in values:
         values["lease_file"] = reader.path_value(values["lease_file"])
+    if "lease_file" in values and "lease_store" in values:
+        raise reader.fail("set together with lease_file (expected one of them: lease_file is "
+                          "the older name of lease_store = sqlite:///PATH)",
+                          reader.lines.get(("bootp", "lease_store")), "bootp", "lease_store")
     bootp = BootpConfig(**values)
     if bootp.mode == "server" and bootp.pool_start is None:
         raise reader.fail(

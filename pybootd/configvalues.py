@@ -263,3 +263,29 @@ def text(value: str) -> str:
 def url_path(value: str) -> str:
     """A path to append to an URL (``[http] pxe``)."""
     return value.strip()
+
+
+def lease_store(value: str) -> str:
+    """``sqlite:///PATH`` or a libpq URL ``postgresql://...`` (``postgres://`` too)."""
+    text = value.strip()
+    scheme, sep, rest = text.partition("://")
+    scheme = scheme.lower()
+    expected = ("expected sqlite:///PATH or postgresql://USER@HOST/DATABASE, e.g. "
+                "postgresql:///pybootd?host=/run/postgresql")
+    if not sep or scheme not in ("sqlite", "postgresql", "postgres"):
+        raise ValueError(f"{redact(text)!r} is not a lease store URL ({expected})")
+    if scheme == "sqlite" and not rest.startswith("/"):
+        raise ValueError(f"{text!r} names no absolute path (expected sqlite:///PATH, "
+                         "three slashes before an absolute path)")
+    if scheme == "sqlite" and len(rest) < 2:
+        raise ValueError(f"{text!r} names no file (expected sqlite:///PATH)")
+    return text
+
+
+_PASSWORD_RE = re.compile(r"(://[^:/?#@]*:)[^@/?#]*@")
+_PASSWORD_PARAM_RE = re.compile(r"(password=)[^&\s]*", re.IGNORECASE)
+
+
+def redact(url: str) -> str:
+    """*url* with any password replaced by ``***``: what logs and --check print."""
+    return _PASSWORD_PARAM_RE.sub(r"\1***", _PASSWORD_RE.sub(r"\1***@", url))

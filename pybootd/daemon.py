@@ -52,8 +52,9 @@ def sd_notify(message: str) -> None:
 
 def _writable_dirs(config: Config, dhcp: bool, tftp: bool) -> list[Path]:
     dirs = []
-    if dhcp and config.bootp is not None and config.bootp.mode == "server":
-        dirs.append(config.lease_file.parent)
+    if dhcp and config.bootp is not None and config.bootp.mode == "server" \
+            and config.lease_store.path is not None:
+        dirs.append(config.lease_store.path.parent)
     if tftp and config.tftp.root_url:
         dirs.append(config.cache_dir)
     return dirs

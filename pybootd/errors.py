@@ -77,3 +77,7 @@ class AccessDenied(PybootdError):
 
 class PrivilegeError(PybootdError):
     """Privileges could not be dropped as configured."""
+
+
+class LeaseStoreError(PybootdError):
+    """The lease store cannot be used: a damaged or locked file, an unreachable database."""

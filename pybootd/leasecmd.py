@@ -1,8 +1,9 @@
-"""``pybootd leases -c FILE [--json]``: the leases of the configured store.
+"""``pybootd leases -c FILE [--json]``: the leases of the configured store;
+``pybootd db upgrade -c FILE``: create or migrate the store's schema now.
 
-Reads the lease file while the daemon runs: a read-only SQLite open
-(``mode=ro``, a WAL reader), without the daemon's lock, so it never stops or
-delays the daemon.
+``leases`` reads the store while the daemon runs: a read-only SQLite open
+(``mode=ro``, a WAL reader) without the daemon's lock, or one PostgreSQL
+query, so it never stops or delays the daemon.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from pybootd.config import load_config
+from pybootd.config import StoreLocation, load_config
 from pybootd.dhcp.pool import Lease, LeaseState
 from pybootd.errors import PybootdError
 from pybootd.logsetup import printable
-from pybootd.server.leasestore import read_leases
+from pybootd.server.stores import read_store, upgrade_store
 
 _COLUMNS = ("MAC", "ADDRESS", "STATE", "EXPIRES", "HOSTNAME", "UUID")
 
@@ -27,7 +28,7 @@ _COLUMNS = ("MAC", "ADDRESS", "STATE", "EXPIRES", "HOSTNAME", "UUID")
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pybootd leases",
-        description="Print the leases of the configured lease file (the daemon may run).")
+        description="Print the leases of the configured lease store (the daemon may run).")
     parser.add_argument("-c", "--config", metavar="FILE", required=True,
                         help="the daemon's configuration file (INI)")
     parser.add_argument("--json", action="store_true", help="a JSON list instead of a table")
@@ -66,17 +67,41 @@ def table(records: list[dict[str, str | None]]) -> str:
                      .rstrip() for row in rows)
 
 
+def _store_of(path: str) -> StoreLocation:
+    config = load_config(path)
+    if config.bootp is None:
+        raise PybootdError(f"{config.path}: no [bootp] section, so no lease store "
+                           "(expected the configuration of a pybootd serving DHCP)")
+    if config.bootp.mode == "proxy":
+        raise PybootdError(f"{config.path}: [bootp] mode = proxy hands out no addresses, "
+                           "so it keeps no leases")
+    return config.lease_store
+
+
+def upgrade_main(argv: Sequence[str]) -> int:
+    """``pybootd db upgrade -c FILE``: what a start does to the schema, now."""
+    parser = argparse.ArgumentParser(
+        prog="pybootd db upgrade",
+        description="Create the lease store's tables, or migrate them to this pybootd's "
+                    "schema (a start does it too).")
+    parser.add_argument("-c", "--config", metavar="FILE", required=True,
+                        help="the daemon's configuration file (INI)")
+    args = parser.parse_args(list(argv))
+    try:
+        location = _store_of(args.config)
+        before, after = upgrade_store(location)
+    except PybootdError as exc:
+        print(f"pybootd: {exc}", file=sys.stderr)
+        return 1
+    done = "up to date" if before == after else f"upgraded from version {before}"
+    print(f"lease store {location}: schema version {after} ({done})")
+    return 0
+
+
 def main(argv: Sequence[str]) -> int:
     args = _parser().parse_args(list(argv))
     try:
-        config = load_config(args.config)
-        if config.bootp is None:
-            raise PybootdError(f"{config.path}: no [bootp] section, so no lease file "
-                               "(expected the configuration of a pybootd serving DHCP)")
-        if config.bootp.mode == "proxy":
-            raise PybootdError(f"{config.path}: [bootp] mode = proxy hands out no addresses, "
-                               "so it keeps no leases")
-        leases = read_leases(config.lease_file)
+        leases = read_store(_store_of(args.config))
     except PybootdError as exc:
         print(f"pybootd: {exc}", file=sys.stderr)
         return 1

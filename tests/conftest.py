@@ -12,7 +12,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from netlab import NetLab, netlab
+import pgcluster
+from netlab import NetLab, netlab, unavailable
+from pgcluster import PgCluster
 
 
 @pytest.fixture
@@ -55,3 +57,22 @@ def root(tmp_path: Path) -> Path:
     (folder / "small").write_bytes(b"hello")
     (folder / "big").write_bytes(os.urandom(300_000))
     return folder
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgCluster]:
+    """One throw-away PostgreSQL cluster for the session (see tests/pgcluster.py)."""
+    reason = pgcluster.missing()
+    if reason is not None:
+        unavailable(reason)
+    with pgcluster.pg_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def pg_url(pg_server: PgCluster, request: pytest.FixtureRequest) -> str:
+    """A new, empty database of its own for one test: its libpq URL."""
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:50]
+    pg_server.psql(f"DROP DATABASE IF EXISTS {name}", db="postgres")
+    pg_server.createdb(name)
+    return pg_server.url.replace("/pybootd?", f"/{name}?")

@@ -56,3 +56,4 @@ class Ignored(StrEnum):
     DENIED = "access_denied"  # access control refused it
     UNANSWERED = "access_unanswered"  # the access service did not answer in time
     OVERLOAD = "overload"  # too many requests waiting
+    STORE_CONTENDED = "store_contended"  # a shared store refused every decision, for now

@@ -20,6 +20,11 @@ Rules:
 * static reservations bind one MAC to one address, outside the dynamic pool,
   but never while another MAC still holds that address (a reservation added
   after the address was leased): the reserved MAC gets it when that ends.
+
+A *shared* pool (several pybootd instances on one lease store) also hands
+out its offers, and the end of an offer, to be stored before the OFFER
+leaves; the store may refuse a decision, and the rows that won are then
+:meth:`LeasePool.adopt`-ed and the request decided again.
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ class LeasePool:
         excluded: Iterable[IPv4Address] = (),
         offer_hold: float = OFFER_HOLD,
         quarantine: float = QUARANTINE,
+        shared: bool = False,
     ) -> None:
         self.network = network
         self.start = start
@@ -77,6 +83,7 @@ class LeasePool:
         self.lease_time = lease_time
         self.offer_hold = offer_hold
         self.quarantine = quarantine
+        self.shared = shared  # offers are stored too (see the module's docstring)
         self._fixed_excluded = {*excluded, network.network_address, network.broadcast_address}
         self.static: dict[str, IPv4Address] = {}
         self._static_owner: dict[IPv4Address, str] = {}
@@ -171,7 +178,7 @@ class LeasePool:
                 and current.expires > now:
             return current  # a bound client asking again keeps its lease
         return self._set(Lease(ip, mac, LeaseState.OFFERED, now + self.offer_hold,
-                               self.seen_pxe(mac)), persist=False)
+                               self.seen_pxe(mac)), persist=self.shared)
 
     def request(self, mac: str, ip: IPv4Address, now: float, *, permanent: bool = False,
                 hostname: str | None = None, uuid: str | None = None) -> Lease | None:
@@ -199,7 +206,8 @@ class LeasePool:
         """The client chose another server (RFC 2131 section 4.3.2, SELECTING)."""
         current = self.lease_of(mac)
         if current is not None and current.state == LeaseState.OFFERED:
-            self._set(replace(current, state=LeaseState.FREE, expires=now), persist=False)
+            self._set(replace(current, state=LeaseState.FREE, expires=now),
+                      persist=self.shared)
 
     def release(self, mac: str, ip: IPv4Address, now: float) -> Lease | None:
         """DHCPRELEASE (RFC 2131 section 4.3.4): free it, keep the affinity."""
@@ -218,10 +226,19 @@ class LeasePool:
                          persist=True)
 
     def restore(self, leases: Iterable[Lease]) -> None:
-        """Load stored leases (at start); the latest row wins for a MAC."""
-        for lease in sorted(leases, key=lambda item: item.expires):
-            if lease.state == LeaseState.OFFERED:
-                continue
+        """Load stored leases (at start); the latest row wins for a MAC.
+
+        A shared pool keeps the stored offers (other instances' holds).
+        """
+        self.adopt(sorted((lease for lease in leases
+                           if self.shared or lease.state != LeaseState.OFFERED),
+                          key=lambda item: item.expires))
+
+    def adopt(self, leases: Iterable[Lease]) -> None:
+        """Take *leases* as the truth for their addresses (the store's rows that
+        refused a decision of ours, or another instance's writes), in order."""
+        self._no_reclaim_until = 0.0
+        for lease in leases:
             old = self._by_mac.get(lease.mac) if lease.mac else None
             if old is not None and old != lease.ip:
                 self._by_ip[old] = replace(self._by_ip[old], mac=None)

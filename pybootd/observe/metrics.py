@@ -39,6 +39,9 @@ class Metrics:
                                     "type", ["type"], registry=registry)
         self.dhcp_ignored = Counter("pybootd_dhcp_ignored", "DHCP requests left unanswered, "
                                     "by reason", ["reason"], registry=registry)
+        self.lease_store_errors = Counter("pybootd_lease_store_errors", "Lease store commits "
+                                          "that failed (their replies were withheld)",
+                                          registry=registry)
         self.tftp_transfers = Counter("pybootd_tftp_transfers", "TFTP transfers ended (and "
                                       "requests refused), by outcome and direction",
                                       ["outcome", "direction"], registry=registry)

@@ -67,6 +67,10 @@ class Observer:
         """Unanswered before any decision (overload)."""
         self.metrics.dhcp_ignored.labels(reason).inc()
 
+    def store_error(self) -> None:
+        """A lease commit failed: its replies were not sent."""
+        self.metrics.lease_store_errors.inc()
+
     # --- TFTP and HTTP -----------------------------------------------------------
     def started(self, key: object, running: Underway) -> None:
         self.running[key] = running

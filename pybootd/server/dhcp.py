@@ -48,14 +48,14 @@ from pybootd.dhcp.packet import ZERO, DhcpPacket, parse_packet_untrusted
 from pybootd.dhcp.pool import Lease, LeasePool
 from pybootd.dhcp.pxe import ClientInfo, client_info
 from pybootd.dhcp.responder import Decision, Settings, respond
-from pybootd.errors import BadPacket, NetworkConfigError, SourceError
+from pybootd.errors import BadPacket, LeaseStoreError, NetworkConfigError, SourceError
 from pybootd.loglimit import LogLimiter, OncePer
 from pybootd.netif import LocalNetwork, find_network, local_networks
 from pybootd.observe.timeline import Source
 from pybootd.runtime import Runtime
 from pybootd.server.dhcpacl import AccessControl, Verdict
-from pybootd.server.leasestore import LeaseFileError, LeaseStore, is_fatal
 from pybootd.server.notify import Notifier
+from pybootd.server.stores import Store, describe_store_error, is_fatal, open_store
 from pybootd.udp import PKTINFO_SPACE, packet_info, pktinfo_cmsg
 
 log = logging.getLogger("pybootd.dhcp")
@@ -66,6 +66,8 @@ _BATCH = 64  # datagrams read per wake-up before yielding to the loop
 _MAX_WAITING = 1024  # requests waiting for an access answer; more are dropped
 _STORE_TIMEOUT = 30.0
 _STORE_POOL = "leases"  # Runtime.pool: one thread, see _in_store_thread
+_DECISIONS = 3  # a request refused this often by a shared store is dropped (it retries)
+_CHANGES_EVERY = 1.0  # seconds between reads of what other instances wrote
 _INCOMING_EVENTS = {
     MessageType.DISCOVER: Event.DISCOVER,
     MessageType.REQUEST: Event.REQUEST,
@@ -104,13 +106,20 @@ class _Peer:
 
 @dataclass
 class _Pending:
-    """A reply that waits for its leases to be committed."""
+    """A reply that waits for its leases to be committed.
+
+    It keeps the request: a shared store may refuse the decision (another
+    instance holds the address), and the request is then decided again.
+    """
 
     decision: Decision
     sock: socket.socket
     ifindex: int
     peer: _Peer
     client: ClientInfo
+    source: tuple[str, int]
+    boot_service: bool
+    attempt: int = 1
 
 
 def detect_network(config: Config) -> LocalNetwork:
@@ -160,7 +169,7 @@ class DhcpService:
         self.network: LocalNetwork | None = None
         self.settings: Settings | None = None
         self.pool: LeasePool | None = None
-        self.store: LeaseStore | None = None
+        self.store: Store | None = None
         # ipxe_rom = chainload: tell an iPXE ROM from the iPXE it loads
         self.chains = ChainTracker() if self.bootp.ipxe_rom == "chainload" else None
         self.limiter = LogLimiter(logger=log)
@@ -171,6 +180,7 @@ class DhcpService:
         self._ifindex = 0
         self._pending: list[_Pending] = []
         self._writer: asyncio.Task[None] | None = None
+        self._follower: asyncio.Task[None] | None = None  # reads a shared store's changes
         self._waiting: set[asyncio.Task[None]] = set()
         self._accepting = False
         self._started = False
@@ -187,24 +197,28 @@ class DhcpService:
         self._ifindex = socket.if_nametoindex(self.network.interface)
         self.settings = settings_for(self.config, self.network)
         if self.bootp.mode == "server":
-            self.pool = self._pool(self.network)
+            location = self.config.lease_store
             try:
-                self.store = await self._in_store_thread(LeaseStore, self.config.lease_file)
+                self.store = await self._in_store_thread(open_store, location,
+                                                         str(self.server_address))
                 leases = await self._in_store_thread(self.store.load)
-            except LeaseFileError:
-                raise  # says what is wrong with the file and what to do
+            except LeaseStoreError:
+                raise  # says what is wrong with the store and what to do
             except (sqlite3.Error, OSError) as exc:
                 raise self.config.error(
-                    "bootp", "lease_file", f"cannot use {self.config.lease_file}: {exc} "
+                    *self.config.lease_store_key, f"cannot use {location}: {exc} "
                     "(expected a writable SQLite file)") from None
+            self.pool = self._pool(self.network, shared=self.store.shared)
             self.pool.restore(leases)
         self.notifier = Notifier(self.bootp.notify)
         self._bind(self.bootp.port, boot_service=False)
         if self.bootp.pxe_port:
             self._bind(self.bootp.pxe_port, boot_service=True)
         if self.pool is not None:  # after the binds: a failed start logs one line only
-            log.info("%d leases loaded from %s", len(self.pool.leases()), self.config.lease_file)
+            log.info("%d leases loaded from %s", len(self.pool.leases()), self.config.lease_store)
             self._register_gauges(self.pool)
+            if self.store is not None and self.store.shared:
+                self._follower = self.runtime.loop.create_task(self._follow(self.pool))
         self._accepting = self._started = True
         for sock, boot_service in self._sockets:
             self.runtime.loop.add_reader(sock.fileno(), self._on_readable, sock, boot_service)
@@ -279,7 +293,7 @@ class DhcpService:
 
     def close(self) -> None:
         self.stop_accepting()
-        for task in [*self._waiting, *([self._writer] if self._writer else [])]:
+        for task in [*self._waiting, *(t for t in (self._writer, self._follower) if t)]:
             task.cancel()
         for sock, _ in self._sockets:
             sock.close()
@@ -297,12 +311,12 @@ class DhcpService:
             log.info("DHCP stopped (%s)", counts or "no requests")
 
     # --- setup --------------------------------------------------------------
-    def _pool(self, network: LocalNetwork) -> LeasePool:
+    def _pool(self, network: LocalNetwork, *, shared: bool) -> LeasePool:
         assert self.bootp.pool_start is not None and self.settings is not None
         self._check_static(network)
         return LeasePool(network.network, self.bootp.pool_start, self.bootp.pool_count,
                          self.bootp.lease_time, static=self.config.static_dhcp,
-                         excluded=self._excluded(network))
+                         excluded=self._excluded(network), shared=shared)
 
     def _check_static(self, network: LocalNetwork) -> None:
         for mac, ip in self.config.static_dhcp.items():
@@ -406,7 +420,6 @@ class DhcpService:
 
     def _serve(self, packet: DhcpPacket, client: ClientInfo, verdict: Verdict, ifindex: int,
                source: tuple[str, int], sock: socket.socket, boot_service: bool) -> None:
-        assert self.settings is not None
         kind = packet.message_type
         peer = _Peer(packet, client)
         incoming = _INCOMING_EVENTS.get(kind) if kind is not None else Event.BOOTP
@@ -420,18 +433,21 @@ class DhcpService:
         if client.uuid is None and self.acl.uuid_of(client) is not None:
             # A plain DHCP request after a PXE boot: its lease keeps the UUID.
             client = dataclasses.replace(client, uuid=self.acl.uuid_of(client))
+        self._decide(packet, client, ifindex, source, sock, boot_service, attempt=1)
+
+    def _decide(self, packet: DhcpPacket, client: ClientInfo, ifindex: int,
+                source: tuple[str, int], sock: socket.socket, boot_service: bool, *,
+                attempt: int) -> None:
+        """Decide (the pure responder), then reply now or after the commit."""
+        assert self.settings is not None
         decision = respond(packet, client, self.pool, self.settings, time.time(),
                            boot_service=boot_service, source=source, chains=self.chains)
-        self._log(peer, kind, decision)
-        self.runtime.observer.dhcp(
-            client.mac, _kind_name(kind), decision.event, reason=decision.reason,
-            ip=None if decision.ip is None else str(decision.ip), file=decision.bootfile,
-            why=decision.note, source=Source.PROXY if boot_service or self.bootp.mode == "proxy"
-            else Source.DHCP)
+        peer = _Peer(packet, client)
         if decision.persist:
-            self._queue(_Pending(decision, sock, ifindex, peer, client))
+            self._queue(_Pending(decision, sock, ifindex, peer, client, source, boot_service,
+                                 attempt))
         else:
-            self._finish(decision, sock, ifindex, peer, client)
+            self._finish(decision, sock, ifindex, peer, client, boot_service)
 
     def _refused(self, peer: _Peer, kind: MessageType | None, verdict: Verdict) -> None:
         """INFO once per MAC per window (a lasting condition), debug for the repeats."""
@@ -448,12 +464,20 @@ class DhcpService:
                     "denied" if denied else "ignored", self.acl.reason(peer.client, verdict))
 
     def _finish(self, decision: Decision, sock: socket.socket, ifindex: int, peer: _Peer,
-                client: ClientInfo | None) -> None:
+                client: ClientInfo, boot_service: bool) -> None:
+        """The decision stands (stored, where it had to be): log it, reply, notify."""
+        kind = peer.packet.message_type
+        self._log(peer, kind, decision)
+        self.runtime.observer.dhcp(
+            client.mac, _kind_name(kind), decision.event, reason=decision.reason,
+            ip=None if decision.ip is None else str(decision.ip), file=decision.bootfile,
+            why=decision.note, source=Source.PROXY if boot_service or self.bootp.mode == "proxy"
+            else Source.DHCP)
         self._count(decision.event.value)
         if decision.reply is not None and decision.destination is not None:
             self._send(decision, sock, ifindex, peer)
             self.runtime.observer.dhcp_reply(decision.event.upper())
-        if decision.event in REPLY_EVENTS and client is not None:
+        if decision.event in REPLY_EVENTS:
             self._notify(decision.event, client, decision.ip, decision.bootfile)
 
     # --- group commit -------------------------------------------------------
@@ -467,23 +491,62 @@ class DhcpService:
         try:
             while self._pending and self.store is not None:
                 batch, self._pending = self._pending, []
-                leases: list[Lease] = [lease for item in batch for lease in item.decision.persist]
+                groups = [item.decision.persist for item in batch]
                 try:
-                    await self._in_store_thread(self.store.write, leases, time.time())
+                    refused = await self._in_store_thread(self.store.commit, groups,
+                                                          time.time())
                 except Exception as exc:
-                    self._count("store_errors")
-                    log.error("lease file %s not written (%s): %d replies withheld",
-                              self.config.lease_file, exc, len(batch))
-                    if is_fatal(exc):  # damaged or failing disk: serving nothing helps no one
-                        self._store_failed(exc)
+                    if self._commit_failed(exc, len(batch)):
                         return
-                    continue  # locked, or slow: the clients retry
+                    continue  # locked, slow or unreachable: the clients retry
                 self._count("commits")
-                for item in batch:
-                    self._finish(item.decision, item.sock, item.ifindex, item.peer,
-                                 item.client)
+                for item, won in zip(batch, refused, strict=True):
+                    if won:
+                        self._decide_again(item, won)
+                    else:
+                        self._finish(item.decision, item.sock, item.ifindex, item.peer,
+                                     item.client, item.boot_service)
         finally:
             self._writer = None
+
+    def _decide_again(self, item: _Pending, won: tuple[Lease, ...]) -> None:
+        """Another instance holds what we decided: learn its rows, decide anew."""
+        assert self.pool is not None
+        self._count("store_refused")
+        self.pool.adopt(won)
+        log.debug("%s: %s not stored, %s held by another server; deciding again", item.peer,
+                  item.decision.event.upper(), ", ".join(f"{lease.ip} ({lease.mac or '-'})"
+                                                         for lease in won))
+        if item.attempt >= _DECISIONS:
+            self.runtime.observer.dhcp_ignored(Ignored.STORE_CONTENDED)
+            return  # the client retries; by then this instance knows more
+        self._decide(item.peer.packet, item.client, item.ifindex, item.source, item.sock,
+                     item.boot_service, attempt=item.attempt + 1)
+
+    def _commit_failed(self, exc: Exception, withheld: int) -> bool:
+        """Log a failed commit (rate-limited); True when it is fatal (SQLite damaged)."""
+        self._count("store_errors")
+        self.runtime.observer.store_error()
+        if self.limiter.allow("lease store not written", time.monotonic(), logging.ERROR):
+            log.error("lease store %s not written (%s): %d replies withheld",
+                      self.config.lease_store, describe_store_error(exc), withheld)
+        if is_fatal(exc):  # damaged or failing disk: serving nothing helps no one
+            self._store_failed(exc)
+            return True
+        return False
+
+    async def _follow(self, pool: LeasePool) -> None:
+        """Read what the other instances sharing the store wrote, every second."""
+        assert self.store is not None
+        store = self.store
+        while True:
+            await asyncio.sleep(_CHANGES_EVERY)
+            try:
+                pool.adopt(await self._in_store_thread(store.changes))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the commits say it louder; keep following
+                log.debug("lease store changes not read: %s", exc)
 
     def _store_failed(self, exc: BaseException) -> None:
         """A store that cannot be written stops the daemon (systemd restarts it, and
@@ -491,7 +554,7 @@ class DhcpService:
         self._failed = True
         self.stop_accepting()
         self._pending.clear()
-        self.runtime.fatal(f"lease file {self.config.lease_file} cannot be written ({exc}); "
+        self.runtime.fatal(f"lease file {self.config.lease_store} cannot be written ({exc}); "
                            "no lease can be acknowledged")
 
     async def _in_store_thread(self, func: Callable[..., T], *args: object) -> T:

@@ -35,12 +35,12 @@ import contextlib
 import fcntl
 import os
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from ipaddress import IPv4Address
 from pathlib import Path
 
 from pybootd.dhcp.pool import Lease, LeaseState
-from pybootd.errors import PybootdError
+from pybootd.errors import LeaseStoreError
 
 SCHEMA_VERSION = 2  # 2: hostname and uuid of bound leases (added to version 1 files)
 _SCHEMA = """
@@ -71,7 +71,7 @@ _FATAL_CODES = frozenset({
 })
 
 
-class LeaseFileError(PybootdError):
+class LeaseFileError(LeaseStoreError):
     """The lease file cannot be used: damaged, locked by another process, unreadable."""
 
 
@@ -87,6 +87,19 @@ def is_fatal(exc: BaseException) -> bool:
 
 class LeaseStore:
     """The SQLite lease file, locked for this process's life."""
+
+    shared = False  # one process: offers stay in memory, nobody else writes
+
+    def commit(self, groups: Sequence[Sequence[Lease]], now: float) -> list[tuple[Lease, ...]]:
+        """Store every group in one transaction; no conflicts (no other writer)."""
+        self.write([lease for group in groups for lease in group], now)
+        return [() for _ in groups]
+
+    def changes(self) -> list[Lease]:
+        return []  # the lock keeps every other writer out
+
+    def schema_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -118,8 +131,12 @@ class LeaseStore:
         self._db.execute("COMMIT")
 
     def close(self) -> None:
+        """Close the database and release the lock; a second call does nothing."""
+        if self._lock < 0:
+            return
         self._db.close()
         os.close(self._lock)  # the lock goes with the descriptor
+        self._lock = -1
 
 
 def lock_path(path: Path) -> Path:
@@ -275,3 +292,18 @@ def read_leases(path: Path) -> list[Lease]:
         raise LeaseFileError(f"cannot read lease file {path}: {exc}") from None
     finally:
         db.close()
+
+
+def stored_version(path: Path) -> int:
+    """The schema version of *path* (0: no file yet), read-only."""
+    if not path.exists():
+        return 0
+    _check_file(path)
+    try:
+        db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=5.0)
+        try:
+            return int(db.execute("PRAGMA user_version").fetchone()[0])
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise LeaseFileError(f"cannot read lease file {path}: {exc}") from None

@@ -351,7 +351,7 @@ def test_a_locked_lease_file_withholds_the_ack_until_it_is_free(
     assert brief(asked) == [("request", "127.0.0.100")]
     assert early == []  # never an ACK for a lease that is not stored
     assert brief(retried) == [("request", "127.0.0.100"), ("ack", "127.0.0.100")]
-    assert f"lease file {lab.lease_file} not written (database is locked): 1 replies " \
+    assert f"lease store {lab.lease_file} not written (database is locked): 1 replies " \
            "withheld" in messages(caplog)
     assert failures == []  # transient: the daemon keeps serving
     assert [lease.mac for lease in read_leases(lab.lease_file)] == [MAC_TEXT]

@@ -76,7 +76,7 @@ def test_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     no_bootp = _config(tmp_path, "[tftp]\nport = 6969\n")
     assert cli.main(["leases", "-c", str(no_bootp)]) == 1
     assert capsys.readouterr().err == (f"pybootd: {no_bootp}: no [bootp] section, so no lease "
-                                       "file (expected the configuration of a pybootd serving "
+                                       "store (expected the configuration of a pybootd serving "
                                        "DHCP)\n")
     assert cli.main(["leases", "-c", str(tmp_path / "nope.ini")]) == 1
     err = capsys.readouterr().err
