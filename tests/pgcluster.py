@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 _TIMEOUT = 60.0
@@ -115,8 +115,6 @@ def pg_cluster() -> Iterator[PgCluster]:
         yield cluster
     finally:
         if started:
-            try:
+            with suppress(RuntimeError, subprocess.TimeoutExpired):
                 cluster.stop("immediate")
-            except (RuntimeError, subprocess.TimeoutExpired):
-                pass
         shutil.rmtree(folder, ignore_errors=True)
