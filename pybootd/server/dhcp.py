@@ -68,6 +68,7 @@ _STORE_TIMEOUT = 30.0
 _STORE_POOL = "leases"  # Runtime.pool: one thread, see _in_store_thread
 _DECISIONS = 3  # a request refused this often by a shared store is dropped (it retries)
 _CHANGES_EVERY = 1.0  # seconds between reads of what other instances wrote
+_REPORT_EVERY = 60  # seconds between the INFO lines of counts
 _INCOMING_EVENTS = {
     MessageType.DISCOVER: Event.DISCOVER,
     MessageType.REQUEST: Event.REQUEST,
@@ -188,6 +189,8 @@ class DhcpService:
         self._ifnames: dict[int, str] = {}
         # Lasting conditions (a refused MAC): one INFO line per MAC per window.
         self._once = OncePer()  # (MAC, condition) pairs logged in the last 300 s
+        self._answers = OncePer()  # (client, request, answer) logged at INFO in the window
+        self._reporter: asyncio.Task[None] | None = None  # the INFO summary, every minute
 
     # --- Service protocol ---------------------------------------------------
     async def start(self) -> None:
@@ -220,6 +223,7 @@ class DhcpService:
             if self.store is not None and self.store.shared:
                 self._follower = self.runtime.loop.create_task(self._follow(self.pool))
         self._accepting = self._started = True
+        self._reporter = self.runtime.loop.create_task(self._report())
         for sock, boot_service in self._sockets:
             self.runtime.loop.add_reader(sock.fileno(), self._on_readable, sock, boot_service)
         log.info("DHCP %s on %s:%d (%s %s), pool %s", self.bootp.mode, self.bootp.address,
@@ -262,6 +266,18 @@ class DhcpService:
         acl.adopt(self.acl)
         self.acl = acl
 
+    async def _report(self) -> None:
+        """Every minute with traffic, one INFO line of counts: what the per-packet
+        lines (DEBUG after their first time) no longer say."""
+        last: dict[str, int] = {}
+        while True:
+            await asyncio.sleep(_REPORT_EVERY)
+            now = dict(self.stats)
+            delta = {k: v - last.get(k, 0) for k, v in now.items() if v != last.get(k, 0)}
+            last = now
+            if delta.get("received"):
+                log.info("DHCP in the last %ds: %s", _REPORT_EVERY, _counts(delta))
+
     def summary(self) -> str:
         """Leases by state and requests by outcome since start (SIGUSR1)."""
         counts = ", ".join(f"{k}={v}" for k, v in sorted(self.stats.items()))
@@ -293,7 +309,8 @@ class DhcpService:
 
     def close(self) -> None:
         self.stop_accepting()
-        for task in [*self._waiting, *(t for t in (self._writer, self._follower) if t)]:
+        for task in [*self._waiting,
+                     *(t for t in (self._writer, self._follower, self._reporter) if t)]:
             task.cancel()
         for sock, _ in self._sockets:
             sock.close()
@@ -592,15 +609,22 @@ class DhcpService:
                                client.arch_label if client.arch is not None else None, bootfile)
 
     def _log(self, peer: _Peer, kind: MessageType | None, decision: Decision) -> None:
+        """INFO the first time in the window (300 s) a client gets this answer; the
+        repeats (renewals, retransmissions, a load generator) at DEBUG, where a
+        line per packet would cost more than the exchange itself."""
         if decision.event is Event.IGNORE:
             self._log_ignored(peer, kind, decision)
             return
-        if log.isEnabledFor(logging.INFO):
+        if not log.isEnabledFor(logging.INFO):
+            return
+        key = (str(peer), kind, decision.event, decision.ip, decision.bootfile)
+        level = logging.INFO if self._answers.first(key, time.monotonic()) else logging.DEBUG
+        if log.isEnabledFor(level):
             what = decision.event.upper()
             ip = f" {decision.ip}" if decision.ip is not None else ""
             boot = f" file={decision.bootfile}" if decision.bootfile else ""
             note = f" ({decision.note})" if decision.note else ""
-            log.info("%s: %s -> %s%s%s%s", peer, _kind_name(kind), what, ip, boot, note)
+            log.log(level, "%s: %s -> %s%s%s%s", peer, _kind_name(kind), what, ip, boot, note)
 
     def _log_ignored(self, peer: _Peer, kind: MessageType | None, decision: Decision) -> None:
         """Debug, or a warning (info for a lasting condition logged once), rate-limited."""
@@ -660,6 +684,13 @@ def _requested(packet: DhcpPacket) -> IPv4Address | None:
     if ip is None and packet.ciaddr != ZERO:
         ip = packet.ciaddr
     return ip
+
+
+def _counts(stats: dict[str, int]) -> str:
+    """``received 1200, offer 300, ack 300, ...``: requests first, then answers."""
+    order = ["received", *(e.value for e in (Event.OFFER, Event.ACK, Event.NAK)), "ignore"]
+    keys = sorted(stats, key=lambda k: (order.index(k) if k in order else len(order), k))
+    return ", ".join(f"{k} {stats[k]}" for k in keys)
 
 
 def _kind_name(kind: MessageType | None) -> str:
