@@ -51,7 +51,8 @@ def state_at(lease: Lease, now: float) -> str:
 
 def as_record(lease: Lease, now: float) -> dict[str, str | None]:
     return {"mac": lease.mac, "ip": str(lease.ip), "state": state_at(lease, now),
-            "expires": expiry(lease.expires), "hostname": lease.hostname, "uuid": lease.uuid}
+            "expires": expiry(lease.expires), "hostname": lease.hostname, "uuid": lease.uuid,
+            "boot_file": lease.bootfile}
 
 
 def table(records: list[dict[str, str | None]]) -> str:

@@ -55,6 +55,7 @@ class Lease:
     pxe: bool = False  # the MAC was seen booting by PXE
     hostname: str | None = None  # option 12 of its last REQUEST, for operators (RFC 2132 3.14)
     uuid: str | None = None  # option 97 as dmidecode prints it (RFC 4578 2.3)
+    bootfile: str | None = None  # what its last ACK gave it to boot, for operators
 
     def active(self, now: float) -> bool:
         """Held (offered, bound or quarantined) at *now*."""
@@ -195,12 +196,24 @@ class LeasePool:
             if current.active(now):
                 return None  # it holds another address: "requested address incorrect"
             self._orphan(current)
-        elif current is not None:
+        bootfile = None
+        if current is not None and current.ip == ip:
             hostname = hostname if hostname is not None else current.hostname
             uuid = uuid if uuid is not None else current.uuid
+            bootfile = current.bootfile
         expires = PERMANENT if permanent else now + self.lease_time
         return self._set(Lease(ip, mac, LeaseState.BOUND, expires, self.seen_pxe(mac),
-                               hostname, uuid), persist=True)
+                               hostname, uuid, bootfile), persist=True)
+
+    def remember_bootfile(self, ip: IPv4Address, bootfile: str | None) -> None:
+        """The boot file the ACK of the lease at *ip*, bound just now, gives."""
+        lease = self._by_ip.get(ip)
+        if lease is None or bootfile is None or lease.bootfile == bootfile:
+            return
+        lease = replace(lease, bootfile=bootfile)
+        self._by_ip[ip] = lease
+        if ip in self._dirty:
+            self._dirty[ip] = lease
 
     def forget_offer(self, mac: str, now: float) -> None:
         """The client chose another server (RFC 2131 section 4.3.2, SELECTING)."""

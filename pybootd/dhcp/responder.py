@@ -209,6 +209,7 @@ def _request(packet: DhcpPacket, client: ClientInfo, pool: LeasePool, settings: 
         why = f" ({_held(holder, now)})" if holder is not None and holder.ip == ip else ""
         return _nak(packet, settings, f"{ip} is not available to this client{why}")
     decision = _answer(packet, client, settings, MessageType.ACK, lease.ip)
+    pool.remember_bootfile(lease.ip, decision.bootfile)
     return _with_persist(decision, pool.take_dirty())
 
 
@@ -264,6 +265,7 @@ def _bootp(packet: DhcpPacket, client: ClientInfo, pool: LeasePool, settings: Se
         return ignore(Ignored.POOL_EXHAUSTED, f"cannot bind {offered.ip} for BOOTP", warning=True,
                       topic="reservation outside the network")
     decision = _answer(packet, client, settings, None, lease.ip)
+    pool.remember_bootfile(lease.ip, decision.bootfile)
     return _with_persist(decision, pool.take_dirty())
 
 

@@ -137,7 +137,7 @@ class ApiService:
         machine = self.observer.timeline.machine(lease.mac or "")
         boot = None if machine is None else next(
             (e.file for e in reversed(machine.events)
-             if e.source in (Source.DHCP, Source.PROXY) and e.file), None)
+             if e.source in (Source.DHCP, Source.PROXY) and e.file), None) or lease.bootfile
         return {"mac": lease.mac, "address": str(lease.ip), "state": str(lease.state),
                 "expires": None if lease.expires >= PERMANENT else _iso(lease.expires),
                 "hostname": lease.hostname, "uuid": lease.uuid, "boot_file": boot}

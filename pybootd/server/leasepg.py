@@ -51,7 +51,7 @@ log = logging.getLogger("pybootd.dhcp")
 SCHEMA_VERSION = 1
 _LOCK_KEY = 0x7079_626F  # pg_advisory_xact_lock: one migration at a time ("pybo")
 _REREAD = 256  # sequence numbers re-read by changes(): writes commit out of order
-_COLUMNS = "ip, mac, state, expires, pxe, hostname, uuid"
+_COLUMNS = "ip, mac, state, expires, pxe, hostname, uuid, bootfile"
 _MIGRATIONS: dict[int, str] = {
     1: """
 CREATE SEQUENCE pybootd_lease_seq;
@@ -64,6 +64,7 @@ CREATE TABLE pybootd_leases (
     updated double precision NOT NULL,
     hostname text,            -- option 12 of the last REQUEST (RFC 2132 3.14)
     uuid text,                -- option 97 (RFC 4578 2.3)
+    bootfile text,            -- the boot file of the last ACK
     server text,              -- the instance that wrote the row (its server identifier)
     seq bigint NOT NULL DEFAULT nextval('pybootd_lease_seq')
 );
@@ -71,7 +72,8 @@ CREATE UNIQUE INDEX pybootd_leases_held_mac ON pybootd_leases (mac)
     WHERE state IN ('offered', 'bound');
 CREATE INDEX pybootd_leases_seq ON pybootd_leases (seq);
 CREATE FUNCTION pybootd_claim(p_ip bigint, p_mac text, p_state text, p_expires float8,
-        p_pxe boolean, p_now float8, p_hostname text, p_uuid text, p_server text)
+        p_pxe boolean, p_now float8, p_hostname text, p_uuid text, p_bootfile text,
+        p_server text)
     RETURNS SETOF pybootd_leases LANGUAGE plpgsql AS $$
 DECLARE
     taking boolean := p_state IN ('offered', 'bound');
@@ -90,13 +92,14 @@ BEGIN
     END IF;
     BEGIN
         INSERT INTO pybootd_leases AS l
-                (ip, mac, state, expires, pxe, updated, hostname, uuid, server)
+                (ip, mac, state, expires, pxe, updated, hostname, uuid, bootfile, server)
             VALUES (p_ip, p_mac, p_state, p_expires, p_pxe, p_now, p_hostname, p_uuid,
-                    p_server)
+                    p_bootfile, p_server)
             ON CONFLICT (ip) DO UPDATE SET mac = EXCLUDED.mac, state = EXCLUDED.state,
                 expires = EXCLUDED.expires, pxe = EXCLUDED.pxe, updated = EXCLUDED.updated,
                 hostname = EXCLUDED.hostname, uuid = EXCLUDED.uuid,
-                server = EXCLUDED.server, seq = nextval('pybootd_lease_seq')
+                bootfile = EXCLUDED.bootfile, server = EXCLUDED.server,
+                seq = nextval('pybootd_lease_seq')
             WHERE NOT (l.state <> 'free' AND l.expires > p_now AND (
                 (taking AND l.mac IS DISTINCT FROM p_mac)  -- another MAC's hold
                 OR (p_state = 'offered' AND l.state = 'bound')  -- keep the binding
@@ -155,8 +158,9 @@ class PostgresStore:
         with self._pool.connection() as conn, conn.pipeline():
             cursors = [[conn.execute(
                 "SELECT " + _COLUMNS + " FROM pybootd_claim(%s, %s, %s, %s, %s, %s, %s, "
-                "%s, %s)", (int(lease.ip), lease.mac, str(lease.state), lease.expires,
-                            lease.pxe, now, lease.hostname, lease.uuid, self.server))
+                "%s, %s, %s)", (int(lease.ip), lease.mac, str(lease.state), lease.expires,
+                                lease.pxe, now, lease.hostname, lease.uuid, lease.bootfile,
+                                self.server))
                 for lease in group] for group in groups]
             for group in cursors:
                 won = [_lease(row) for cursor in group for row in cursor.fetchall()]
@@ -255,9 +259,9 @@ def read_leases(location: StoreLocation) -> list[Lease]:
 
 
 def _lease(row: Sequence[Any]) -> Lease | None:
-    ip, mac, state, expires, pxe, hostname, uuid = row
+    ip, mac, state, expires, pxe, hostname, uuid, bootfile = row
     try:
         return Lease(IPv4Address(ip), mac, LeaseState(state), float(expires), bool(pxe),
-                     hostname, uuid)
+                     hostname, uuid, bootfile)
     except (ValueError, TypeError):
         return None  # a row written by hand; skip it rather than stop

@@ -42,7 +42,7 @@ from pathlib import Path
 from pybootd.dhcp.pool import Lease, LeaseState
 from pybootd.errors import LeaseStoreError
 
-SCHEMA_VERSION = 2  # 2: hostname and uuid of bound leases (added to version 1 files)
+SCHEMA_VERSION = 3  # 2: hostname and uuid of bound leases; 3: the boot file of the last ACK
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS leases (
     ip INTEGER PRIMARY KEY,      -- IPv4 address as an integer
@@ -52,11 +52,12 @@ CREATE TABLE IF NOT EXISTS leases (
     pxe INTEGER NOT NULL DEFAULT 0,
     updated REAL NOT NULL,
     hostname TEXT,               -- option 12 of the client's last REQUEST (RFC 2132 3.14)
-    uuid TEXT                    -- option 97 as dmidecode prints it (RFC 4578 2.3)
+    uuid TEXT,                   -- option 97 as dmidecode prints it (RFC 4578 2.3)
+    bootfile TEXT                -- the boot file of the last ACK
 );
 CREATE INDEX IF NOT EXISTS leases_mac ON leases(mac);
 """
-_ADDED = {2: ("hostname", "uuid")}  # columns each schema version added
+_ADDED = {2: ("hostname", "uuid"), 3: ("bootfile",)}  # columns each schema version added
 _SQLITE_MAGIC = b"SQLite format 3\0"  # the first 16 bytes of every SQLite file
 _MOVE_ASIDE = ("move it aside to start with no leases (machines may then be offered "
                "addresses that others still hold)")
@@ -116,14 +117,14 @@ class LeaseStore:
     def write(self, leases: Iterable[Lease], now: float) -> None:
         """Store *leases* in one transaction (one WAL append, no fsync)."""
         rows = [(int(lease.ip), lease.mac, str(lease.state), lease.expires, int(lease.pxe), now,
-                 lease.hostname, lease.uuid) for lease in leases]
+                 lease.hostname, lease.uuid, lease.bootfile) for lease in leases]
         if not rows:
             return
         self._db.execute("BEGIN IMMEDIATE")
         try:
             self._db.executemany(
                 "INSERT OR REPLACE INTO leases (ip, mac, state, expires, pxe, updated, "
-                "hostname, uuid) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                "hostname, uuid, bootfile) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("ROLLBACK")
@@ -239,13 +240,14 @@ def _migrate(db: sqlite3.Connection, path: Path) -> None:
 
 def _rows(db: sqlite3.Connection) -> list[Lease]:
     columns = {row[1] for row in db.execute("PRAGMA table_info(leases)")}
-    extra = ", hostname, uuid" if {"hostname", "uuid"} <= columns else ", NULL, NULL"
+    extra = "".join(f", {c}" if c in columns else ", NULL"
+                    for c in ("hostname", "uuid", "bootfile"))
     rows = db.execute(f"SELECT ip, mac, state, expires, pxe{extra} FROM leases ORDER BY ip")
     leases = []
-    for ip, mac, state, expires, pxe, hostname, uuid in rows.fetchall():
+    for ip, mac, state, expires, pxe, hostname, uuid, bootfile in rows.fetchall():
         try:
             leases.append(Lease(IPv4Address(ip), mac, LeaseState(state), float(expires),
-                                bool(pxe), hostname, uuid))
+                                bool(pxe), hostname, uuid, bootfile))
         except (ValueError, TypeError):
             continue  # a row written by hand; skip it rather than refuse to start
     return leases

@@ -57,7 +57,7 @@ def _bound(ip: IPv4Address, mac: str, **kw: object) -> Lease:
 
 
 def test_what_is_committed_is_loaded_again(location: StoreLocation, store: Store) -> None:
-    leases = [_bound(IP, M1, hostname="node-1", uuid=UUID, pxe=True),
+    leases = [_bound(IP, M1, hostname="node-1", uuid=UUID, pxe=True, bootfile="pxelinux.0"),
               _bound(IP + 1, M2, expires=PERMANENT),  # BOOTP: never expires (RFC 1534 2)
               Lease(IP + 2, None, LeaseState.DECLINED, NOW + 600)]
     assert store.commit([leases[:1], leases[1:]], NOW) == [(), ()]

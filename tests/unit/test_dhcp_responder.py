@@ -511,3 +511,20 @@ def test_plain_client_refused_names_the_mac_and_the_key() -> None:
                              "allow_simple_dhcp is off (expected allow_simple_dhcp = on to "
                              "serve it)")
     assert decision.once  # a lasting condition: logged once per MAC per window
+
+
+def test_the_stored_lease_keeps_the_boot_file_of_its_ack() -> None:
+    """What an operator reads in ``pybootd leases --json`` and /api/v1/leases,
+    also after a restart."""
+    pool = new_pool()
+    bios = pxe_options(PXE_BIOS, 0)
+    offer = reply_of(answer(request(MessageType.DISCOVER, options=bios), pool))
+    decision = answer(request(MessageType.REQUEST, options={
+        **bios, DhcpOption.SERVER_ID: SERVER.packed,
+        DhcpOption.REQUESTED_IP: offer.yiaddr.packed}), pool)
+    assert decision.bootfile == "pxelinux.0"
+    assert [lease.bootfile for lease in decision.persist] == ["pxelinux.0"]
+    # A renewal that gets no file (a plain DHCP client's) keeps the one it booted.
+    renewal = answer(request(MessageType.REQUEST, ciaddr=offer.yiaddr), pool)
+    assert renewal.event is Event.ACK
+    assert [lease.bootfile for lease in renewal.persist] == ["pxelinux.0"]

@@ -60,7 +60,8 @@ def test_json_list(tmp_path: Path, running_store: LeaseStore,
     running_store.close()
     records = json.loads(capsys.readouterr().out)
     assert records[0] == {"mac": "52:54:00:12:34:56", "ip": "198.51.100.100", "state": "bound",
-                          "expires": "2033-05-18T03:33:20Z", "hostname": "pc1", "uuid": UUID}
+                          "expires": "2033-05-18T03:33:20Z", "hostname": "pc1", "uuid": UUID,
+                          "boot_file": None}
     assert records[1]["expires"] is None  # BOOTP: never expires
     assert [r["state"] for r in records] == ["bound", "bound", "declined", "expired"]
     assert records[3]["hostname"] == "evil\x1b[2Jname"

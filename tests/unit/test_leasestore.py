@@ -1,4 +1,5 @@
-"""The lease file: one pybootd per file, damaged files refused, schema 2 (host name, UUID)."""
+"""The lease file: one pybootd per file, damaged files refused, schema 3 (host name,
+UUID, boot file)."""
 
 from __future__ import annotations
 
@@ -101,13 +102,14 @@ def test_schema_1_file_is_migrated_and_keeps_its_leases(tmp_path: Path) -> None:
     store = LeaseStore(path)
     assert store.load() == [Lease(IPv4Address("198.51.100.10"), "02:00:00:00:00:01",
                                   LeaseState.BOUND, 2e9, True)]
-    store.write([_lease(11, hostname="pc11", uuid=UUID)], 2.0)
+    store.write([_lease(11, hostname="pc11", uuid=UUID, bootfile="pxelinux.0")], 2.0)
     store.close()
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     db.close()
-    assert [(str(lease.ip), lease.hostname, lease.uuid) for lease in read_leases(path)] == [
-        ("198.51.100.10", None, None), ("198.51.100.11", "pc11", UUID)]
+    assert [(str(lease.ip), lease.hostname, lease.uuid, lease.bootfile)
+            for lease in read_leases(path)] == [
+        ("198.51.100.10", None, None, None), ("198.51.100.11", "pc11", UUID, "pxelinux.0")]
 
 
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
