@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from pybootd.config import Config, load_config
+from pybootd.configvalues import redact
 from pybootd.dhcp.pool import Lease
 from pybootd.errors import PybootdError
 from pybootd.logsetup import reopen_log_files, set_level
@@ -143,6 +144,8 @@ def _changed(section: str, old: Any, new: Any) -> list[str]:
         before, after = getattr(old, field.name), getattr(new, field.name)
         if field.name == "address_set" or (section, key) in _LIVE_KEYS or before == after:
             continue
+        if key == "lease_store":  # a URL may hold a password: never logged
+            before, after = (None if url is None else redact(url) for url in (before, after))
         text = (f"{section}.{key} (changed)" if key == "token"  # a secret: never logged
                 else f"{section}.{key} ({_shown(before)} -> {_shown(after)})")
         if text not in changes:

@@ -501,3 +501,14 @@ def test_reload_applies_live_sections_and_names_the_rest(tmp_path: Path) -> None
     assert running.tftp == old.tftp and running.filters == new.filters
     assert running.logger.level == "debug"
     assert split_reload(old, old)[1:] == ([], [])
+
+
+def test_reload_never_logs_a_lease_store_password(tmp_path: Path) -> None:
+    from pybootd.config import parse_config
+    from pybootd.daemon import split_reload
+
+    base = "[bootp]\npool_start = 198.51.100.100\nlease_store = postgresql://u:{pw}@db/pybootd\n"
+    old = parse_config(base.format(pw="old-secret"), tmp_path / "pybootd.ini")
+    new = parse_config(base.format(pw="new-secret"), tmp_path / "pybootd.ini")
+    assert split_reload(old, new)[2] == [
+        "bootp.lease_store (postgresql://u:***@db/pybootd -> postgresql://u:***@db/pybootd)"]

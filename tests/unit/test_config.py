@@ -345,3 +345,35 @@ def test_httpd_bad_values_say_what_is_expected() -> None:
         "/etc/pybootd/test.ini:2: httpd.port: '80x' is not a whole number (expected 0..65535)")
     assert "httpd.tls: unknown key (did you mean 'tls_key'?)" in error_of("[httpd]\ntls = on\n")
     assert "unknown section [htttpd] (did you mean 'httpd'?)" in error_of("[htttpd]\n")
+
+
+def test_lease_store_urls() -> None:
+    base = "[daemon]\nstate_dir = /var/lib/x\n[bootp]\npool_start = 198.51.100.10\n"
+    default = parse_config(base, Path("/etc/pybootd.ini"))
+    assert (default.lease_store.kind, default.lease_store.path) == (
+        "sqlite", Path("/var/lib/x/leases.sqlite"))
+    alias = parse_config(base + "lease_file = l.sqlite\n", Path("/etc/pybootd.ini"))
+    assert alias.lease_store.path == Path("/etc/l.sqlite") and not alias.lease_store.shared
+    sqlite = parse_config(base + "lease_store = sqlite:///srv/leases.db\n", Path("/etc/p.ini"))
+    assert sqlite.lease_store.path == Path("/srv/leases.db")
+    pg = parse_config(base + "lease_store = postgresql://pybootd:pw@db/pybootd?sslmode=require\n",
+                      Path("/etc/p.ini"))
+    assert pg.lease_store.shared and pg.lease_store.path is None
+    assert str(pg.lease_store) == "postgresql://pybootd:***@db/pybootd?sslmode=require"
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("lease_store = mysql://db/x", "5: bootp.lease_store: 'mysql://db/x' is not a lease store "
+     "URL (expected sqlite:///PATH or postgresql://USER@HOST/DATABASE, e.g. "
+     "postgresql:///pybootd?host=/run/postgresql)"),
+    ("lease_store = sqlite://leases.db", "5: bootp.lease_store: 'sqlite://leases.db' names no "
+     "absolute path (expected sqlite:///PATH, three slashes before an absolute path)"),
+    ("lease_file = a.db\nlease_store = sqlite:///b.db", "6: bootp.lease_store: set together "
+     "with lease_file (expected one of them: lease_file is the older name of lease_store = "
+     "sqlite:///PATH)"),
+])
+def test_lease_store_errors(line: str, message: str) -> None:
+    text = f"[daemon]\nstate_dir = /x\n[bootp]\npool_start = 198.51.100.10\n{line}\n"
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, Path("/etc/p.ini"))
+    assert str(info.value) == f"/etc/p.ini:{message}"
