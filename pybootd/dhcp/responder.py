@@ -173,7 +173,9 @@ def _discover(packet: DhcpPacket, client: ClientInfo, pool: LeasePool, settings:
         return ignore(Ignored.RESERVATION,
                       f"reserved {lease.ip} is outside {settings.network}", warning=True,
                       topic="reservation outside the network")
-    return _answer(packet, client, settings, MessageType.OFFER, lease.ip)
+    # A shared pool's offer is stored before it leaves (held for offer_hold).
+    return _with_persist(_answer(packet, client, settings, MessageType.OFFER, lease.ip),
+                         pool.take_dirty())
 
 
 def _request(packet: DhcpPacket, client: ClientInfo, pool: LeasePool, settings: Settings,
@@ -183,8 +185,9 @@ def _request(packet: DhcpPacket, client: ClientInfo, pool: LeasePool, settings: 
     requested = packet.address_option(DhcpOption.REQUESTED_IP)
     if server is not None:  # SELECTING
         if server != settings.server_id:
-            pool.forget_offer(client.mac, now)
-            return ignore(Ignored.OTHER_SERVER, f"client chose server {server}")
+            pool.forget_offer(client.mac, now)  # a shared pool ends its hold in the store
+            return ignore(Ignored.OTHER_SERVER, f"client chose server {server}",
+                          persist=pool.take_dirty())
         ip = requested or packet.ciaddr
         if ip == ZERO:
             return ignore(Ignored.BAD_REQUEST, "REQUEST names no address")

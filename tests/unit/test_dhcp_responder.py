@@ -528,3 +528,18 @@ def test_the_stored_lease_keeps_the_boot_file_of_its_ack() -> None:
     renewal = answer(request(MessageType.REQUEST, ciaddr=offer.yiaddr), pool)
     assert renewal.event is Event.ACK
     assert [lease.bootfile for lease in renewal.persist] == ["pxelinux.0"]
+
+
+def test_a_shared_pool_stores_its_offer_before_it_leaves_and_ends_it() -> None:
+    """Several instances on one store: the OFFER's hold is in the decision to store;
+    a REQUEST naming another server ends it (RFC 2131 4.3.2, SELECTING)."""
+    pool = LeasePool(NETWORK, POOL_START, 10, 3600, excluded={SERVER}, shared=True)
+    offer = answer(request(MessageType.DISCOVER), pool)
+    assert offer.event is Event.OFFER
+    assert [(lease.ip, lease.state) for lease in offer.persist] == [
+        (POOL_START, LeaseState.OFFERED)]
+    other = answer(request(MessageType.REQUEST, options={
+        DhcpOption.SERVER_ID: OTHER.packed, DhcpOption.REQUESTED_IP: POOL_START.packed}), pool)
+    assert other.event is Event.IGNORE
+    assert [(lease.ip, lease.state) for lease in other.persist] == [
+        (POOL_START, LeaseState.FREE)]
