@@ -8,6 +8,7 @@ same lease time (3600 s) and persistent leases:
 
 ``pybootd``           pybootd, SQLite lease file, ``[logger] level = warning``
 ``pybootd-info``      the same at ``level = info`` (the sample configs' level)
+``pybootd-api``       the same as ``pybootd`` with ``[api]`` on (not by default)
 ``pybootd-pg``        pybootd, ``[bootp] lease_store = postgresql://...``
 ``pybootd-pg2``       two pybootds (198.51.100.1 and .3, one namespace and one
                       relay each) sharing one PostgreSQL database, loaded at

@@ -130,9 +130,11 @@ def links(lab: NetLab, count: int) -> list[tuple[str, str, Relay]]:
 
 
 def start_pybootd(lab: NetLab, ns: str, work: Path, *, address: str, level: str,
-                  store: str | None = None) -> tuple[subprocess.Popen[bytes], Path]:
+                  store: str | None = None, api: bool = False,
+                  ) -> tuple[subprocess.Popen[bytes], Path]:
     """``pybootd -c CONFIG -p``: the real daemon, DHCP only, as user nobody.
-    *store*: a ``[bootp] lease_store`` URL; None: the SQLite ``lease_file``."""
+    *store*: a ``[bootp] lease_store`` URL; None: the SQLite ``lease_file``.
+    *api*: with ``[api]`` on (loopback port 9180 of its namespace)."""
     work.mkdir(parents=True, exist_ok=True)
     work.chmod(0o755)
     state = work / "state"
@@ -142,7 +144,7 @@ def start_pybootd(lab: NetLab, ns: str, work: Path, *, address: str, level: str,
         f"[logger]\nlevel = {level}\n[daemon]\nstate_dir = {state}\n"
         f"[bootp]\naddress = {address}\npool_start = {POOL_START}\n"
         f"pool_count = {POOL_COUNT}\nallow_simple_dhcp = on\nlease_time = {LEASE_TIME}\n"
-        f"{lease}\n")
+        f"{lease}\n" + ("[api]\nport = 9180\n" if api else ""))
     log = work / "pybootd.log"
     with open(log, "wb") as out:
         proc = lab.popen(ns, [*SERVER_CPU, sys.executable, "-m", "pybootd", "-c", str(config),
@@ -204,14 +206,15 @@ def start_dnsmasq(lab: NetLab, ns: str, work: Path,
 
 
 # --- the variants ------------------------------------------------------------
-def _pybootd(level: str, *, pg: bool = False,
-             instances: int = 1) -> Callable[[NetLab, Path, PgCluster | None], Deployment]:
+def _pybootd(level: str, *, pg: bool = False, instances: int = 1, api: bool = False,
+             ) -> Callable[[NetLab, Path, PgCluster | None], Deployment]:
     def deploy(lab: NetLab, work: Path, db: PgCluster | None) -> Deployment:
         store = db.url if pg and db is not None else None
         found = Deployment(db=db if pg else None)
         for index, (srv, _, relay) in enumerate(links(lab, instances)):
             proc, log = start_pybootd(lab, srv, work / f"pybootd{index + 1}",
-                                      address=relay.server, level=level, store=store)
+                                      address=relay.server, level=level, store=store,
+                                      api=api)
             found.servers.append(proc)
             found.logs.append(log)
             found.relays.append(relay)
@@ -273,6 +276,7 @@ def _dnsmasq(lab: NetLab, work: Path, db: PgCluster | None) -> Deployment:
 VARIANTS: dict[str, tuple[bool, Callable[[NetLab, Path, PgCluster | None], Deployment]]] = {
     "pybootd": (False, _pybootd("warning")),
     "pybootd-info": (False, _pybootd("info")),
+    "pybootd-api": (False, _pybootd("warning", api=True)),  # the cost of [api] (not default)
     "pybootd-pg": (True, _pybootd("warning", pg=True)),
     "pybootd-pg2": (True, _pybootd("warning", pg=True, instances=2)),
     "kea-memfile": (False, _kea("WARN")),

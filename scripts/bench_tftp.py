@@ -99,7 +99,8 @@ DEFAULT_ATFTPD = "/opt/atftpd/usr/sbin/atftpd"
 CLIENT_TIMEOUT = 120.0  # seconds one single-client transfer may take
 START_TIMEOUT = 10.0  # seconds a server may take to answer its first request
 WS1_CLIENTS = ("curl", "atftp", "busybox")
-SERVER_NAMES = ("pybootd", "tftpd-hpa", "atftpd", "dnsmasq")
+# pybootd-api: pybootd with its control API on (the cost of observing: issue 13).
+SERVER_NAMES = ("pybootd", "pybootd-api", "tftpd-hpa", "atftpd", "dnsmasq")
 PREFER_MARGIN = 1.10  # calibration keeps atftp unless another client is 10 % faster
 
 
@@ -178,14 +179,15 @@ PYBOOTD_CMD = [sys.executable, "-m", "pybootd"]  # --pybootd-cmd replaces it (A/
 def server_argv(server: Server, root: Path, work: Path, atftpd: str) -> list[str] | None:
     """The command line that runs *server* in the foreground, or None if missing."""
     port = server.port
-    if server.name == "pybootd":
-        ini = work / "pybootd.ini"
+    if server.name in ("pybootd", "pybootd-api"):
+        ini = work / f"{server.name}.ini"
+        api = f"[api]\nport = {free_udp_port()}\n" if server.name == "pybootd-api" else ""
         ini.write_text(
             "[logger]\nlevel = warning\n"
-            f"[daemon]\nuser = root\nstate_dir = {work / 'pybootd-state'}\n"
+            f"[daemon]\nuser = root\nstate_dir = {work / (server.name + '-state')}\n"
             f"[tftp]\naddress = {HOST}\nport = {port}\nroot = {root}\n"
             "blocksize = 65464\nwindowsize = 64\nmax_sessions = 1000\n"
-            "max_client_sessions = 1000\n")  # every client runs on this one host
+            "max_client_sessions = 1000\n" + api)  # every client runs on this one host
         return [*PYBOOTD_CMD, "-t", "-c", str(ini)]
     if server.name == "tftpd-hpa":
         exe = shutil.which("in.tftpd")
@@ -530,6 +532,7 @@ def running(servers: list[Server], root: Path, work: Path, atftpd: str) -> Itera
 def make_servers(names: list[str]) -> list[Server]:
     catalogue = {
         "pybootd": Server("pybootd", True),
+        "pybootd-api": Server("pybootd-api", True),
         "tftpd-hpa": Server("tftpd-hpa", False),
         "atftpd": Server("atftpd", True),
         "dnsmasq": Server("dnsmasq", False,
@@ -1030,7 +1033,7 @@ def main() -> int:
                         help="comma-separated blksizes of the single-client rows")
     parser.add_argument("--windowsizes", default=",".join(map(str, WINDOWSIZES)),
                         help="comma-separated windowsizes of the single-client rows")
-    parser.add_argument("--servers", default=",".join(SERVER_NAMES),
+    parser.add_argument("--servers", default="pybootd,tftpd-hpa,atftpd,dnsmasq",
                         help="comma-separated subset of " + ",".join(SERVER_NAMES))
     parser.add_argument("--atftpd", default=DEFAULT_ATFTPD, help="atftpd binary")
     parser.add_argument("--pybootd-cmd", metavar="CMD",
