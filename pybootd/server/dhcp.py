@@ -66,6 +66,7 @@ _BATCH = 64  # datagrams read per wake-up before yielding to the loop
 _MAX_WAITING = 1024  # requests waiting for an access answer; more are dropped
 _STORE_TIMEOUT = 30.0
 _STORE_POOL = "leases"  # Runtime.pool: one thread, see _in_store_thread
+_CHANGES_POOL = "lease-changes"  # Runtime.pool: one thread, see _follow
 _DECISIONS = 3  # a request refused this often by a shared store is dropped (it retries)
 _CHANGES_EVERY = 1.0  # seconds between reads of what other instances wrote
 _REPORT_EVERY = 60  # seconds between the INFO lines of counts
@@ -559,7 +560,10 @@ class DhcpService:
         while True:
             await asyncio.sleep(_CHANGES_EVERY)
             try:
-                pool.adopt(await self._in_store_thread(store.changes))
+                # A thread of its own: a read stuck on an unreachable database
+                # must not hold up a commit (the store's pool has two connections).
+                pool.adopt(await self.runtime.blocking(_STORE_TIMEOUT, store.changes,
+                                                       pool=_CHANGES_POOL))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the commits say it louder; keep following

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import Sequence
 from ipaddress import IPv4Address
 from typing import Any
@@ -48,9 +49,26 @@ from pybootd.errors import LeaseStoreError
 
 log = logging.getLogger("pybootd.dhcp")
 
+
+class _Relay(logging.Handler):
+    """psycopg's own lines (its pool's reconnection attempts) into pybootd's log, one
+    line each, at DEBUG: the ERROR line of the failed commit says what matters."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        log.debug("lease store: %s", " ".join(record.getMessage().split()))
+
+
+_psycopg_log = logging.getLogger("psycopg")
+_psycopg_log.addHandler(_Relay())
+_psycopg_log.propagate = False
+
 SCHEMA_VERSION = 1
 _LOCK_KEY = 0x7079_626F  # pg_advisory_xact_lock: one migration at a time ("pybo")
-_REREAD = 256  # sequence numbers re-read by changes(): writes commit out of order
+# changes() reads again from where it stood this many calls ago: a write takes
+# its sequence number before it commits, and no transaction lasts longer than
+# the statement and connection timeouts (a few seconds).
+_REREAD_CALLS = 8
+_RETRIES = 3  # a batch that two instances' transactions deadlocked on is run again
 _COLUMNS = "ip, mac, state, expires, pxe, hostname, uuid, bootfile"
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -129,6 +147,7 @@ class PostgresStore:
         self.location = location
         self.server = server
         self._horizon = 0  # the highest sequence number read by changes()
+        self._horizons: deque[int] = deque([0], maxlen=_REREAD_CALLS)  # one per call
         self._adopted: dict[int, int] = {}  # ip -> seq of the foreign rows already handed out
         self._pool = ConnectionPool(
             location.conninfo, min_size=1, max_size=2, timeout=timeout, open=False,
@@ -150,10 +169,26 @@ class PostgresStore:
             rows = conn.execute(f"SELECT {_COLUMNS}, seq FROM pybootd_leases ORDER BY ip")
             found = rows.fetchall()
         self._horizon = max((row[-1] for row in found), default=0)
+        self._horizons = deque([self._horizon], maxlen=_REREAD_CALLS)
         return [lease for row in found if (lease := _lease(row[:-1])) is not None]
 
     def commit(self, groups: Sequence[Sequence[Lease]], now: float) -> list[tuple[Lease, ...]]:
-        """Write every group in one transaction; per group, the rows that refused it."""
+        """Write every group in one transaction; per group, the rows that refused it.
+
+        Two instances' batches that claim the same MACs in opposite orders
+        deadlock; PostgreSQL aborts one of them, which runs again.
+        """
+        for attempt in range(1, _RETRIES + 1):
+            try:
+                return self._commit(groups, now)
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+                if attempt == _RETRIES:
+                    raise
+                log.debug("lease store: a batch of %d deadlocked with another instance's; "
+                          "again", len(groups))
+        raise AssertionError("unreachable")
+
+    def _commit(self, groups: Sequence[Sequence[Lease]], now: float) -> list[tuple[Lease, ...]]:
         conflicts: list[tuple[Lease, ...]] = []
         with self._pool.connection() as conn, conn.pipeline():
             cursors = [[conn.execute(
@@ -169,11 +204,11 @@ class PostgresStore:
 
     def changes(self) -> list[Lease]:
         """What the other instances wrote since the last call (each row once)."""
+        since = self._horizons[0]
         with self._pool.connection() as conn:
             rows = conn.execute(
                 f"SELECT {_COLUMNS}, seq FROM pybootd_leases WHERE seq > %s "
-                "AND server IS DISTINCT FROM %s ORDER BY seq",
-                (max(0, self._horizon - _REREAD), self.server)).fetchall()
+                "AND server IS DISTINCT FROM %s ORDER BY seq", (since, self.server)).fetchall()
         fresh = []
         for row in rows:
             ip, seq = row[0], row[-1]
@@ -184,6 +219,7 @@ class PostgresStore:
             lease = _lease(row[:-1])
             if lease is not None:
                 fresh.append(lease)
+        self._horizons.append(self._horizon)
         return fresh
 
     def schema_version(self) -> int:
