@@ -161,7 +161,8 @@ class PostgresStore:
                 migrate(conn)
         except (PoolTimeout, psycopg.Error) as exc:
             self._pool.close()
-            raise LeaseStoreError(f"lease store {location}: {describe(exc)} (expected a "
+            why = _why_unreachable(location, timeout) if isinstance(exc, PoolTimeout) else None
+            raise LeaseStoreError(f"lease store {location}: {why or describe(exc)} (expected a "
                                   "reachable PostgreSQL database this user may write)") from None
 
     def load(self) -> list[Lease]:
@@ -235,6 +236,16 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, PoolTimeout):
         return "unreachable (no connection within the timeout)"
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _why_unreachable(location: StoreLocation, timeout: float) -> str | None:
+    """libpq's own reason, which the pool's timeout hides (no server, a refused login)."""
+    assert location.conninfo is not None
+    try:
+        psycopg.connect(location.conninfo, connect_timeout=max(1, math.ceil(timeout))).close()
+    except psycopg.Error as exc:
+        return describe(exc)
+    return None
 
 
 def schema_version(conn: psycopg.Connection[Any]) -> int:
