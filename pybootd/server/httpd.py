@@ -21,8 +21,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import mimetypes
+import socket
 import ssl
+import struct
 import time
+from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
@@ -158,7 +161,7 @@ class HttpService:
             return self._refused(request, peer, 502, str(exc))
         running.source = opened.source
         self.runtime.observer.started(running, Underway(
-            peer[0], raw, Source.HTTP, opened.source.size, time.time(), lambda: running.sent))
+            peer[0], raw, Source.HTTP, opened.source.size, time.time(), running.progress))
         response, sent, error = await self._respond(request, opened, running)
         self._log_end(running, opened, response.status, sent, started, error)
         return response
@@ -169,6 +172,7 @@ class HttpService:
         content_type = mimetypes.guess_type(opened.served)[0] or "application/octet-stream"
         fd = _file_descriptor(opened.source)
         if fd is not None:
+            running.count_acked()  # sendfile: the kernel's count is the only one
             return await self._send_file(request, fd, content_type)
         return await self._stream(request, opened.source, content_type, running)
 
@@ -250,7 +254,21 @@ class _Running:
         self.peer = _peer(request)
         self.done = done
         self.source: ChunkSource | None = None  # set while the body is sent
-        self.sent = 0  # body bytes streamed so far (a file's sendfile is not counted)
+        self.sent = 0  # body bytes streamed so far
+        self._acked_base: int | None = None  # a sendfile's: the connection's count at start
+
+    def count_acked(self) -> None:
+        """The body goes by sendfile, which reports nothing until it ends: count
+        progress as the bytes the client has acknowledged on this connection
+        (TCP_INFO), from now (a keep-alive connection's earlier responses)."""
+        self._acked_base = _bytes_acked(self.request.transport)
+
+    def progress(self) -> int:
+        """Body bytes sent so far, for /api/v1/transfers."""
+        if self._acked_base is None:
+            return self.sent
+        acked = _bytes_acked(self.request.transport)
+        return max(0, acked - self._acked_base) if acked is not None else 0
 
     def release(self) -> None:
         if self.source is not None:
@@ -266,6 +284,26 @@ class _SentFile(web.FileResponse):
         if self.prepared:
             return None
         return await super().prepare(request)
+
+
+# struct tcp_info (linux/tcp.h): tcpi_bytes_acked, a u64 at offset 120 (Linux >= 4.1).
+_TCP_INFO_SIZE = 232
+_BYTES_ACKED = struct.Struct("=Q")
+_BYTES_ACKED_AT = 120
+
+
+def _bytes_acked(transport: Any) -> int | None:
+    """The bytes the peer acknowledged on *transport*'s TCP socket (headers included)."""
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
+    except OSError:
+        return None
+    if len(info) < _BYTES_ACKED_AT + _BYTES_ACKED.size:
+        return None
+    return int(_BYTES_ACKED.unpack_from(info, _BYTES_ACKED_AT)[0])
 
 
 def _file_descriptor(source: ChunkSource) -> int | None:

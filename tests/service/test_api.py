@@ -182,6 +182,39 @@ def test_leases_transfers_health_and_the_page(daemon: Running) -> None:
     assert status == 200 and "<title>pybootd status</title>" in page
 
 
+def test_a_running_http_download_shows_its_progress(tmp_path: Path) -> None:
+    """A file sent by sendfile (no byte count until it ends) still shows bytes and
+    progress while it runs: a client that reads slowly keeps it under way."""
+    size = 64 * 1024 * 1024
+    (tmp_path / "root").mkdir()
+    with open(tmp_path / "root" / "big.img", "wb") as file:
+        file.truncate(size)  # sparse: no 64 MiB written to the disk
+    daemon = start(tmp_path)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            sock.settimeout(10)
+            sock.connect(("127.0.0.1", daemon.ports["http"]))
+            sock.sendall(b"GET /big.img HTTP/1.1\r\nHost: pybootd\r\n\r\n")
+            got = 0
+            for _ in range(64):  # 4 MiB read, then a pause: the rest waits on us
+                got += len(sock.recv(65536))
+            time.sleep(0.5)
+            status, transfers = daemon.get("/api/v1/transfers")
+            assert status == 200
+            [running] = [t for t in transfers["running"] if t["file"] == "/big.img"]
+            assert running["protocol"] == "http" and running["size"] == size
+            assert 0 < running["bytes"] < size and 0 < running["progress"] < 1
+            assert running["bytes"] >= got - 1024  # the headers count too, a little
+    finally:
+        daemon.proc.send_signal(signal.SIGTERM)
+        try:
+            daemon.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            daemon.proc.kill()
+            daemon.proc.wait(10)
+
+
 def test_without_the_token_every_data_request_is_refused(daemon: Running) -> None:
     for path in ("/metrics", "/healthz", "/api/v1/leases", "/api/v1/machines"):
         status, body = daemon.get(path, token=None)
