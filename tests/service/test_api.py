@@ -89,19 +89,23 @@ def start(folder: Path, api: str = f"token = {TOKEN}\n") -> Running:
                                for name, pattern in PORTS.items()})
 
 
+def stop(running: Running) -> None:
+    if running.proc.poll() is None:
+        running.proc.send_signal(signal.SIGTERM)
+        try:
+            running.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            running.proc.kill()
+            running.proc.wait(10)
+
+
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[Running]:
     running = start(tmp_path)
     try:
         yield running
     finally:
-        if running.proc.poll() is None:
-            running.proc.send_signal(signal.SIGTERM)
-            try:
-                running.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                running.proc.kill()
-                running.proc.wait(10)
+        stop(running)
 
 
 def boot(daemon: Running) -> None:
@@ -207,12 +211,7 @@ def test_a_running_http_download_shows_its_progress(tmp_path: Path) -> None:
             assert 0 < running["bytes"] < size and 0 < running["progress"] < 1
             assert running["bytes"] >= got - 1024  # the headers count too, a little
     finally:
-        daemon.proc.send_signal(signal.SIGTERM)
-        try:
-            daemon.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            daemon.proc.kill()
-            daemon.proc.wait(10)
+        stop(daemon)
 
 
 def test_without_the_token_every_data_request_is_refused(daemon: Running) -> None:
