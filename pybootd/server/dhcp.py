@@ -117,8 +117,7 @@ class _Pending:
     decision: Decision
     sock: socket.socket
     ifindex: int
-    peer: _Peer
-    client: ClientInfo
+    peer: _Peer  # the request and its client
     source: tuple[str, int]
     boot_service: bool
     attempt: int = 1
@@ -451,21 +450,19 @@ class DhcpService:
         if client.uuid is None and self.acl.uuid_of(client) is not None:
             # A plain DHCP request after a PXE boot: its lease keeps the UUID.
             client = dataclasses.replace(client, uuid=self.acl.uuid_of(client))
-        self._decide(packet, client, ifindex, source, sock, boot_service, attempt=1)
+            peer = _Peer(packet, client)
+        self._decide(peer, ifindex, source, sock, boot_service, attempt=1)
 
-    def _decide(self, packet: DhcpPacket, client: ClientInfo, ifindex: int,
-                source: tuple[str, int], sock: socket.socket, boot_service: bool, *,
-                attempt: int) -> None:
+    def _decide(self, peer: _Peer, ifindex: int, source: tuple[str, int],
+                sock: socket.socket, boot_service: bool, *, attempt: int) -> None:
         """Decide (the pure responder), then reply now or after the commit."""
         assert self.settings is not None
-        decision = respond(packet, client, self.pool, self.settings, time.time(),
+        decision = respond(peer.packet, peer.client, self.pool, self.settings, time.time(),
                            boot_service=boot_service, source=source, chains=self.chains)
-        peer = _Peer(packet, client)
         if decision.persist:
-            self._queue(_Pending(decision, sock, ifindex, peer, client, source, boot_service,
-                                 attempt))
+            self._queue(_Pending(decision, sock, ifindex, peer, source, boot_service, attempt))
         else:
-            self._finish(decision, sock, ifindex, peer, client, boot_service)
+            self._finish(decision, sock, ifindex, peer, boot_service)
 
     def _refused(self, peer: _Peer, kind: MessageType | None, verdict: Verdict) -> None:
         """INFO once per MAC per window (a lasting condition), debug for the repeats."""
@@ -482,9 +479,9 @@ class DhcpService:
                     "denied" if denied else "ignored", self.acl.reason(peer.client, verdict))
 
     def _finish(self, decision: Decision, sock: socket.socket, ifindex: int, peer: _Peer,
-                client: ClientInfo, boot_service: bool) -> None:
+                boot_service: bool) -> None:
         """The decision stands (stored, where it had to be): log it, reply, notify."""
-        kind = peer.packet.message_type
+        kind, client = peer.packet.message_type, peer.client
         self._log(peer, kind, decision)
         self.runtime.observer.dhcp(
             client.mac, _kind_name(kind), decision.event, reason=decision.reason,
@@ -523,7 +520,7 @@ class DhcpService:
                         self._decide_again(item, won)
                     else:
                         self._finish(item.decision, item.sock, item.ifindex, item.peer,
-                                     item.client, item.boot_service)
+                                     item.boot_service)
         finally:
             self._writer = None
 
@@ -538,8 +535,8 @@ class DhcpService:
         if item.attempt >= _DECISIONS:
             self.runtime.observer.dhcp_ignored(Ignored.STORE_CONTENDED)
             return  # the client retries; by then this instance knows more
-        self._decide(item.peer.packet, item.client, item.ifindex, item.source, item.sock,
-                     item.boot_service, attempt=item.attempt + 1)
+        self._decide(item.peer, item.ifindex, item.source, item.sock, item.boot_service,
+                     attempt=item.attempt + 1)
 
     def _commit_failed(self, exc: Exception, withheld: int) -> bool:
         """Log a failed commit (rate-limited); True when it is fatal (SQLite damaged)."""
@@ -621,7 +618,10 @@ class DhcpService:
             return
         if not log.isEnabledFor(logging.INFO):
             return
-        key = (str(peer), kind, decision.event, decision.ip, decision.bootfile)
+        # The peer's parts, not its text: nothing is formatted for a repeat.
+        packet, client = peer.packet, peer.client
+        key = (client.mac, packet.ciaddr, packet.giaddr, client.netboot, client.http,
+               client.ipxe, client.arch, kind, decision.event, decision.ip, decision.bootfile)
         level = logging.INFO if self._answers.first(key, time.monotonic()) else logging.DEBUG
         if log.isEnabledFor(level):
             what = decision.event.upper()

@@ -253,6 +253,11 @@ def _rows(db: sqlite3.Connection) -> list[Lease]:
     return leases
 
 
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """A WAL reader that takes no lock and writes nothing (``mode=ro``)."""
+    return sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=5.0)
+
+
 def check_lease_file(path: Path) -> None:
     """For ``--check``: what the daemon's start would refuse, read-only, no lock.
 
@@ -263,7 +268,7 @@ def check_lease_file(path: Path) -> None:
         return
     _check_file(path)
     try:
-        db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=5.0)
+        db = _connect_read_only(path)
         try:
             _quick_check(db, path)
         finally:
@@ -285,7 +290,7 @@ def read_leases(path: Path) -> list[Lease]:
                              "STATE_DIR/leases.sqlite of a pybootd that has run)")
     _check_file(path)
     try:
-        db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=5.0)
+        db = _connect_read_only(path)
     except sqlite3.Error as exc:
         raise LeaseFileError(f"cannot open lease file {path}: {exc}") from None
     try:
@@ -302,7 +307,7 @@ def stored_version(path: Path) -> int:
         return 0
     _check_file(path)
     try:
-        db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=5.0)
+        db = _connect_read_only(path)
         try:
             return int(db.execute("PRAGMA user_version").fetchone()[0])
         finally:
